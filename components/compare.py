@@ -1,0 +1,21 @@
+"""compare: rank the backbones' short runs by measured quality and name the winner."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Markdown, Output
+
+from components.images import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def compare(
+    run_root: str,
+    backbones: list,
+    criterion: str,
+    table: Output[Markdown],
+    pictures: Output[HTML],
+) -> NamedTuple("CompareOutputs", winner=str):
+    from medsynth.pipeline_steps import compare_step
+
+    return compare_step(run_root, backbones, criterion, table, pictures)

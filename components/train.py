@@ -1,0 +1,45 @@
+"""train: the adversarial loop for one backbone; resumes from its own checkpoints on retry."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Metrics, Model, Output
+
+from components.images import TRAINER_IMAGE
+
+
+@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
+def train(
+    dataset_dir: str,
+    storage_root: str,
+    run_id: str,
+    run_name: str,
+    backbone: str,
+    image_size: int,
+    steps: int,
+    batch_size: int,
+    backbone_weights: str,
+    strategy: str,
+    seed: int,
+    model: Output[Model],
+    metrics: Output[Metrics],
+    samples: Output[HTML],
+) -> NamedTuple("TrainOutputs", run_dir=str):
+    from medsynth.pipeline_steps import train_step
+
+    return train_step(
+        dataset_dir,
+        storage_root,
+        run_id,
+        run_name,
+        backbone,
+        image_size,
+        steps,
+        batch_size,
+        backbone_weights,
+        strategy,
+        seed,
+        model,
+        metrics,
+        samples,
+    )

@@ -1,0 +1,1 @@
+"""Data: phantom frames, readers, de-identification, TFRecord shards, tf.data input."""

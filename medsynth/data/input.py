@@ -1,0 +1,300 @@
+"""Reading prepared data back: find or make a data set, and the `tf.data` pipeline that feeds training.
+
+`make_dataset` pipeline, and why each stage is where it is:
+  shard files → interleave(TFRecordDataset), parallel, deterministic order
+  → [shard per input context] → cache (serialized records, when the split fits in memory)
+  → shuffle (seeded; buffer = whole split when it fits) → repeat → batch(drop_remainder)
+  → parse + `decode_raw` + scale to [-1, 1] on whole batches (one op per batch, not per image)
+  → [augment: per-image parameters from stateless RNG seeded by (seed, batch index)] → prefetch.
+Everything is a TF op (no `py_function`), so `tf.train.Checkpoint(iterator=iter(ds))` saves and
+restores the exact position: after restore the same batches follow as in an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medsynth import storage
+from medsynth.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SHUFFLE_BYTES = 256 << 20  # shuffle buffer cap when the split is larger than this
+
+
+@dataclass(frozen=True)
+class Augment:
+    """X-ray-plausible augmentation. Defaults are mild: the GAN must learn the data, not the augmenter.
+
+    Left-right flips mirror the projection (LAO ↔ RAO views exist); up-down flips are off by default
+    because the catheter enters from one side; rotations stay small, brightness/contrast model dose
+    and display differences, noise models quantum noise. All in units of the [-1, 1] image range.
+    """
+
+    flip_lr: float = 0.5
+    flip_ud: float = 0.0
+    rotate_deg: float = 5.0
+    brightness: float = 0.05
+    contrast: float = 0.1
+    noise_std: float = 0.02
+
+
+def load_manifest(dataset_dir: str | Path) -> dict:
+    path = Path(dataset_dir) / MANIFEST
+    if not path.exists():
+        raise DataError(f"{dataset_dir} is not a prepared data set (no {MANIFEST}); run `medsynth prepare` on it")
+    return storage.read_json(path)
+
+
+def resolve_dataset(
+    uri: str, image_size: int, cache_root: str | Path, seed: int = 0, phantom_frames: int = 512
+) -> Path:
+    """A local prepared data set directory for `uri`, whatever `uri` is.
+
+    - a local prepared data set (has manifest.json): itself;
+    - a `gs://` prepared data set: downloaded once into `<cache_root>/datasets/<name>/<hash>/`;
+    - anything else is a source (builtin://phantom, a folder, a .zip, a gs:// prefix of frames):
+      prepared under `cache_root` (re-used when already prepared with the same content and settings).
+    """
+    from medsynth.data.prepare import PrepareConfig, prepare
+
+    uri = str(uri)
+    cache_root = Path(cache_root)
+    if storage.is_gcs(uri):
+        manifest = _gcs_manifest(uri)
+        if manifest is not None:
+            _check_size(uri, manifest, image_size)
+            local = cache_root / "datasets" / manifest["name"] / manifest["hash"]
+            if not storage.is_complete(local):
+                with storage.atomic_directory(local) as tmp:
+                    fetched = Path(storage.fetch(uri.rstrip("/"), tmp / "d"))
+                    for item in fetched.iterdir():
+                        item.rename(tmp / item.name)
+                    fetched.rmdir()
+            return local
+    elif "://" not in uri:
+        path = Path(uri).expanduser()
+        if (path / MANIFEST).exists():
+            _check_size(uri, load_manifest(path), image_size)
+            return path
+        if not path.exists():
+            raise DataError(f"data set {uri} does not exist: give a prepared data set, a folder, a .zip, "
+                            "gs://bucket/prefix or builtin://phantom")
+    cfg = PrepareConfig(source=uri, out=str(cache_root), image_size=image_size, seed=seed,
+                        phantom_frames=phantom_frames)
+    return Path(prepare(cfg))
+
+
+def _gcs_manifest(uri: str) -> dict | None:
+    import json
+
+    try:
+        data = storage.read_bytes(uri.rstrip("/") + "/" + MANIFEST)
+    except Exception:
+        return None
+    return json.loads(data)
+
+
+def _check_size(uri: str, manifest: dict, image_size: int) -> None:
+    if int(manifest["image_size"]) != int(image_size):
+        raise DataError(
+            f"data set {uri} holds {manifest['image_size']} px frames, but {image_size} px were asked for; "
+            f"prepare the source again with --image-size {image_size}"
+        )
+
+
+def _shard_files(dataset_dir: Path, manifest: dict, split: str) -> list[str]:
+    if split not in manifest["splits"]:
+        raise DataError(f"data set {dataset_dir} has no split {split!r}; it has {', '.join(manifest['splits'])}")
+    files = [str(dataset_dir / s["file"]) for s in manifest["shards"] if s["split"] == split and s["examples"]]
+    if not files:
+        raise DataError(f"data set {dataset_dir} has no {split} frames")
+    return files
+
+
+def _memory_budget() -> int:
+    """A quarter of available memory (at most 8 GiB): what a cache may take."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return min(int(line.split()[1]) * 1024 // 4, 8 << 30)
+    except OSError:
+        pass
+    return 2 << 30
+
+
+def _dtype(manifest: dict):
+    import tensorflow as tf
+
+    return {"uint8": tf.uint8, "uint16": tf.uint16}[manifest["dtype"]]
+
+
+def make_dataset(
+    dataset_dir: str | Path,
+    split: str = "train",
+    batch_size: int = 16,
+    seed: int = 0,
+    augment: bool | Augment = False,
+    repeat: bool = True,
+    input_context=None,
+    cache: bool = True,
+    shuffle: bool = True,
+):
+    """float32 batches [batch, S, S, 1] in [-1, 1], deterministic per seed, checkpointable.
+
+    `batch_size` is the global batch; with an `input_context` (from
+    `strategy.distribute_datasets_from_function`) each pipeline yields the per-replica batch and reads
+    only its share of the shards (or of the records, when there are fewer shards than pipelines).
+    Without one, `experimental_distribute_dataset` shards by data (each worker keeps its share).
+    """
+    import tensorflow as tf
+
+    dataset_dir = Path(dataset_dir)
+    manifest = load_manifest(dataset_dir)
+    files = _shard_files(dataset_dir, manifest, split)
+    size = int(manifest["image_size"])
+    dtype = _dtype(manifest)
+    frames = int(manifest["splits"][split]["frames"])
+    per_batch = batch_size
+    if input_context is not None:
+        per_batch = input_context.get_per_replica_batch_size(batch_size)
+    if per_batch < 1:
+        raise DataError(f"batch size {batch_size} gives {per_batch} images per replica")
+    if not repeat and frames < per_batch:
+        raise DataError(f"{split} split of {dataset_dir} has {frames} frames, fewer than one batch of {per_batch}")
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
+    shard_records = False
+    if pipelines > 1:
+        if len(files) >= pipelines:
+            ds = ds.shard(pipelines, input_context.input_pipeline_id)
+        else:
+            shard_records = True
+    if len(files) > 1:
+        ds = ds.interleave(
+            lambda f: tf.data.TFRecordDataset(f, buffer_size=4 << 20),
+            cycle_length=min(len(files), 4),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+    else:
+        ds = tf.data.TFRecordDataset(files[0], buffer_size=4 << 20)
+    if shard_records:
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
+
+    record_bytes = size * size * dtype.size + 128
+    if cache and frames * record_bytes <= _memory_budget():
+        ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(max(1, min(frames, SHUFFLE_BYTES // record_bytes)), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(per_batch, drop_remainder=True)
+    scale = float(np.iinfo(dtype.as_numpy_dtype).max) / 2.0
+
+    def decode(serialized):
+        parsed = tf.io.parse_example(serialized, {"image": tf.io.FixedLenFeature([], tf.string)})
+        pixels = tf.io.decode_raw(parsed["image"], dtype, little_endian=True)
+        pixels = tf.reshape(pixels, [per_batch, size, size, 1])
+        return tf.cast(pixels, tf.float32) / scale - 1.0
+
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if augment:
+        params = augment if isinstance(augment, Augment) else Augment()
+        ds = ds.enumerate().map(
+            lambda i, x: augment_batch(x, tf.stack([tf.cast(seed, tf.int64), i]), params),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF if input_context is not None
+        else tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return ds.with_options(options)
+
+
+def augment_batch(x, seed, params: Augment = Augment()):
+    """Augment a batch [B, S, S, 1] in [-1, 1]; per-image parameters from a stateless RNG keyed by `seed`."""
+    import math
+
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=6)
+    b = tf.shape(x)[0]
+    size = tf.cast(tf.shape(x)[1], tf.float32)
+
+    def uniform(i, lo=0.0, hi=1.0):
+        return tf.random.stateless_uniform([b], seed=seeds[i], minval=lo, maxval=hi)
+
+    if params.flip_lr > 0:
+        x = tf.where((uniform(0) < params.flip_lr)[:, None, None, None], tf.reverse(x, [2]), x)
+    if params.flip_ud > 0:
+        x = tf.where((uniform(1) < params.flip_ud)[:, None, None, None], tf.reverse(x, [1]), x)
+    if params.rotate_deg > 0:
+        angle = uniform(2, -1.0, 1.0) * (params.rotate_deg * math.pi / 180.0)
+        cos, sin = tf.cos(angle), tf.sin(angle)
+        c = size - 1.0
+        x_off = (c - (cos * c - sin * c)) / 2.0
+        y_off = (c - (sin * c + cos * c)) / 2.0
+        zeros = tf.zeros_like(cos)
+        transforms = tf.stack([cos, -sin, x_off, sin, cos, y_off, zeros, zeros], axis=1)
+        x = tf.raw_ops.ImageProjectiveTransformV3(
+            images=x, transforms=transforms, output_shape=tf.shape(x)[1:3], fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="REFLECT",
+        )
+    if params.contrast > 0:
+        factor = 1.0 + uniform(3, -params.contrast, params.contrast)
+        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        x = (x - mean) * factor[:, None, None, None] + mean
+    if params.brightness > 0:
+        x = x + 2.0 * uniform(4, -params.brightness, params.brightness)[:, None, None, None]
+    if params.noise_std > 0:
+        x = x + 2.0 * params.noise_std * tf.random.stateless_normal(tf.shape(x), seed=seeds[5])
+    return tf.clip_by_value(x, -1.0, 1.0)
+
+
+def real_frames(dataset_dir: str | Path, split: str = "val", n: int = 256, seed: int = 0) -> np.ndarray:
+    """uint8 [m, S, S] real frames for evaluation, m = min(n, frames available), a seeded sample.
+
+    When `split` holds fewer than `n` frames (small data sets put few patients in val) the train split
+    is used instead if it is larger, and a log line says so: metrics on too few frames are noise.
+    """
+    import tensorflow as tf
+
+    dataset_dir = Path(dataset_dir)
+    manifest = load_manifest(dataset_dir)
+    counts = {s: int(v["frames"]) for s, v in manifest["splits"].items()}
+    if counts.get(split, 0) < n and counts.get("train", 0) > counts.get(split, 0):
+        log.info("split %s has %d frames (< %d): using train (%d frames) for real frames",
+                 split, counts.get(split, 0), n, counts["train"])
+        split = "train"
+    files = _shard_files(dataset_dir, manifest, split)
+    total = counts[split]
+    keep = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+    size, dtype = int(manifest["image_size"]), _dtype(manifest)
+    out = np.empty((len(keep), size, size), np.uint8)
+    scale = 255.0 / float(np.iinfo(dtype.as_numpy_dtype).max)
+    ds = tf.data.TFRecordDataset(files).batch(256)
+    j = pos = 0
+    for serialized in ds.as_numpy_iterator():
+        chosen = keep[(keep >= pos) & (keep < pos + len(serialized))] - pos
+        if len(chosen):
+            parsed = tf.io.parse_example(serialized[chosen], {"image": tf.io.FixedLenFeature([], tf.string)})
+            pixels = tf.io.decode_raw(parsed["image"], dtype, little_endian=True).numpy()
+            pixels = pixels.reshape(-1, size, size)
+            if dtype != tf.uint8:
+                pixels = np.rint(pixels.astype(np.float64) * scale)
+            out[j : j + len(chosen)] = pixels.astype(np.uint8)
+            j += len(chosen)
+        pos += len(serialized)
+    return out[:j]

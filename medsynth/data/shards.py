@@ -1,0 +1,157 @@
+"""TFRecord shards: one `tf.train.Example` per frame, raw pixel bytes plus shape and dtype.
+
+Raw bytes (not PNG) because decoding is then a `tf.io.decode_raw` on a whole batch, which keeps the
+input pipeline far ahead of the training step. Shards are cut at `max_bytes` (default 128 MiB: large
+enough for sequential reads, small enough for parallel interleave and partial downloads) or at
+`max_count` examples, one writer per split, and each carries a SHA-256 in the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_SHARD_BYTES = 128 * 1024 * 1024
+
+FEATURES = ("image", "height", "width", "dtype", "patient", "study", "loop", "frame")
+
+
+@dataclass
+class Record:
+    """One frame as stored: pixels plus the de-identified grouping it belongs to."""
+
+    image: np.ndarray  # [H, W] uint8 or uint16
+    patient: str  # salted hash
+    study: str  # salted hash
+    loop: int  # index of the cine loop within the data set
+    frame: int  # index of the frame within its loop
+
+
+def encode(record: Record) -> bytes:
+    import tensorflow as tf
+
+    image = np.ascontiguousarray(record.image)
+    if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"shards hold 2-D uint8/uint16 frames, got {image.dtype} {image.shape}")
+    # Little-endian on disk whatever the host, so `decode_raw(little_endian=True)` always agrees.
+    data = image.astype(image.dtype.newbyteorder("<"), copy=False).tobytes()
+
+    def b(v: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def i(v: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image": b(data),
+                "height": i(image.shape[0]),
+                "width": i(image.shape[1]),
+                "dtype": b(image.dtype.name.encode()),
+                "patient": b(record.patient.encode()),
+                "study": b(record.study.encode()),
+                "loop": i(record.loop),
+                "frame": i(record.frame),
+            }
+        )
+    )
+    return example.SerializeToString()
+
+
+def decode(serialized: bytes) -> Record:
+    """Parse one example in Python (tests, `real_frames`); training uses `input.py`'s batched parse."""
+    import tensorflow as tf
+
+    ex = tf.train.Example.FromString(serialized)
+    f = ex.features.feature
+    dtype = np.dtype(f["dtype"].bytes_list.value[0].decode()).newbyteorder("<")
+    h, w = f["height"].int64_list.value[0], f["width"].int64_list.value[0]
+    image = np.frombuffer(f["image"].bytes_list.value[0], dtype=dtype).reshape(h, w).astype(dtype.newbyteorder("="))
+    return Record(
+        image=image,
+        patient=f["patient"].bytes_list.value[0].decode(),
+        study=f["study"].bytes_list.value[0].decode(),
+        loop=f["loop"].int64_list.value[0],
+        frame=f["frame"].int64_list.value[0],
+    )
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ShardWriter:
+    """Writes `<split>-NNNNN.tfrecord` files under `directory`, starting a new one when full."""
+
+    def __init__(
+        self, directory: str | Path, split: str, max_bytes: int = DEFAULT_SHARD_BYTES, max_count: int | None = None
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.split, self.max_bytes, self.max_count = split, max_bytes, max_count
+        self.shards: list[dict] = []
+        self._writer = None
+        self._count = self._bytes = 0
+
+    def write(self, record: Record) -> None:
+        import tensorflow as tf
+
+        data = encode(record)
+        full = self._writer is not None and (
+            self._bytes + len(data) > self.max_bytes or (self.max_count is not None and self._count >= self.max_count)
+        )
+        if full:
+            self._finish()
+        if self._writer is None:
+            name = f"{self.split}-{len(self.shards):05d}.tfrecord"
+            self._path = self.directory / name
+            self._writer = tf.io.TFRecordWriter(str(self._path))
+            self._count = self._bytes = 0
+        self._writer.write(data)
+        self._count += 1
+        self._bytes += len(data) + 16  # TFRecord framing: length, two CRCs
+
+    def _finish(self) -> None:
+        self._writer.close()
+        self._writer = None
+        self.shards.append(
+            {
+                "file": f"shards/{self._path.name}",
+                "split": self.split,
+                "examples": self._count,
+                "bytes": self._path.stat().st_size,
+                "sha256": sha256_file(self._path),
+            }
+        )
+
+    def close(self) -> list[dict]:
+        if self._writer is not None:
+            self._finish()
+        return self.shards
+
+
+def read_records(path: str | Path) -> Iterator[Record]:
+    """Every record of one shard file, in order."""
+    import tensorflow as tf
+
+    for serialized in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+        yield decode(serialized)
+
+
+def verify(dataset_dir: str | Path, manifest: dict) -> list[str]:
+    """Shards whose bytes no longer match the manifest's checksums (empty when all are intact)."""
+    bad = []
+    for shard in manifest["shards"]:
+        path = Path(dataset_dir) / shard["file"]
+        if not path.exists() or sha256_file(path) != shard["sha256"]:
+            bad.append(shard["file"])
+    return bad

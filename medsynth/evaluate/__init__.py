@@ -1,0 +1,1 @@
+"""Evaluation: image-quality metrics, reports and pictures, backbone comparison."""

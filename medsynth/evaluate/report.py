@@ -1,0 +1,115 @@
+"""Judging a trained run: metrics on a fixed, seeded set of frames, and the pictures to go with them."""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from medsynth.evaluate.pictures import save_grid, to_uint8
+from medsynth.progress import Progress
+from medsynth.storage import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("medsynth")
+
+
+@dataclass
+class EvaluateConfig:
+    run: str
+    data: str
+    n: int = 256
+    seed: int = 0
+    out: str | None = None
+    batch_size: int = 64
+    feature_extractor: str = "auto"
+
+    def __post_init__(self) -> None:
+        from medsynth.errors import ConfigError
+
+        if self.n < 2:
+            raise ConfigError(f"--n must be at least 2 frames to compare, got {self.n}")
+
+
+def generate_frames(
+    generator: tf.keras.Model, n: int, latent_dim: int, seed: int, batch_size: int = 64
+) -> np.ndarray:
+    """n generated frames (uint8 [n, H, W]) from the evaluation's own latent stream, reproducible per seed."""
+    out = []
+    with Progress(n, "generate", unit="img") as bar:
+        for start in range(0, n, batch_size):
+            k = min(batch_size, n - start)
+            z = tf.random.stateless_normal([k, latent_dim], seed=[seed, 1_000_003 + start])
+            out.append(to_uint8(generator(z, training=False).numpy()))
+            bar.update(k)
+    return np.concatenate(out)
+
+
+def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Metrics of a run's newest generator against real validation frames, into `<out>/metrics.json`."""
+    from medsynth.data.input import real_frames, resolve_dataset
+    from medsynth.evaluate.suite import MetricsConfig, compute_metrics
+    from medsynth.train.checkpoints import load_generator
+
+    generator, info = load_generator(cfg.run)
+    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "eval"
+    data_dir = resolve_dataset(
+        cfg.data, info["image_size"], cache_root=Path(cfg.run).parent / "_data", seed=cfg.seed
+    )
+    real = real_frames(data_dir, split="val", n=cfg.n, seed=cfg.seed)
+    fake = generate_frames(generator, len(real), info["latent_dim"], cfg.seed, cfg.batch_size)
+    metrics = compute_metrics(
+        real, fake, MetricsConfig(n=len(real), seed=cfg.seed, feature_extractor=cfg.feature_extractor)
+    )
+    metrics.update({"step": info["step"], "backbone": info["backbone"]})
+    training = info.get("metrics") or {}
+    for k in ("images_per_s", "wall_seconds"):
+        if training.get(k) is not None:
+            metrics[f"train_{k}"] = training[k]
+    save_grid(fake[:16], out / "generated.png", title=f"{info['backbone']} step {info['step']}")
+    save_grid(real[:16], out / "real.png", title="real (validation)", synthetic=False)
+    atomic_write_json(out / "metrics.json", {**metrics, "config": asdict(cfg)})
+    atomic_write_text(
+        out / "report.html",
+        report_html(
+            f"{info['backbone']} at step {info['step']}",
+            metrics,
+            {"generated": out / "generated.png", "real": out / "real.png"},
+        ),
+    )
+    log.info("evaluation written to %s", out)
+    return metrics
+
+
+def img_tag(path: str | Path, alt: str, width: int | None = None) -> str:
+    """An <img> with the PNG inlined: the KFP UI shows HTML artifacts without access to other files."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    w = f' width="{width}"' if width else ""
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"{w}>'
+
+
+def report_html(title: str, metrics: dict[str, Any], pictures: dict[str, str | Path]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in sorted(metrics.items())
+    )
+    figs = "".join(
+        f"<figure>{img_tag(p, name, 384)}<figcaption>{html.escape(name)}</figcaption></figure>"
+        for name, p in pictures.items()
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif}figure{display:inline-block;margin:8px}"
+        "td{padding:2px 8px;border-bottom:1px solid #ddd}</style></head><body>"
+        f"<h2>{html.escape(title)}</h2><p>Generated frames are synthetic.</p>{figs}"
+        f"<table>{rows}</table></body></html>"
+    )
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

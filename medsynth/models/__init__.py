@@ -1,0 +1,1 @@
+"""Networks: the generator of Table 1, the backbones of Table 2, the discriminator."""

@@ -1,0 +1,158 @@
+"""The eight ImageNet feature extractors of the paper's Table 2, as discriminator backbones.
+
+Each entry knows how to build its keras.applications network without the
+classifier, the smallest input it accepts, and how to turn the generator's
+[-1, 1] grayscale frames into the input it was trained on (its own
+`preprocess_input` on 0–255 RGB: caffe-style BGR mean subtraction for
+ResNet50/101, [-1, 1] for the rest).
+
+Weights are "imagenet" (keras downloads them by name into ~/.keras), "none"
+(random) or a path to a weights file saved from the same backbone (for
+machines without internet: save them once where there is, copy the file).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from medsynth.errors import ConfigError
+
+apps = tf.keras.applications
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One row of Table 2 plus what it takes to use the network as a feature extractor."""
+
+    name: str  # registry key, lower case
+    paper_name: str  # as spelled in the paper
+    constructor: Callable[..., tf.keras.Model]
+    preprocess: Callable[[tf.Tensor], tf.Tensor]  # keras' preprocess_input: 0–255 RGB → network input
+    feature_dim: int  # channels of the last feature map = length of the pooled feature vector
+    imagenet_params: int  # Table 2, with the classifier
+    size_mb: int  # Table 2
+    top1: float  # Table 2
+    top5: float  # Table 2
+    min_size: int = 32  # smallest input side keras.applications accepts
+
+    def input_size(self, image_size: int) -> int:
+        """Side of the backbone's input for frames of `image_size` px (smaller frames are resized up)."""
+        return max(int(image_size), self.min_size)
+
+
+_SPECS = (
+    BackboneSpec("resnet50", "ResNet50", apps.ResNet50, apps.resnet50.preprocess_input,
+                 2048, 25_636_712, 98, 0.749, 0.921),
+    BackboneSpec("resnet101", "ResNet101", apps.ResNet101, apps.resnet.preprocess_input,
+                 2048, 44_707_176, 171, 0.764, 0.928),
+    BackboneSpec("resnet50v2", "ResNet50V2", apps.ResNet50V2, apps.resnet_v2.preprocess_input,
+                 2048, 25_613_800, 98, 0.760, 0.930),
+    BackboneSpec("inceptionv3", "InceptionV3", apps.InceptionV3, apps.inception_v3.preprocess_input,
+                 2048, 23_851_784, 92, 0.779, 0.937, min_size=75),
+    BackboneSpec("mobilenet", "MobileNet", apps.MobileNet, apps.mobilenet.preprocess_input,
+                 1024, 4_253_864, 16, 0.704, 0.895),
+    BackboneSpec("mobilenetv2", "MobileNetV2", apps.MobileNetV2, apps.mobilenet_v2.preprocess_input,
+                 1280, 3_538_984, 14, 0.713, 0.901),
+    # Keras documents 224x224 for NASNetMobile's ImageNet weights, but without the classifier its
+    # layers and weight shapes are the same at any size >= 32 (checked with keras 2.15), so they load.
+    BackboneSpec("nasnetmobile", "NASNetMobile", apps.NASNetMobile, apps.nasnet.preprocess_input,
+                 1056, 5_326_716, 23, 0.744, 0.919),
+    BackboneSpec("xception", "Xception", apps.Xception, apps.xception.preprocess_input,
+                 2048, 22_910_480, 88, 0.790, 0.945, min_size=71),
+)
+BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
+
+
+def backbone_names() -> list[str]:
+    """The registry keys, in the order of Table 2."""
+    return list(BACKBONES)
+
+
+def _key(name: str) -> str:
+    return str(name).lower().replace("_", "").replace("-", "")
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """The spec of `name`, case-insensitive ("Xception", "xception", "mobilenet_v2" all work)."""
+    spec = BACKBONES.get(_key(name))
+    if spec is None:
+        raise ConfigError(f"unknown backbone {name!r}; use one of: {', '.join(BACKBONES)}")
+    return spec
+
+
+def normalize_weights(weights: str | os.PathLike | None) -> str:
+    """"imagenet", "none" (also for None) or the path as given."""
+    if weights is None:
+        return "none"
+    text = os.fspath(weights)
+    if text.lower() in ("imagenet", "none"):
+        return text.lower()
+    if not text:
+        raise ConfigError("backbone weights are empty; use imagenet, none or a path to a weights file")
+    return text
+
+
+def build_backbone(name: str, input_size: int, weights: str | os.PathLike | None) -> tf.keras.Model:
+    """`name`'s network without its classifier, for RGB inputs of `input_size` x `input_size`.
+
+    Its output is the last feature map [n, h, w, feature_dim]; the caller pools it.
+    """
+    spec = get_backbone(name)
+    weights = normalize_weights(weights)
+    if input_size < spec.min_size:
+        raise ConfigError(
+            f"backbone {spec.name} needs inputs of at least {spec.min_size} px, got {input_size}"
+        )
+
+    def construct(w: str | None) -> tf.keras.Model:
+        return spec.constructor(include_top=False, weights=w, input_shape=(input_size, input_size, 3))
+
+    if weights == "none":
+        return construct(None)
+    if weights == "imagenet":
+        try:
+            return construct("imagenet")  # keras' own download, cached in ~/.keras/models
+        except Exception as e:  # keras raises a bare Exception("URL fetch failure …")
+            raise ConfigError(
+                f"the ImageNet weights of {spec.name} could not be fetched ({str(e).splitlines()[0]}); "
+                "on a machine without internet pass --backbone-weights with a local weights file "
+                "saved from the same backbone, or `none` for random weights"
+            ) from e
+    # A local file: an .h5 / .weights.h5 file or a TF checkpoint prefix (PREFIX.index beside it).
+    if not (os.path.isfile(weights) or os.path.isfile(weights + ".index")):
+        raise ConfigError(
+            f"backbone weights file {weights} does not exist; pass imagenet, none or an existing file"
+        )
+    model = construct(None)
+    try:
+        model.load_weights(weights)
+    except (ValueError, OSError, tf.errors.OpError) as e:
+        raise ConfigError(
+            f"backbone weights file {weights} does not fit {spec.name} without its classifier "
+            f"at {input_size} px ({str(e).splitlines()[0]})"
+        ) from e
+    return model
+
+
+@tf.keras.saving.register_keras_serializable(package="medsynth")
+class BackboneInput(tf.keras.layers.Layer):
+    """[-1, 1] grayscale frames → what `backbone` was trained on: 3 channels, `size` px, its preprocessing."""
+
+    def __init__(self, backbone: str, size: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.spec = get_backbone(backbone)
+        self.size = int(size)
+
+    def call(self, images: tf.Tensor) -> tf.Tensor:
+        x = tf.repeat(tf.cast(images, tf.float32), 3, axis=-1)
+        x = (x + 1.0) * 127.5  # keras' preprocess_input expects 0–255
+        if images.shape[1] != self.size or images.shape[2] != self.size:
+            x = tf.image.resize(x, (self.size, self.size), method="bilinear")
+        return self.spec.preprocess(x)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "backbone": self.spec.name, "size": self.size}

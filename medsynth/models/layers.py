@@ -1,0 +1,77 @@
+"""Normalisation layers for the networks, and the one seam to TensorFlow Addons.
+
+The paper uses "experimental functions of TF Addons" in its generator without
+saying which. tensorflow-addons is end-of-life, so this is the only module that
+imports it: moving to Keras 3 (or to keras' own GroupNormalization) touches this
+file and nothing else. Every layer here is made of plain TensorFlow ops, so a
+SavedModel that contains them loads without tensorflow-addons installed.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import tensorflow as tf
+
+with warnings.catch_warnings():  # its end-of-life notice, printed on every import; the docstring says it
+    warnings.simplefilter("ignore")
+    import tensorflow_addons as tfa
+
+from medsynth.errors import ConfigError
+
+NORMALIZATIONS = ("batch", "instance", "group")
+GROUPS = 32
+
+
+class AdaptiveGroupNormalization(tfa.layers.GroupNormalization):
+    """Group normalisation whose group count fits the channels it meets.
+
+    The generator's layers have 16 to 1,536 channels (48 = 3·16 after a
+    concatenation), so a fixed 32 groups would not divide them all; the largest
+    divisor of the channel count up to `groups` keeps the layer usable anywhere.
+    """
+
+    def build(self, input_shape: tf.TensorShape) -> None:
+        channels = tf.TensorShape(input_shape)[self.axis]
+        if channels is not None and self.groups > 0:
+            self.groups = math.gcd(self.groups, int(channels))
+        super().build(input_shape)
+
+
+def normalization(kind: str, name: str | None = None) -> tf.keras.layers.Layer:
+    """A fresh normalisation layer of `kind` ("batch", "instance" or "group").
+
+    "batch" is synchronised: under MirroredStrategy its statistics are those of
+    the global batch, so a multi-GPU step equals a one-device step (DESIGN.md §3).
+    """
+    kind = str(kind).lower()
+    if kind == "batch":
+        return tf.keras.layers.BatchNormalization(synchronized=True, name=name)
+    if kind == "instance":
+        return tfa.layers.InstanceNormalization(name=name)
+    if kind == "group":
+        return AdaptiveGroupNormalization(groups=GROUPS, name=name)
+    raise ConfigError(f"unknown normalisation {kind!r}; use one of: {', '.join(NORMALIZATIONS)}")
+
+
+def spectral_norm(layer: tf.keras.layers.Layer) -> tf.keras.layers.Layer:
+    """Wrap a Conv/Dense layer so its kernel is divided by its largest singular value (Miyato et al. 2018)."""
+    return tfa.layers.SpectralNormalization(layer)
+
+
+def synchronize_batch_norm(model: tf.keras.Model) -> int:
+    """Make every BatchNormalization inside `model` synchronised; returns how many were changed.
+
+    Keras 2.15 reads `synchronized` at call time, but a built BN layer has also
+    set `fused=True` (4-D input), and the fused kernel ignores `synchronized`:
+    both attributes must change. Used for backbones built by keras.applications,
+    which create plain BN layers.
+    """
+    changed = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, tf.keras.layers.BatchNormalization) and not layer.synchronized:
+            layer.synchronized = True
+            layer.fused = False
+            changed += 1
+    return changed

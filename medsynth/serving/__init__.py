@@ -1,0 +1,1 @@
+"""Serving: SavedModel export, a TF-Serving-compatible server, and its client."""

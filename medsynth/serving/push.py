@@ -1,0 +1,176 @@
+"""The Pusher: a model reaches the served repository only after it is blessed.
+
+Blessed means (like TFX's Evaluator + InfraValidator + Pusher): its primary
+metric beats the currently served version's by a margin, the generator did not
+collapse, and the SavedModel loads and answers a predict in a separate process
+that imports neither medsynth nor tensorflow_addons, as TF Serving would.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medsynth.errors import ConfigError, ServingError
+from medsynth.storage import atomic_directory, atomic_write_json, read_json
+
+log = logging.getLogger("medsynth")
+
+METRICS_FILE = "assets.extra/metrics.json"
+
+
+@dataclass
+class PushConfig:
+    model: str
+    model_repository: str
+    model_name: str = "generator"
+    metrics: str = ""
+    margin: float = 0.0
+    metric: str = "swd"
+    infra_validate: bool = True
+    decision_out: str | None = None
+
+
+@dataclass
+class PushDecision:
+    pushed: bool
+    version: int | None
+    metric: str
+    new_value: float | None
+    served_version: int | None
+    served_value: float | None
+    reasons: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        verdict = f"pushed as version {self.version}" if self.pushed else "not pushed"
+        return f"{verdict}: " + "; ".join(self.reasons)
+
+
+def served_versions(model_root: Path) -> list[int]:
+    """Integer version directories that are complete, newest last (what TF Serving would load)."""
+    if not model_root.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_root.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def infra_validate(model_dir: str | Path, timeout: float = 300.0) -> str | None:
+    """Load and query the SavedModel in a clean process; None when it works, else why not."""
+    code = (
+        "import sys, tensorflow as tf\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "f = m.signatures['serving_default']\n"
+        "spec = f.structured_input_signature[1]\n"
+        "name, s = next(iter(spec.items()))\n"
+        "x = tf.zeros([2] + s.shape.as_list()[1:], s.dtype)\n"
+        "out = f(**{name: x})\n"
+        "img, png = out['images'], out['png_bytes']\n"
+        "assert img.dtype == tf.uint8 and img.shape[0] == 2, img.shape\n"
+        "assert all(b.startswith(b'\\x89PNG') for b in png.numpy()), 'not PNG'\n"
+        "print('ok', img.shape)\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(model_dir)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=tempfile.gettempdir(),
+        )
+    except subprocess.TimeoutExpired:
+        return f"predict did not answer within {timeout:.0f} s"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"SavedModel failed to load or predict: {last}"
+    return None
+
+
+def push(cfg: PushConfig) -> PushDecision:
+    from medsynth.evaluate.suite import PRIMARY_METRICS
+
+    if cfg.metric not in PRIMARY_METRICS:
+        raise ConfigError(f"unknown gate metric {cfg.metric!r}; choose one of {', '.join(PRIMARY_METRICS)}")
+    model = Path(cfg.model)
+    if not (model / "saved_model.pb").exists():
+        raise ServingError(f"--model {cfg.model} is not a SavedModel directory (no saved_model.pb)")
+    new = read_json(cfg.metrics)
+    new = new.get("metrics", new)
+    lower_is_better = PRIMARY_METRICS[cfg.metric] == "lower"
+    value = new.get(cfg.metric)
+    model_root = Path(cfg.model_repository) / cfg.model_name
+    versions = served_versions(model_root)
+    served_version = versions[-1] if versions else None
+    served: dict[str, Any] = {}
+    if served_version is not None and (model_root / str(served_version) / METRICS_FILE).exists():
+        served = read_json(model_root / str(served_version) / METRICS_FILE)
+    served_value = served.get(cfg.metric)
+
+    reasons: list[str] = []
+    ok = True
+    if value is None:
+        ok = False
+        reasons.append(f"new model has no {cfg.metric} in {cfg.metrics}")
+    elif served_value is None:
+        reasons.append(f"no served version with {cfg.metric} to beat; judged on its own metrics")
+    elif served.get("feature_extractor") != new.get("feature_extractor") and cfg.metric in ("fid", "kid"):
+        ok = False
+        reasons.append(f"{cfg.metric} of different feature extractors cannot be compared")
+    else:
+        better = value < served_value - cfg.margin if lower_is_better else value > served_value + cfg.margin
+        word = "beats" if better else "does not beat"
+        reasons.append(
+            f"{cfg.metric} {value:.4g} {word} served v{served_version} {served_value:.4g} "
+            f"by margin {cfg.margin:g}"
+        )
+        ok = ok and better
+    if new.get("collapse"):
+        ok = False
+        reasons.append("mode-collapse alarm raised by the evaluation")
+    if ok and cfg.infra_validate:
+        problem = infra_validate(model)
+        if problem:
+            ok = False
+            reasons.append(problem)
+        else:
+            reasons.append("loads and answers a predict in a clean process")
+
+    version = None
+    if ok:
+        version = (served_version or 0) + 1
+        with atomic_directory(model_root / str(version)) as tmp:
+            shutil.copytree(model, tmp, dirs_exist_ok=True)
+            atomic_write_json(tmp / METRICS_FILE, new)
+        log.info("pushed %s as %s", model, model_root / str(version))
+    decision = PushDecision(ok, version, cfg.metric, value, served_version, served_value, reasons)
+    if cfg.decision_out:
+        atomic_write_json(cfg.decision_out, asdict(decision))
+    return decision
+
+
+def decision_markdown(decision: PushDecision) -> str:
+    served = (
+        "none" if decision.served_version is None else f"v{decision.served_version}: {decision.served_value}"
+    )
+    verdict = f"**pushed** as version {decision.version}" if decision.pushed else "**refused**"
+    return "\n".join(
+        [
+            f"## Push: {verdict}",
+            "",
+            "| | value |",
+            "|---|---|",
+            f"| gate metric | {decision.metric} |",
+            f"| new model | {decision.new_value} |",
+            f"| served | {served} |",
+            "",
+            *[f"- {r}" for r in decision.reasons],
+            "",
+        ]
+    )

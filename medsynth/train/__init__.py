@@ -1,0 +1,1 @@
+"""Training: loss, the adversarial loop, strategies, checkpoints, telemetry."""

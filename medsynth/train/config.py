@@ -1,0 +1,79 @@
+"""The training step's one typed config, validated up front and written beside its outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from medsynth.errors import ConfigError
+
+STRATEGIES = ("auto", "one", "mirrored", "multiworker", "horovod")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    image_size: int = 64
+    steps: int = 1000
+    batch_size: int = 16
+    seed: int = 0
+    checkpoint_every: int = 100
+    sample_every: int | None = None
+    keep_checkpoints: int = 3
+    backbone: str = "xception"
+    backbone_weights: str = "imagenet"
+    backbone_mode: str | None = None
+    latent_dim: int = 100
+    generator_width: int = 8
+    generator_norm: str = "batch"
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta_1: float = 0.5
+    label_smoothing: float = 0.1
+    augment: bool = False
+    strategy: str = "auto"
+    metrics_port: int | None = None
+    deterministic: bool = True
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        need(isinstance(self.steps, int) and self.steps >= 0, f"--steps must be >= 0, got {self.steps}")
+        need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        need(
+            self.image_size >= 8 and math.log2(self.image_size).is_integer(),
+            f"--image-size {self.image_size} is not a power of two >= 8 (try 32, 64, 128 or 256)",
+        )
+        need(self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        need(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
+        need(
+            self.strategy in STRATEGIES,
+            f"unknown --strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}",
+        )
+        need(
+            0.0 <= self.label_smoothing < 0.5,
+            f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}",
+        )
+        if self.sample_every is None:
+            self.sample_every = max(1, min(self.checkpoint_every, max(self.steps // 10, 1)))
+        from medsynth.models.backbones import get_backbone
+
+        get_backbone(self.backbone)  # unknown backbone: ConfigError listing valid names
+
+    def model_signature(self) -> dict[str, Any]:
+        """What a checkpoint must agree with to be restorable into this run's models."""
+        keys = ("image_size", "latent_dim", "generator_width", "generator_norm", "backbone", "backbone_mode")
+        d = {k: getattr(self, k) for k in keys}
+        from medsynth.models.discriminator import resolve_mode
+
+        d["backbone_mode"] = resolve_mode(self.backbone_weights, self.backbone_mode)
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,114 @@
+"""The adversarial update: D's step then G's step, in one compiled function.
+
+Written once for every strategy: each replica draws its slice of the *global*
+latent batch from a stateless seed (so one device and N replicas see the same
+numbers, and a resumed run draws what the uninterrupted one would have), and D
+always sees real and generated frames in one batch, so that its batch
+normalisation (the paper's head, and a trainable backbone) cannot tell them
+apart by batch statistics alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from medsynth.train.loss import discriminator_loss, generator_loss
+
+SAMPLE_STREAM = 2**31 - 1  # seed stream of the fixed latent batch used for sample grids
+
+
+def latent_batch(seed: int, step: tf.Tensor, stream: int, n: int, latent_dim: int) -> tf.Tensor:
+    """The global latent batch of (seed, step, stream): same numbers on any number of replicas."""
+    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64) * 2 + stream])
+    return tf.random.stateless_normal([n, latent_dim], seed=key)
+
+
+def sample_latents(seed: int, n: int, latent_dim: int) -> tf.Tensor:
+    return latent_batch(seed, tf.constant(SAMPLE_STREAM, tf.int64), 0, n, latent_dim)
+
+
+@dataclass
+class AdversarialStep:
+    generator: tf.keras.Model
+    discriminator: tf.keras.Model
+    g_optimizer: tf.keras.optimizers.Optimizer
+    d_optimizer: tf.keras.optimizers.Optimizer
+    global_batch_size: int
+    latent_dim: int
+    seed: int
+    label_smoothing: float = 0.0
+    strategy: tf.distribute.Strategy | None = None
+
+    def __post_init__(self) -> None:
+        self.strategy = self.strategy or tf.distribute.get_strategy()
+        self.train_step = tf.function(self._train_step, reduce_retracing=True)
+        self.d_step = tf.function(self._distributed(self._d_update), reduce_retracing=True)
+        self.g_step = tf.function(self._distributed(self._g_update), reduce_retracing=True)
+
+    # --- per replica -----------------------------------------------------------------------------
+    def _my_latents(self, step: tf.Tensor, stream: int, local: tf.Tensor) -> tf.Tensor:
+        ctx = tf.distribute.get_replica_context()
+        z = latent_batch(self.seed, step, stream, self.global_batch_size, self.latent_dim)
+        start = ctx.replica_id_in_sync_group * local
+        return z[start : start + local]
+
+    def _d_update(self, real: tf.Tensor, step: tf.Tensor) -> dict[str, tf.Tensor]:
+        local = tf.shape(real)[0]
+        z = self._my_latents(step, 0, local)
+        fake = self.generator(z, training=True)
+        with tf.GradientTape() as tape:
+            logits = self.discriminator(tf.concat([real, tf.cast(fake, real.dtype)], 0), training=True)
+            real_logits, fake_logits = logits[:local], logits[local:]
+            loss = discriminator_loss(real_logits, fake_logits, self.global_batch_size, self.label_smoothing)
+            scaled = self._scale(self.d_optimizer, loss)
+        grads = tape.gradient(scaled, self.discriminator.trainable_variables)
+        grads = self._unscale(self.d_optimizer, grads)
+        self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_variables, strict=True))
+        n = float(self.global_batch_size)
+        return {
+            "d_loss": loss,
+            "d_real": tf.reduce_sum(tf.sigmoid(tf.cast(real_logits, tf.float32))) / n,
+            "d_fake": tf.reduce_sum(tf.sigmoid(tf.cast(fake_logits, tf.float32))) / n,
+        }
+
+    def _g_update(self, real: tf.Tensor, step: tf.Tensor) -> dict[str, tf.Tensor]:
+        local = tf.shape(real)[0]
+        z = self._my_latents(step, 1, local)
+        with tf.GradientTape() as tape:
+            fake = self.generator(z, training=True)
+            logits = self.discriminator(tf.concat([real, tf.cast(fake, real.dtype)], 0), training=True)
+            loss = generator_loss(logits[local:], self.global_batch_size)
+            scaled = self._scale(self.g_optimizer, loss)
+        grads = tape.gradient(scaled, self.generator.trainable_variables)
+        grads = self._unscale(self.g_optimizer, grads)
+        self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables, strict=True))
+        return {"g_loss": loss}
+
+    def _both(self, real: tf.Tensor, step: tf.Tensor) -> dict[str, tf.Tensor]:
+        out = self._d_update(real, step)
+        out.update(self._g_update(real, step))
+        return out
+
+    @staticmethod
+    def _scale(opt: tf.keras.optimizers.Optimizer, loss: tf.Tensor) -> tf.Tensor:
+        return opt.get_scaled_loss(loss) if hasattr(opt, "get_scaled_loss") else loss
+
+    @staticmethod
+    def _unscale(opt: tf.keras.optimizers.Optimizer, grads: list) -> list:
+        return opt.get_unscaled_gradients(grads) if hasattr(opt, "get_unscaled_gradients") else grads
+
+    # --- across replicas -------------------------------------------------------------------------
+    def _distributed(self, fn):  # noqa: ANN001, ANN202 - a tf.function body
+        def run(real, step):  # noqa: ANN001, ANN202
+            per_replica = self.strategy.run(fn, args=(real, step))
+            return {
+                k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()
+            }
+
+        return run
+
+    def _train_step(self, real: tf.Tensor, step: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._distributed(self._both)(real, step)

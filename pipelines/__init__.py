@@ -1,0 +1,1 @@
+"""The `medsynth-train` pipeline and the helpers that compile, run and submit it."""

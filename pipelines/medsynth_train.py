@@ -1,0 +1,144 @@
+"""medsynth-train: prepare → train per backbone → compare → train the winner → evaluate → export → push.
+
+Reads like the DAG it draws. The backbone fan-out is a Python loop at compile
+time (kfp.local in kfp 2.13 has no ParallelFor), so the list of backbones is a
+compile-time option; every other knob is a run-time parameter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from kfp import compiler, dsl
+
+from components.compare import compare
+from components.evaluate import evaluate
+from components.export import export
+from components.prepare import prepare
+from components.push import push
+from components.train import train
+
+PIPELINE_NAME = "medsynth-train"
+DEFAULT_YAML = Path(__file__).with_name("medsynth_train.yaml")
+
+
+def default_backbones() -> list[str]:
+    from medsynth.models.backbones import backbone_names
+
+    return backbone_names()
+
+
+def _task_name(backbone: str) -> str:
+    return re.sub(r"[^a-z0-9-]", "-", backbone.lower())
+
+
+def build_pipeline(backbones: Sequence[str] | None = None) -> Callable:
+    """The pipeline function for a fixed list of backbones to compare."""
+    from medsynth.models.backbones import get_backbone
+
+    backbones = list(backbones or default_backbones())
+    for b in backbones:
+        get_backbone(b)  # unknown names fail at compile time, with the list of valid ones
+
+    @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])
+    def medsynth_train(
+        dataset_uri: str = "builtin://phantom",
+        image_size: int = 256,
+        compare_steps: int = 500,
+        train_steps: int = 20000,
+        batch_size: int = 16,
+        backbone_weights: str = "imagenet",
+        strategy: str = "auto",
+        gpus: int = 1,
+        storage_root: str = "gs://YOUR_BUCKET/medsynth",
+        model_repository: str = "gs://YOUR_BUCKET/models",
+        model_name: str = "generator",
+        eval_frames: int = 1000,
+        criterion: str = "swd",
+        gate_margin: float = 0.0,
+        phantom_frames: int = 4096,
+        seed: int = 0,
+    ):
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        data = prepare(
+            dataset_uri=dataset_uri,
+            image_size=image_size,
+            seed=seed,
+            storage_root=storage_root,
+            phantom_frames=phantom_frames,
+        ).set_display_name("prepare")
+        data.set_caching_options(True)
+        dataset_dir = data.outputs["dataset_dir"]
+
+        evaluations = []
+        for backbone in backbones:
+            short = train(
+                dataset_dir=dataset_dir,
+                storage_root=storage_root,
+                run_id=run_id,
+                run_name=backbone,
+                backbone=backbone,
+                image_size=image_size,
+                steps=compare_steps,
+                batch_size=batch_size,
+                backbone_weights=backbone_weights,
+                strategy=strategy,
+                seed=seed,
+            )
+            short.set_display_name(f"train-{_task_name(backbone)}").set_caching_options(False)
+            short.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+            judged = evaluate(
+                run_dir=short.outputs["run_dir"], dataset_dir=dataset_dir, n=eval_frames, seed=seed
+            )
+            judged.set_display_name(f"evaluate-{_task_name(backbone)}")
+            evaluations.append(judged)
+
+        ranking = compare(run_root=f"{storage_root}/runs/{run_id}", backbones=backbones, criterion=criterion)
+        ranking.set_display_name("compare").after(*evaluations)
+
+        final = train(
+            dataset_dir=dataset_dir,
+            storage_root=storage_root,
+            run_id=run_id,
+            run_name="final",
+            backbone=ranking.outputs["winner"],
+            image_size=image_size,
+            steps=train_steps,
+            batch_size=batch_size,
+            backbone_weights=backbone_weights,
+            strategy=strategy,
+            seed=seed,
+        )
+        final.set_display_name("train-final").set_caching_options(False)
+        final.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+        judged = evaluate(run_dir=final.outputs["run_dir"], dataset_dir=dataset_dir, n=eval_frames, seed=seed)
+        judged.set_display_name("evaluate-final")
+        exported = export(
+            run_dir=final.outputs["run_dir"],
+            metrics_path=judged.outputs["metrics_path"],
+            model_name=model_name,
+        ).set_display_name("export")
+        push(
+            model=exported.outputs["model"],
+            metrics_path=judged.outputs["metrics_path"],
+            model_repository=model_repository,
+            model_name=model_name,
+            metric=criterion,
+            margin=gate_margin,
+        ).set_display_name("push")
+
+    return medsynth_train
+
+
+def compile_pipeline(out: str | Path = DEFAULT_YAML, backbones: Sequence[str] | None = None) -> Path:
+    """Write the YAML a user uploads in the Kubeflow UI (atomically)."""
+    from medsynth.storage import atomic_write_text
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.compiling.yaml")
+    compiler.Compiler().compile(build_pipeline(backbones), str(tmp))
+    atomic_write_text(out, tmp.read_text())
+    tmp.unlink()
+    return out

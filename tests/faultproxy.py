@@ -1,0 +1,171 @@
+"""A small HTTP proxy that breaks requests on purpose, so tests can prove that storage retries work.
+
+It sits between google-cloud-storage and the GCS emulator. For a configurable share of
+requests it answers 503, resets the connection before or after the emulator saw the request,
+or cuts a download short; it can also refuse every write (a read-only bucket) or fail every
+request after the first N (an outage in the middle of an upload). Fault decisions come from one
+`random.Random(seed)` drawn in request order, so a run is reproducible up to thread scheduling.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import random
+import socket
+import struct
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+KINDS = ("503", "reset", "reset_after", "truncate")
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
+               "upgrade", "content-length"}
+
+
+class FaultProxy:
+    """Forward to `upstream` (http://host:port); `endpoint` is what STORAGE_EMULATOR_HOST should point at."""
+
+    def __init__(self, upstream: str, *, rate: float = 0.0, seed: int = 0, kinds: tuple[str, ...] = KINDS,
+                 forbid_writes: bool = False, fail_after: int | None = None) -> None:
+        unknown = set(kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; choose from {KINDS}")
+        parsed = urllib.parse.urlsplit(upstream)
+        self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self.rate, self.kinds = rate, tuple(kinds)
+        self.forbid_writes, self.fail_after = forbid_writes, fail_after
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server.daemon_threads = True
+        self._server.proxy = self  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def faults(self) -> int:
+        return sum(n for k, n in self.stats.items() if k in KINDS)
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def decide(self, method: str) -> str | None:
+        with self._lock:
+            self.stats["requests"] += 1
+            if self.forbid_writes and method not in ("GET", "HEAD"):
+                self.stats["forbidden"] += 1
+                return "forbidden"
+            if self.fail_after is not None and self.stats["requests"] > self.fail_after:
+                self.stats["outage"] += 1
+                return "outage"
+            if self._rng.random() < self.rate:
+                kind = self._rng.choice(self.kinds)
+                self.stats[kind] += 1
+                return kind
+            return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+        pass
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def _handle(self) -> None:
+        proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]
+        body = self._read_body()
+        fault = proxy.decide(self.command)
+        if fault == "forbidden":
+            return self._json(403, "medsynth-test@example.iam.gserviceaccount.com does not have "
+                                   "storage.objects.create access to the Google Cloud Storage object.")
+        if fault in ("503", "outage"):
+            return self._json(503, "Service Unavailable (injected)")
+        if fault == "reset":
+            return self._reset()
+        status, reason, headers, data = self._forward(proxy, body)
+        if fault == "reset_after" or (fault == "truncate" and len(data) < 2):
+            return self._reset()
+        self.send_response(status, reason)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command == "HEAD":
+            return None
+        if fault == "truncate":
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            return self._reset()
+        self.wfile.write(data)
+        return None
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _forward(self, proxy: FaultProxy, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        # The Host header goes through unchanged: the emulator builds resumable-upload URLs from it,
+        # so follow-up requests come back through this proxy.
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        if body or self.command in ("POST", "PUT", "PATCH"):
+            headers["Content-Length"] = str(len(body))
+        conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+        try:
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
+            return resp.status, resp.reason, out, data
+        finally:
+            conn.close()
+
+    def _json(self, code: int, message: str) -> None:
+        error = {"code": code, "message": message, "errors": [{"message": message}]}
+        data = json.dumps({"error": error}).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _reset(self) -> None:
+        """Close with RST, like a load balancer dropping the connection."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass

@@ -1,0 +1,581 @@
+"""k8s/: every kustomization renders, every object is schema-valid offline, the security baseline holds,
+and the pieces agree with each other (ports, config files, image tags, the `medsynth train` flags).
+
+Renders with `kubectl kustomize` (kubectl 1.32, kustomize v5.5); validates core kinds with
+kubernetes-validate's 1.32 schemas. CRDs (MPIJob, TFJob, PodMonitor) get structural checks, and the
+pod templates inside them are validated as core PodTemplates.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import images
+from medsynth import __version__
+from medsynth.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+K8S_VERSION = "1.32.0"
+CRD_GROUPS = ("kubeflow.org", "monitoring.coreos.com")
+
+
+def _kustomizations(root: Path = K8S) -> list[Path]:
+    """Every directory with a kustomization.yaml that renders on its own (components do not)."""
+    dirs = []
+    for path in sorted(root.rglob("kustomization.yaml")):
+        if yaml.safe_load(path.read_text()).get("kind") != "Component":
+            dirs.append(path.parent)
+    return dirs
+
+
+KUSTOMIZATIONS = _kustomizations()
+IDS = [str(d.relative_to(K8S)) for d in KUSTOMIZATIONS]
+
+
+def _kubectl() -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        pytest.fail(
+            "kubectl is not on PATH: these tests render k8s/ with `kubectl kustomize` "
+            "(kubectl >= 1.27 ships kustomize v5). Install kubectl and run again."
+        )
+    return path
+
+
+@functools.cache
+def _render_text(directory: str) -> str:
+    proc = subprocess.run(
+        [_kubectl(), "kustomize", directory], capture_output=True, text=True, timeout=120, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"kubectl kustomize {directory} failed:\n{proc.stderr}")
+    return proc.stdout
+
+
+def render(directory: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(_render_text(str(directory))) if doc]
+
+
+def _group(obj: dict) -> str:
+    api = obj["apiVersion"]
+    return api.split("/")[0] if "/" in api else ""
+
+
+def _pod_templates(obj: dict) -> Iterator[tuple[str, dict]]:
+    """(label, pod template) for every workload kind medsynth uses."""
+    kind, spec = obj["kind"], obj.get("spec", {})
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        yield kind, spec["template"]
+    elif kind == "MPIJob":
+        for role, replica in spec["mpiReplicaSpecs"].items():
+            yield f"MPIJob/{role}", replica["template"]
+    elif kind == "TFJob":
+        for role, replica in spec["tfReplicaSpecs"].items():
+            yield f"TFJob/{role}", replica["template"]
+
+
+def _containers(template: dict) -> list[dict]:
+    spec = template["spec"]
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def _all_objects() -> list[dict]:
+    return [obj for d in KUSTOMIZATIONS for obj in render(d)]
+
+
+def _one(objs: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+# --- rendering and schemas -------------------------------------------------------------------
+
+
+def test_every_k8s_directory_is_covered():
+    # A kustomization added later is picked up automatically; make sure the expected ones exist.
+    names = set(IDS)
+    for expected in ("base", "serving", "training/horovod", "training/multiworker", "monitoring", "overlays/gcp"):
+        assert expected in names, f"k8s/{expected} has no kustomization.yaml"
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=IDS)
+def test_renders_with_unique_named_objects(directory):
+    objs = render(directory)
+    assert objs, f"{directory} renders nothing"
+    keys = []
+    for obj in objs:
+        assert obj.get("apiVersion") and obj.get("kind") and obj.get("metadata", {}).get("name"), obj
+        keys.append((obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]))
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == "medsynth", f"{keys[-1]} is not in namespace medsynth"
+    assert len(keys) == len(set(keys)), f"duplicate objects in {directory}: {keys}"
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=IDS)
+def test_core_objects_match_kubernetes_schemas(directory):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    checked = 0
+    for obj in render(directory):
+        if _group(obj) in CRD_GROUPS:
+            # CRDs: the pod templates inside them are core objects; validate those strictly.
+            for label, template in _pod_templates(obj):
+                pod_template = {"apiVersion": "v1", "kind": "PodTemplate",
+                                "metadata": {"name": f"{obj['metadata']['name']}-{label.split('/')[-1].lower()}"},
+                                "template": template}
+                _validate(kubernetes_validate, pod_template, f"{obj['kind']} {obj['metadata']['name']} {label}")
+                checked += 1
+            continue
+        _validate(kubernetes_validate, obj, f"{obj['kind']} {obj['metadata']['name']}")
+        checked += 1
+    assert checked, f"nothing in {directory} was validated"
+
+
+def _validate(kubernetes_validate, obj: dict, what: str) -> None:
+    try:
+        # strict: unknown fields (typos) are errors too.
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        pytest.fail(f"{what} does not match the Kubernetes {K8S_VERSION} schema: {e.message} at {list(e.path)}")
+
+
+def test_schema_validation_rejects_a_broken_object():
+    # The check above must be able to fail: a typo in a container field is caught.
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    deployment = _one(render(K8S / "serving"), "Deployment", "tf-serving")
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+# --- security baseline -----------------------------------------------------------------------
+
+
+def _workloads() -> list[tuple[str, dict]]:
+    out = []
+    for obj in _all_objects():
+        for label, template in _pod_templates(obj):
+            out.append((f"{obj['metadata']['name']} {label}", template))
+    return out
+
+
+def test_there_are_workloads_to_check():
+    labels = {label for label, _ in _workloads()}
+    assert any("Deployment" in x for x in labels)
+    assert any("MPIJob/Worker" in x for x in labels) and any("TFJob/Worker" in x for x in labels)
+
+
+@pytest.mark.parametrize("label,template", _workloads(), ids=[w[0] for w in _workloads()])
+def test_security_baseline(label, template):
+    pod = template["spec"]
+    pod_sc = pod.get("securityContext", {})
+    assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{label}: seccomp RuntimeDefault"
+    assert pod.get("hostNetwork") is not True and pod.get("hostPID") is not True, label
+    for c in _containers(template):
+        where = f"{label} container {c['name']}"
+        sc = c.get("securityContext", {})
+        assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, f"{where}: runAsNonRoot"
+        assert sc.get("runAsUser", pod_sc.get("runAsUser", 1)) != 0, f"{where}: runs as uid 0"
+        assert sc.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation must be false"
+        assert sc.get("privileged") is not True, where
+        assert sc.get("readOnlyRootFilesystem") is True, f"{where}: readOnlyRootFilesystem"
+        assert "ALL" in sc.get("capabilities", {}).get("drop", []), f"{where}: drop ALL capabilities"
+        assert not sc.get("capabilities", {}).get("add"), f"{where}: adds capabilities"
+        # A read-only root needs somewhere to write temporary files.
+        mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+        assert "/tmp" in mounts, f"{where}: read-only root filesystem but no writable /tmp"
+        res = c.get("resources", {})
+        for key in ("cpu", "memory"):
+            assert key in res.get("requests", {}), f"{where}: no {key} request"
+            assert key in res.get("limits", {}), f"{where}: no {key} limit"
+            assert _quantity(res["requests"][key]) <= _quantity(res["limits"][key]), f"{where}: {key} request > limit"
+        gpus = res.get("limits", {}).get("nvidia.com/gpu")
+        if gpus is not None:
+            assert res.get("requests", {}).get("nvidia.com/gpu") == gpus, f"{where}: GPU request != limit"
+        _check_image(c["image"], where)
+
+
+_UNITS = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def _quantity(value: str | int | float) -> float:
+    m = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(value))
+    assert m and m.group(2) in _UNITS, f"cannot parse quantity {value!r}"
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _check_image(ref: str, where: str) -> None:
+    assert "@sha256:" in ref or re.search(r":[\w][\w.-]*$", ref.rsplit("/", 1)[-1]), f"{where}: untagged image {ref}"
+    assert not ref.endswith(":latest"), f"{where}: image {ref} uses the latest tag"
+
+
+def test_image_check_rejects_latest_and_untagged():
+    for bad in ("tensorflow/serving", "tensorflow/serving:latest", "localhost:5000/medsynth/base"):
+        with pytest.raises(AssertionError):
+            _check_image(bad, "test")
+    _check_image("localhost:5000/medsynth/base:0.1.0", "test")
+
+
+def test_medsynth_images_are_the_ones_components_use(monkeypatch):
+    # Without MEDSYNTH_REGISTRY, components/images.py gives the same placeholder references as k8s/.
+    monkeypatch.delenv(images.REGISTRY_ENV, raising=False)
+    trainer = images.image("trainer")
+    assert trainer.endswith(f":{__version__}")
+    seen = set()
+    for obj in render(K8S / "training" / "horovod") + render(K8S / "training" / "multiworker"):
+        for _, template in _pod_templates(obj):
+            for c in _containers(template):
+                seen.add(c["image"])
+    assert seen == {trainer}
+    serving = _one(render(K8S / "serving"), "Deployment", "tf-serving")
+    assert serving["spec"]["template"]["spec"]["containers"][0]["image"] == images.SERVING_IMAGE
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+
+def _serving() -> dict:
+    objs = render(K8S / "serving")
+    return {"objs": objs, "deploy": _one(objs, "Deployment", "tf-serving"), "config": _one(objs, "ConfigMap")}
+
+
+def _flags(args: list[str]) -> dict[str, str]:
+    out = {}
+    for a in args:
+        key, _, value = a.partition("=")
+        out[key] = value
+    return out
+
+
+def test_serving_flags_point_at_mounted_config_files():
+    s = _serving()
+    pod = s["deploy"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    flags = _flags(c["args"])
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    files = {}
+    for name, path in mounts.items():
+        if "configMap" in volumes[name]:
+            assert volumes[name]["configMap"]["name"] == s["config"]["metadata"]["name"]
+            for key, text in s["config"]["data"].items():
+                files[f"{path}/{key}"] = text
+    for flag in ("--model_config_file", "--monitoring_config_file", "--batching_parameters_file"):
+        assert flags.get(flag) in files, f"{flag}={flags.get(flag)} is not a mounted config file ({sorted(files)})"
+    assert flags["--enable_batching"] == "true"
+    assert int(flags["--file_system_poll_wait_seconds"]) > 0
+    assert flags["--port"] == "8500" and flags["--rest_api_port"] == "8501"
+
+    model_config = files[flags["--model_config_file"]]
+    model_name = re.search(r'name:\s*"([^"]+)"', model_config).group(1)
+    assert re.search(r'base_path:\s*"gs://[^/"]+/models/' + model_name + '"', model_config), model_config
+    # Probes ask TF Serving for the status of exactly that model.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["path"] == f"/v1/models/{model_name}", probe
+
+    monitoring = files[flags["--monitoring_config_file"]]
+    assert re.search(r"enable:\s*true", monitoring)
+    metrics_path = re.search(r'path:\s*"([^"]+)"', monitoring).group(1)
+    monitor = _one(s["objs"], "PodMonitor")
+    assert [e["path"] for e in monitor["spec"]["podMetricsEndpoints"]] == [metrics_path]
+
+    batching = files[flags["--batching_parameters_file"]]
+    assert int(re.search(r"max_batch_size\s*{\s*value:\s*(\d+)", batching).group(1)) >= 16
+
+
+def test_serving_objects_select_the_serving_pods():
+    s = _serving()
+    pod_labels = s["deploy"]["spec"]["template"]["metadata"]["labels"]
+    c = s["deploy"]["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"grpc": 8500, "http": 8501}
+    assert _matches(s["deploy"]["spec"]["selector"], pod_labels)
+
+    svc = _one(s["objs"], "Service", "tf-serving")
+    assert all(pod_labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+    assert {(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {(8500, "grpc"), (8501, "http")}
+
+    hpa = _one(s["objs"], "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == s["deploy"]["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] >= 2, "one replica cannot survive a node drain"
+    assert "replicas" not in s["deploy"]["spec"], "the HPA owns replicas; an apply would reset them"
+    assert any(m["resource"]["name"] == "cpu" for m in hpa["spec"]["metrics"])
+
+    pdb = _one(s["objs"], "PodDisruptionBudget")
+    assert _matches(pdb["spec"]["selector"], pod_labels)
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "the PDB would block every drain"
+
+    policy = _one(s["objs"], "NetworkPolicy")
+    assert _matches(policy["spec"]["podSelector"], pod_labels)
+    allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert allowed == {8500, 8501}
+
+    monitor = _one(s["objs"], "PodMonitor")
+    assert _matches(monitor["spec"]["selector"], pod_labels)
+    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= set(ports)
+
+    assert s["deploy"]["spec"]["template"]["spec"]["serviceAccountName"] == "medsynth-serving"
+
+
+# --- training jobs ---------------------------------------------------------------------------
+
+
+def _train_args(argv: list[str]):
+    """Parse a container's `medsynth train ...` exactly as the CLI would."""
+    i = argv.index("medsynth")
+    assert argv[i + 1] == "train", argv
+    return build_parser().parse_args(argv[i + 1:])
+
+
+def test_mpijob_runs_horovod_over_the_operators_ssh():
+    job = _one(render(K8S / "training" / "horovod"), "MPIJob")
+    assert job["apiVersion"] == "kubeflow.org/v2beta1"
+    spec = job["spec"]
+    assert set(spec["mpiReplicaSpecs"]) == {"Launcher", "Worker"}
+    launcher = spec["mpiReplicaSpecs"]["Launcher"]
+    worker = spec["mpiReplicaSpecs"]["Worker"]
+    assert launcher["replicas"] == 1
+    lc = launcher["template"]["spec"]["containers"][0]
+    wc = worker["template"]["spec"]["containers"][0]
+    argv = lc["command"] + lc["args"]
+    assert argv[0] == "horovodrun" and "--gloo" in argv
+    np_ = int(argv[argv.index("-np") + 1])
+    assert np_ == worker["replicas"] * spec["slotsPerWorker"], "-np must be Worker replicas x slotsPerWorker"
+    assert argv[argv.index("--hostfile") + 1] == "/etc/mpi/hostfile"
+    # GPUs per worker pod = ranks per worker pod.
+    assert int(wc["resources"]["limits"]["nvidia.com/gpu"]) == spec["slotsPerWorker"]
+    assert "nvidia.com/gpu" not in lc["resources"].get("limits", {}), "the launcher needs no GPU"
+
+    # The worker runs the image's non-root sshd; its port and key path agree with images/trainer.
+    sshd = _sshd_config()
+    assert wc["command"] == ["/usr/sbin/sshd"]
+    config_path = wc["args"][wc["args"].index("-f") + 1]
+    assert config_path == "/home/medsynth/.sshd_config"
+    assert argv[argv.index("-p") + 1] == sshd["Port"]
+    assert {p["containerPort"] for p in wc["ports"] if p["name"] == "ssh"} == {int(sshd["Port"])}
+    assert str(Path(sshd["HostKey"]).parent) == spec["sshAuthMountPath"]
+
+    args = _train_args(argv)
+    assert args.strategy == "horovod"
+    assert args.metrics_port == 9400
+    assert {p["containerPort"] for p in wc["ports"] if p["name"] == "metrics"} == {9400}
+
+
+def _sshd_config() -> dict[str, str]:
+    text = (ROOT / "images" / "trainer" / "sshd_config").read_text()
+    pairs = (line.split(None, 1) for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return {k: v.strip() for k, v in pairs}
+
+
+def test_tfjob_runs_multiworker_mirrored():
+    job = _one(render(K8S / "training" / "multiworker"), "TFJob")
+    assert job["apiVersion"] == "kubeflow.org/v1"
+    replicas = job["spec"]["tfReplicaSpecs"]
+    assert set(replicas) <= {"Chief", "Worker", "PS", "Evaluator", "Master"} and "Worker" in replicas
+    worker = replicas["Worker"]
+    assert worker["replicas"] >= 2
+    assert worker["restartPolicy"] in ("Always", "OnFailure", "Never", "ExitCode")
+    c = worker["template"]["spec"]["containers"][0]
+    assert c["name"] == "tensorflow", "the Training Operator looks for the container named tensorflow"
+    args = _train_args(c["command"] + c["args"])
+    assert args.strategy == "multiworker"
+    assert args.metrics_port == 9400
+
+
+@pytest.mark.parametrize("kind,directory", [("MPIJob", "horovod"), ("TFJob", "multiworker")])
+def test_training_pods_request_gpus_and_use_workload_identity(kind, directory):
+    job = _one(render(K8S / "training" / directory), kind)
+    for label, template in _pod_templates(job):
+        pod = template["spec"]
+        assert pod["serviceAccountName"] == "medsynth-trainer", label
+        env = {e["name"]: e.get("value") for c in pod["containers"] for e in c.get("env", [])}
+        assert not any("CREDENTIALS" in k or "KEY" in k for k in env), f"{label}: credentials in env"
+        if label.endswith("Worker"):
+            limits = pod["containers"][0]["resources"]["limits"]
+            assert int(limits["nvidia.com/gpu"]) >= 1
+            assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", [])), label
+            assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"]), (
+                f"{label}: NCCL needs a memory-backed /dev/shm"
+            )
+        for c in pod["containers"]:
+            # `$(RUNS_ROOT)` in args must be defined in the same container's env, or kubelet leaves it as is.
+            for ref in re.findall(r"\$\((\w+)\)", " ".join(c.get("args", []))):
+                assert ref in {e["name"] for e in c.get("env", [])}, f"{label}: $({ref}) is not in env"
+
+
+# --- base: accounts and RBAC -----------------------------------------------------------------
+
+
+def test_launcher_rbac_covers_the_training_jobs():
+    objs = render(K8S / "base")
+    sas = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ServiceAccount"}
+    assert set(sas) == {"medsynth-pipeline", "medsynth-trainer", "medsynth-serving"}
+    for sa in sas.values():
+        assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
+    role = _one(objs, "Role")
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"] for v in rule["verbs"]}
+    for resource in ("mpijobs", "tfjobs"):
+        for verb in ("create", "get", "watch", "delete"):
+            assert ("kubeflow.org", resource, verb) in granted, f"launcher cannot {verb} {resource}"
+    assert not any(v == "*" or r == "*" for _, r, v in granted), "no wildcards"
+    binding = _one(objs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert [(s["kind"], s["name"]) for s in binding["subjects"]] == [("ServiceAccount", "medsynth-pipeline")]
+
+
+# --- monitoring ------------------------------------------------------------------------------
+
+
+def test_trainer_podmonitor_finds_the_metrics_port_of_training_pods():
+    monitor = _one(render(K8S / "monitoring"), "PodMonitor", "medsynth-trainer")
+    endpoints = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoints and all(e.get("port") for e in endpoints)
+    matched = 0
+    for directory in ("horovod", "multiworker"):
+        for obj in render(K8S / "training" / directory):
+            for _, template in _pod_templates(obj):
+                if not _matches(monitor["spec"]["selector"], template["metadata"]["labels"]):
+                    continue
+                ports = {p["name"]: p["containerPort"] for c in template["spec"]["containers"]
+                         for p in c.get("ports", [])}
+                if "metrics" in ports:
+                    matched += 1
+                    assert ports["metrics"] == 9400
+    assert matched >= 2, "no training pod exposes the port the PodMonitor scrapes"
+
+
+def _dashboard() -> dict:
+    cm = _one(render(K8S / "monitoring"), "ConfigMap", "medsynth-grafana-dashboard")
+    assert cm["metadata"]["labels"].get("grafana_dashboard") == "1", "Grafana's sidecar finds dashboards by label"
+    (text,) = cm["data"].values()
+    return json.loads(text)
+
+
+def _exprs(dashboard: dict) -> list[str]:
+    out = []
+
+    def walk(panels):
+        for p in panels:
+            out.extend(t["expr"] for t in p.get("targets", []))
+            walk(p.get("panels", []))
+
+    walk(dashboard["panels"])
+    return out
+
+
+def test_dashboard_covers_training_and_serving_metrics():
+    dashboard = _dashboard()
+    assert dashboard["uid"] and dashboard["panels"]
+    text = "\n".join(_exprs(dashboard))
+    # DESIGN §5 telemetry and issue 5's server metrics, plus TF Serving's own exporter names.
+    for metric in (
+        "medsynth_train_steps_total", "medsynth_train_images_total", "medsynth_train_loss",
+        "medsynth_train_d_output", "medsynth_train_step_seconds_bucket", "medsynth_train_data_wait_seconds",
+        "medsynth_serve_requests_total", "medsynth_serve_request_seconds_bucket", "medsynth_serve_images_total",
+        ":tensorflow:serving:request_count", ":tensorflow:serving:request_latency_bucket",
+    ):
+        assert metric in text, f"no dashboard panel shows {metric}"
+    for p in dashboard["panels"]:
+        if p["type"] != "row":
+            assert p.get("targets"), f"panel {p['title']!r} has no query"
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed")
+    exprs = _exprs(_dashboard())
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"medsynth:dashboard_query_{i}", "expr": e.replace("$__rate_interval", "5m").replace("$model", "x")}
+        for i, e in enumerate(exprs)
+    ]}]}
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # And promtool does reject a broken query, so the check above means something.
+    path.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [{"record": "x:y", "expr": "rate(x[5m]"}]}]}))
+    assert subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, check=False).returncode != 0
+
+
+# --- the gcp overlay -------------------------------------------------------------------------
+
+
+def test_gcp_overlay_applies_every_setting(tmp_path):
+    # Render a copy of k8s/ with distinctive settings: every placeholder must be gone and every value land.
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    settings = {
+        "PROJECT_ID": "proj-x1", "REGISTRY_HOST": "europe-west4-docker.pkg.dev", "BUCKET": "bucket-x1",
+        "PIPELINE_GSA": "pipe-x1@proj-x1.iam.gserviceaccount.com",
+        "SERVING_GSA": "serve-x1@proj-x1.iam.gserviceaccount.com", "GPU_TYPE": "nvidia-h100-80gb",
+    }
+    env_file = copy / "overlays" / "gcp" / "settings" / "settings.env"
+    shipped = dict(line.split("=", 1) for line in env_file.read_text().split())
+    assert set(shipped) == set(settings), "settings.env keys changed: update this test and docs/cluster.md"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+
+    rendered = {name: _render_text(str(copy / "overlays" / "gcp" / name)) for name in ("", "horovod", "multiworker")}
+    for name, text in rendered.items():
+        assert "YOUR_" not in text, f"overlays/gcp/{name}: a placeholder survived:\n" + "\n".join(
+            line for line in text.splitlines() if "YOUR_" in line)
+        assert "medsynth-gcp-settings" not in text, "the settings ConfigMap is local-config, never applied"
+
+    platform = [d for d in yaml.safe_load_all(rendered[""]) if d]
+    sas = {o["metadata"]["name"]: o["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+           for o in platform if o["kind"] == "ServiceAccount"}
+    assert sas == {"medsynth-pipeline": settings["PIPELINE_GSA"], "medsynth-trainer": settings["PIPELINE_GSA"],
+                   "medsynth-serving": settings["SERVING_GSA"]}
+    config = _one(platform, "ConfigMap", None)
+    assert 'base_path: "gs://bucket-x1/models/generator"' in config["data"]["models.config"]
+    assert not any(o["kind"] in ("MPIJob", "TFJob") for o in platform), "applying the platform must not start a run"
+
+    trainer = f"europe-west4-docker.pkg.dev/proj-x1/medsynth/trainer:{__version__}"
+    assert trainer == images.image("trainer", {images.REGISTRY_ENV: "europe-west4-docker.pkg.dev/proj-x1/medsynth"})
+    for name, kind in (("horovod", "MPIJob"), ("multiworker", "TFJob")):
+        job = _one([d for d in yaml.safe_load_all(rendered[name]) if d], kind)
+        for label, template in _pod_templates(job):
+            for c in template["spec"]["containers"]:
+                assert c["image"] == trainer, f"{name} {label}"
+                env = {e["name"]: e.get("value") for e in c.get("env", [])}
+                if "RUNS_ROOT" in env:
+                    assert env["RUNS_ROOT"] == "gs://bucket-x1/runs"
+            if label.endswith("Worker"):
+                assert template["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+
+
+def test_gcp_overlay_tags_medsynth_images_with_the_package_version():
+    component = yaml.safe_load((K8S / "overlays" / "gcp" / "settings" / "kustomization.yaml").read_text())
+    tags = {i["name"]: i["newTag"] for i in component["images"]}
+    assert tags == {f"{images.DEFAULT_REGISTRY}/{n}": __version__ for n in images.IMAGE_NAMES}
+
+
+def test_docs_apply_commands_name_existing_kustomizations():
+    docs = ROOT / "docs" / "cluster.md"
+    if not docs.exists():
+        pytest.fail("docs/cluster.md (the cluster guide) is missing")
+    text = docs.read_text()
+    used = set(re.findall(r"kubectl (?:apply|create|delete|kustomize)[^\n]*?-?k?\s+(k8s/[\w/.-]+)", text))
+    assert used, "docs/cluster.md applies no kustomization"
+    for path in used:
+        assert (ROOT / path.rstrip("/") / "kustomization.yaml").exists(), f"docs/cluster.md uses {path}: not a kustomization"
+    for cmd in re.findall(r"^\s*(medsynth [a-z]+)", text, flags=re.M):
+        sub = shlex.split(cmd)[1]
+        assert sub in build_parser()._subparsers._group_actions[0].choices, f"docs/cluster.md: unknown `{cmd}`"

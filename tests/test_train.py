@@ -1,0 +1,175 @@
+"""The adversarial step, the loop, checkpoints and resume, on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from medsynth.errors import CheckpointError, ConfigError
+from medsynth.train.config import TrainConfig
+from medsynth.train.loss import discriminator_loss, generator_loss
+from medsynth.train.step import AdversarialStep, latent_batch
+from medsynth.train.telemetry import read_history
+
+SIZE = 32
+BACKBONE = "mobilenetv2"
+
+
+def _models(seed: int = 0):
+    from medsynth.models.discriminator import build_discriminator
+    from medsynth.models.generator import build_generator
+
+    tf.keras.utils.set_random_seed(seed)
+    g = build_generator(SIZE, latent_dim=16, width=2)
+    d = build_discriminator(SIZE, backbone=BACKBONE, weights="none")
+    return g, d
+
+
+def _step(g, d, batch=4, lr=1e-3):
+    return AdversarialStep(
+        g,
+        d,
+        tf.keras.optimizers.Adam(lr, beta_1=0.5),
+        tf.keras.optimizers.Adam(lr, beta_1=0.5),
+        global_batch_size=batch,
+        latent_dim=16,
+        seed=3,
+    )
+
+
+def _weights(model):
+    return [v.numpy().copy() for v in model.trainable_variables]
+
+
+def _changed(before, model):
+    return any(
+        not np.array_equal(a, v.numpy()) for a, v in zip(before, model.trainable_variables, strict=True)
+    )
+
+
+def test_losses_are_the_papers_bce():
+    real, fake = tf.constant([[2.0], [-1.0]]), tf.constant([[0.5], [-3.0]])
+    sp = lambda x: np.log1p(np.exp(x))  # noqa: E731 - softplus: BCE with logits
+    d = float(discriminator_loss(real, fake, 2))
+    expected_d = np.mean([sp(-2.0) + sp(0.5), sp(1.0) + sp(-3.0)])
+    assert d == pytest.approx(expected_d, rel=1e-6)
+    g = float(generator_loss(fake, 2))
+    assert g == pytest.approx(np.mean([sp(-0.5), sp(3.0)]), rel=1e-6)
+    # the global batch divides, so N replicas summing their losses give the single-device value
+    assert float(generator_loss(fake, 4)) == pytest.approx(g / 2, rel=1e-6)
+
+
+def test_latents_do_not_depend_on_replicas_and_differ_per_step():
+    a = latent_batch(1, tf.constant(5, tf.int64), 0, 8, 4).numpy()
+    b = latent_batch(1, tf.constant(5, tf.int64), 0, 8, 4).numpy()
+    c = latent_batch(1, tf.constant(6, tf.int64), 0, 8, 4).numpy()
+    d = latent_batch(1, tf.constant(5, tf.int64), 1, 8, 4).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c) and not np.allclose(a, d)
+
+
+def test_d_step_moves_only_d_and_lowers_its_loss_then_g_step_moves_only_g():
+    g, d = _models()
+    step = _step(g, d)
+    real = tf.random.stateless_uniform([4, SIZE, SIZE, 1], seed=[1, 2], minval=-1, maxval=1)
+    s = tf.constant(0, tf.int64)
+
+    g0, d0 = _weights(g), _weights(d)
+    first = step.d_step(real, s)
+    assert _changed(d0, d) and not _changed(g0, g)
+    losses = [float(first["d_loss"])] + [float(step.d_step(real, s)["d_loss"]) for _ in range(4)]
+    assert losses[-1] < losses[0], losses  # same batch, same z: D gets better at telling them apart
+
+    g1, d1 = _weights(g), _weights(d)
+    first = step.g_step(real, s)
+    assert _changed(g1, g) and not _changed(d1, d)
+    losses = [float(first["g_loss"])] + [float(step.g_step(real, s)["g_loss"]) for _ in range(4)]
+    assert losses[-1] < losses[0], losses  # G learns to fool the (fixed) D
+
+
+def _cfg(tmp_path, out, **kw):
+    base = dict(
+        data="builtin://phantom",
+        out=str(tmp_path / out),
+        image_size=SIZE,
+        steps=4,
+        batch_size=4,
+        seed=7,
+        checkpoint_every=2,
+        backbone=BACKBONE,
+        backbone_weights="none",
+        latent_dim=16,
+        generator_width=2,
+        log_every=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _final_weights(run_dir):
+    from medsynth.train.checkpoints import load_generator
+
+    g, info = load_generator(run_dir)
+    return [v.numpy() for v in g.weights], info
+
+
+@pytest.mark.slow
+def test_train_writes_outputs_and_resumes_exactly(tmp_path):
+    from medsynth.train.loop import train
+
+    straight = train(_cfg(tmp_path, "runs/r/straight", steps=6))
+    assert straight.step == 6
+    run = straight.run_dir
+    for rel in [
+        "config.json",
+        "metrics.json",
+        "history.jsonl",
+        "losses.png",
+        "samples/latest.png",
+        "samples/step_000006.png",
+        "checkpoints/model.json",
+    ]:
+        assert (run / rel).exists(), rel
+    assert list((run / "tensorboard").iterdir())
+
+    first = train(_cfg(tmp_path, "runs/r/resumed", steps=4))
+    assert first.step == 4
+    second = train(_cfg(tmp_path, "runs/r/resumed", steps=6))
+    assert second.step == 6 and second.metrics["steps_this_run"] == 2  # continued at the saved step
+    a, info_a = _final_weights(straight.run_dir)
+    b, info_b = _final_weights(second.run_dir)
+    assert info_a["step"] == info_b["step"] == 6
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)  # bitwise: iterator, latents and optimizers all restored
+
+    ckpt_files = {p: p.stat().st_mtime_ns for p in (second.run_dir / "checkpoints").iterdir()}
+    again = train(_cfg(tmp_path, "runs/r/resumed", steps=6))
+    assert again.step == 6 and again.metrics == second.metrics  # a finished run is not redone
+    assert {p: p.stat().st_mtime_ns for p in (second.run_dir / "checkpoints").iterdir()} == ckpt_files
+    steps = [r["step"] for r in read_history(second.run_dir)]
+    assert steps == sorted(set(steps)) and steps[-1] == 6  # no duplicated rows after the resume
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    from medsynth.train.loop import train
+
+    train(_cfg(tmp_path, "runs/r/a", steps=2))
+    with pytest.raises(CheckpointError, match="another model"):
+        train(_cfg(tmp_path, "runs/r/a", steps=4, generator_width=4))
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"steps": -1}, "--steps"),
+        ({"image_size": 48}, "not a power of two"),
+        ({"backbone": "vgg16"}, "vgg16"),
+        ({"strategy": "magic"}, "--strategy"),
+        ({"batch_size": 0}, "--batch-size"),
+    ],
+)
+def test_bad_config_is_refused_with_the_flag_named(tmp_path, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        _cfg(tmp_path, "x", **kw)
