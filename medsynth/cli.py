@@ -91,6 +91,9 @@ def _prepare(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         min_frames=args.min_frames,
         phantom_frames=args.phantom_frames,
+        dtype=args.dtype,
+        workers=args.workers,
+        max_pixels_mb=args.max_pixels_mb,
     )
     result = prepare(cfg)
     print(f"dataset ready: {result}")
@@ -116,11 +119,19 @@ def _train(args: argparse.Namespace) -> int:
         backbone_weights=args.backbone_weights,
         backbone_mode=args.backbone_mode,
         latent_dim=args.latent_dim,
+        generator_width=args.generator_width,
+        augment=args.augment,
         strategy=args.strategy,
+        gpus=args.gpus,
+        mixed_precision=args.mixed_precision,
+        xla=args.xla,
+        keep_checkpoints=args.keep_checkpoints,
         metrics_port=args.metrics_port,
+        pushgateway=args.pushgateway,
+        log_every=args.log_every,
     )
     result = train(cfg)
-    print(f"training done: {result.run_dir} (step {result.step})")
+    print(f"training done: {result.uri or result.run_dir} (step {result.step})")
     return 0
 
 
@@ -179,11 +190,171 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS["submit"] = _not_yet("submit", "issue 6: the cluster path")
-COMMANDS["schedule"] = _not_yet("schedule", "issue 6: the cluster path")
-COMMANDS["runs"] = _not_yet("runs", "issue 6: the cluster path")
-COMMANDS["serve"] = _not_yet("serve", "issue 5: serving")
-COMMANDS["generate"] = _not_yet("generate", "issue 5: serving")
+# --- submit / schedule / runs (Kubeflow Pipelines) ----------------------------------------------
+def _kfp_client(args: argparse.Namespace):  # -> medsynth.kfp_client.PipelineClient
+    from medsynth.kfp_client import TOKEN_ENV, PipelineClient
+
+    if not args.host:
+        raise ConfigError("--host is required (or set KF_PIPELINES_ENDPOINT), e.g. "
+                          "https://kubeflow.example.com/pipeline or http://localhost:8080")
+    return PipelineClient(
+        args.host,
+        namespace=args.namespace,
+        token=None if (args.token_file or args.in_cluster) else os.environ.get(TOKEN_ENV) or None,
+        token_file=args.token_file,
+        in_cluster=args.in_cluster,
+        timeout=args.api_timeout,
+    )
+
+
+@_command("submit")
+def _submit(args: argparse.Namespace) -> int:
+    from medsynth.kfp_client import parse_param_args
+
+    params = parse_param_args(args.param)  # bad --param fails before anything is compiled or sent
+    client = _kfp_client(args)
+    run = client.submit(
+        params,
+        experiment=args.experiment,
+        run_name=args.run_name,
+        pipeline_root=args.pipeline_root,
+        package=args.package,
+        backbones=_csv(args.backbones),
+        service_account=args.service_account,
+        enable_caching=False if args.no_cache else None,
+    )
+    print(f"run {run.run_id} ({run.name}) created: {run.url}")
+    if not args.wait:
+        return 0
+    final = client.wait(run.run_id, timeout=args.timeout, poll=args.poll)
+    if final.succeeded:
+        print(f"run {final.run_id} SUCCEEDED")
+        return 0
+    why = f": {final.error}" if final.error else ""
+    print(f"medsynth submit: run {final.run_id} {final.state}{why} ({final.url})", file=sys.stderr)
+    return 1
+
+
+@_command("schedule")
+def _schedule(args: argparse.Namespace) -> int:
+    from medsynth.kfp_client import parse_param_args, schedules_table
+
+    params = parse_param_args(args.param)
+    if args.cron is not None:
+        from medsynth.kfp_client import to_kfp_cron
+
+        to_kfp_cron(args.cron)  # a bad cron fails before anything is compiled or sent
+    else:
+        job_flags = [f for f, v in [("--param", args.param), ("--pipeline-root", args.pipeline_root),
+                                    ("--package", args.package), ("--backbones", args.backbones),
+                                    ("--service-account", args.service_account),
+                                    ("--no-cache", args.no_cache)] if v]
+        if job_flags:
+            raise ConfigError(f"{', '.join(job_flags)} only apply when creating a schedule with --cron")
+    client = _kfp_client(args)
+    if args.list:
+        print(schedules_table(client.list_schedules(experiment=args.experiment)))
+        return 0
+    if args.enable or args.disable:
+        s = client.set_schedule_enabled(args.enable or args.disable, enabled=bool(args.enable))
+        print(f"recurring run {s.recurring_run_id} ({s.name}) {'enabled' if s.enabled else 'disabled'}")
+        return 0
+    if args.delete:
+        s = client.delete_schedule(args.delete)
+        print(f"recurring run {s.recurring_run_id} ({s.name}) deleted")
+        return 0
+    s = client.schedule(
+        args.cron,
+        params,
+        name=args.name,
+        experiment=args.experiment or "medsynth",
+        pipeline_root=args.pipeline_root,
+        package=args.package,
+        backbones=_csv(args.backbones),
+        service_account=args.service_account,
+        max_concurrency=args.max_concurrency,
+        catchup=args.catchup,
+        enabled=not args.paused,
+        enable_caching=False if args.no_cache else None,
+    )
+    state = "enabled" if s.enabled else "disabled"
+    print(f"recurring run {s.recurring_run_id} ({s.name}) created, {state}, KFP cron {s.cron!r}: {s.url}")
+    return 0
+
+
+@_command("runs")
+def _runs(args: argparse.Namespace) -> int:
+    from medsynth.kfp_client import runs_table
+
+    print(runs_table(_kfp_client(args).list_runs(experiment=args.experiment, n=args.n)))
+    return 0
+
+
+def _kfp_parser_args(s: argparse.ArgumentParser, job: bool) -> None:
+    """Connection flags for every KFP command; `job`: the flags that define what runs."""
+    s.add_argument("--host", default=os.environ.get("KF_PIPELINES_ENDPOINT"),
+                   help="KFP API URL, e.g. https://HOST/pipeline or http://localhost:8080 "
+                        "(default: $KF_PIPELINES_ENDPOINT)")
+    s.add_argument("--namespace", default=None, help="profile namespace (multi-user Kubeflow)")
+    s.add_argument("--token-file", default=None,
+                   help="file holding a bearer token, re-read per request; or put the token itself in "
+                        "$KF_PIPELINES_TOKEN (never on the command line; it is never printed)")
+    s.add_argument("--in-cluster", action="store_true",
+                   help="authenticate with the pod's KFP service-account token "
+                        "($KF_PIPELINES_SA_TOKEN_PATH or /var/run/secrets/kubeflow/pipelines/token)")
+    s.add_argument("--api-timeout", type=float, default=30.0, help="seconds per API request")
+    if job:
+        s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="pipeline parameter, typed by the pipeline (repeat); e.g. --param image_size=128")
+        s.add_argument("--pipeline-root", default=None, help="where KFP keeps artifacts, e.g. gs://BUCKET/root")
+        s.add_argument("--package", default=None,
+                       help="compiled pipeline YAML to send (default: compile medsynth-train from this code)")
+        s.add_argument("--backbones", default=None, help="comma-separated, when compiling (default: all 8)")
+        s.add_argument("--service-account", default=None, help="Kubernetes service account the run uses")
+        s.add_argument("--no-cache", action="store_true",
+                       help="run every task even if KFP has a cached result for the same inputs")
+
+
+# --- serve --------------------------------------------------------------------------------------
+@_command("serve")
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from medsynth.serving.server import ServeConfig, run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = ServeConfig(
+        model_base_path=args.model_base_path,
+        model_name=args.model_name,
+        rest_port=None if args.rest_port < 0 else args.rest_port,
+        grpc_port=None if args.grpc_port < 0 else args.grpc_port,
+        host=args.host,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        max_images_per_request=args.max_images_per_request,
+        max_request_bytes=args.max_request_bytes,
+    )
+    return run_server(cfg)
+
+
+# --- generate -----------------------------------------------------------------------------------
+@_command("generate")
+def _generate(args: argparse.Namespace) -> int:
+    from medsynth.serving.client import Client, write_images
+
+    with Client(
+        endpoint=args.endpoint,
+        grpc=args.grpc,
+        model=args.model,
+        timeout=args.timeout,
+        retries=args.retries,
+        max_per_request=args.max_per_request,
+    ) as client:
+        images = client.generate(args.n, seed=args.seed, version=args.version, progress=True)
+    paths = write_images(images, args.out, fmt=args.format)
+    first = images[0]
+    print(f"wrote {len(paths)} synthetic {args.format.upper()} images to {args.out} "
+          f"(model {first.model} version {first.version}, seed {first.seed})")
+    return 0
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -231,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float, default=0.1)
     s.add_argument("--min-frames", type=int, default=8, help="fail when fewer good frames remain")
     s.add_argument("--phantom-frames", type=int, default=512, help="size of builtin://phantom")
+    s.add_argument("--dtype", choices=["auto", "uint8", "uint16"], default="auto",
+                   help="stored pixel type; auto: uint16 when any input has more than 8 bits")
+    s.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    s.add_argument("--max-pixels-mb", type=int, default=1024,
+                   help="refuse an input whose declared decoded pixels exceed this (checked before decoding)")
 
     s = sub.add_parser("train", help="train the GAN; run again with the same --out to resume")
     s.add_argument("--data", required=True, help="prepared data set directory or a source URI")
@@ -245,8 +421,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone-weights", default="imagenet", help="imagenet | none | PATH")
     s.add_argument("--backbone-mode", choices=["frozen", "trainable"], default=None)
     s.add_argument("--latent-dim", type=int, default=100)
-    s.add_argument("--strategy", default="auto")
+    s.add_argument("--generator-width", type=int, default=8, help="w in F = 2**level * w (Table 1: 8)")
+    s.add_argument("--augment", action="store_true", help="X-ray-plausible augmentation of real frames")
+    s.add_argument(
+        "--strategy",
+        default="auto",
+        help="auto | one | mirrored | multiworker | horovod (auto: horovod under horovodrun, multiworker "
+        "when TF_CONFIG names several workers, mirrored with several GPUs, else one device)",
+    )
+    s.add_argument("--gpus", type=int, default=None, help="GPUs to use on this machine (default: all)")
+    s.add_argument(
+        "--mixed-precision",
+        default="auto",
+        help="auto | off | float16 | bfloat16 (auto: bfloat16 on Ampere+, float16 on older GPUs, off on CPU)",
+    )
+    s.add_argument("--xla", default="auto", help="auto | on | off: XLA-compile the step (auto: on for GPUs)")
+    s.add_argument("--keep-checkpoints", type=int, default=3, help="newest N kept, locally and in the bucket")
     s.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
+    s.add_argument(
+        "--pushgateway", default=None, help="host:port of a Prometheus Pushgateway, pushed to at the end"
+    )
+    s.add_argument("--log-every", type=int, default=10, help="steps between loss logs")
 
     s = sub.add_parser("evaluate", help="measure a trained run against real frames")
     s.add_argument("--run", required=True)
@@ -272,14 +467,69 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="pipelines/medsynth_train.yaml")
     s.add_argument("--backbones", default=None, help="comma-separated; default: the 8 of Table 2")
 
-    for name, text in [
-        ("submit", "create a pipeline run on a Kubeflow host"),
-        ("schedule", "create or manage a recurring retraining run"),
-        ("runs", "list recent pipeline runs"),
-        ("serve", "serve a model repository with TF Serving's REST and gRPC APIs"),
-        ("generate", "ask a TF Serving endpoint for synthetic frames"),
-    ]:
-        sub.add_parser(name, help=text)
+    s = sub.add_parser("serve", help="serve a model repository with TF Serving's REST and gRPC APIs")
+    s.add_argument("--model-base-path", "--model_base_path", dest="model_base_path", required=True,
+                   help="directory or gs:// prefix holding <version>/ SavedModels")
+    s.add_argument("--model-name", "--model_name", dest="model_name", default="generator")
+    s.add_argument("--rest-port", "--rest_api_port", dest="rest_port", type=int, default=8501,
+                   help="0: any free port; -1: no REST")
+    s.add_argument("--grpc-port", "--port", dest="grpc_port", type=int, default=8500,
+                   help="0: any free port; -1: no gRPC")
+    s.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    s.add_argument("--file-system-poll-wait-seconds", "--file_system_poll_wait_seconds",
+                   dest="file_system_poll_wait_seconds", type=float, default=2.0,
+                   help="how often to look for new versions (0: only at start-up)")
+    s.add_argument("--max-images-per-request", type=int, default=64)
+    s.add_argument("--max-request-bytes", type=int, default=4 * 1024 * 1024)
+
+    s = sub.add_parser("generate", help="ask a TF Serving endpoint for synthetic frames")
+    s.add_argument("--endpoint", default=None, help="REST endpoint, e.g. http://localhost:8501")
+    s.add_argument("--grpc", default=None, help="gRPC endpoint, e.g. localhost:8500 (used if given)")
+    s.add_argument("--model", default="generator")
+    s.add_argument("-n", type=int, default=16, help="number of images")
+    s.add_argument("--seed", type=int, default=None, help="0 .. 2**31-1; default: drawn and recorded")
+    s.add_argument("--version", type=int, default=None, help="default: the version served now")
+    s.add_argument("--out", required=True, help="directory for the images")
+    s.add_argument("--format", choices=["png", "dicom"], default="png")
+    s.add_argument("--max-per-request", type=int, default=16)
+    s.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    s.add_argument("--retries", type=int, default=5, help="retries of transient errors, with backoff")
+
+    s = sub.add_parser("submit", help="create a pipeline run on a Kubeflow host",
+                       description="Create a medsynth-train run with kfp.Client. Exit codes: 0 created "
+                                   "(with --wait: SUCCEEDED); 1 the run FAILED, was CANCELED or SKIPPED; "
+                                   "2 bad input, an unreachable host, an API error or a --timeout.")
+    _kfp_parser_args(s, job=True)
+    s.add_argument("--experiment", default="medsynth", help="created when missing")
+    s.add_argument("--run-name", default=None, help="default: medsynth-train <UTC time>")
+    s.add_argument("--wait", action="store_true", help="follow the run to its end, with progress")
+    s.add_argument("--timeout", type=float, default=None, help="with --wait: give up after S seconds")
+    s.add_argument("--poll", type=float, default=10.0, help="with --wait: seconds between status checks")
+
+    s = sub.add_parser("schedule", help="create or manage a recurring retraining run",
+                       description="Create a recurring run from standard 5-field cron (minute hour "
+                                   "day-of-month month day-of-week), converted to KFP's 6-field cron that "
+                                   "starts with seconds ('0 3 * * 1' becomes '0 0 3 * * 1', Mondays 03:00 "
+                                   "in the KFP scheduler's time zone, UTC unless configured). A 6-field "
+                                   "expression is taken as KFP's own; @daily, @weekly, @every 6h work too. "
+                                   "Or manage one by name or id.")
+    _kfp_parser_args(s, job=True)
+    action = s.add_mutually_exclusive_group(required=True)
+    action.add_argument("--cron", default=None, help="create: e.g. '0 3 * * 1' (Mondays 03:00)")
+    action.add_argument("--enable", metavar="NAME|ID", default=None)
+    action.add_argument("--disable", metavar="NAME|ID", default=None)
+    action.add_argument("--delete", metavar="NAME|ID", default=None)
+    action.add_argument("--list", action="store_true", help="list recurring runs")
+    s.add_argument("--name", default="medsynth-retrain", help="name of the recurring run to create")
+    s.add_argument("--experiment", default=None, help="create: default medsynth; list: filter")
+    s.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule at once")
+    s.add_argument("--catchup", action="store_true", help="backfill the runs missed while disabled")
+    s.add_argument("--paused", action="store_true", help="create it disabled")
+
+    s = sub.add_parser("runs", help="list recent pipeline runs with their state")
+    _kfp_parser_args(s, job=False)
+    s.add_argument("--experiment", default=None, help="only this experiment's runs")
+    s.add_argument("-n", type=int, default=20, help="how many, newest first")
     return p
 
 

@@ -56,7 +56,7 @@ class RetrySettings:
 
 RETRY_SETTINGS = RetrySettings()
 WORKERS = 8  # transfer-manager threads; threads, not processes: many small files, and no client pickling
-_INTEGRITY_ROUNDS = 3  # a file whose size/CRC32C does not match is transferred again, this many times in all
+_INTEGRITY_ROUNDS = 5  # a file whose size/CRC32C does not match is transferred again, this many times in all
 _PROGRESS_FILES, _PROGRESS_BYTES = 500, 256 << 20  # show a progress bar above either
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -291,10 +291,8 @@ def _one_line(text: str, limit: int = 240) -> str:
 
 def _describe(exc: BaseException) -> str:
     """`HTTP 503` for an answer, the exception type for a network failure."""
-    code = getattr(exc, "code", None)
-    if not isinstance(code, int):
-        code = getattr(getattr(exc, "response", None), "status_code", None)
-    return f"HTTP {code}" if isinstance(code, int) else type(exc).__name__
+    code = _status(exc)
+    return f"HTTP {code}" if code is not None else type(exc).__name__
 
 
 def _bucket_exists(bucket: str) -> bool | None:
@@ -469,15 +467,19 @@ def _upload_files(pairs: list[tuple[Path, str]], dst: _Loc) -> None:
     todo = pairs
     with _progress(f"upload {dst.uri}", len(pairs), sum(p.stat().st_size for p, _ in pairs)) as bar:
         for round_ in range(_INTEGRITY_ROUNDS):
+            failed: dict[str, Exception] = {}
             for batch in _batches(todo, WORKERS * 8):
                 results = tm.upload_many([(str(p), bucket.blob(name)) for p, name in batch],
                                          upload_kwargs={"retry": _retry()},
                                          worker_type=tm.THREAD, max_workers=WORKERS, raise_exception=False)
-                for (_, name), result in zip(batch, results, strict=True):
-                    if isinstance(result, Exception):
-                        raise _error(_Loc(dst.bucket, name), result, "write")
+                failed.update((name, r) for (_, name), r in zip(batch, results, strict=True)
+                              if isinstance(r, Exception))
                 if bar is not None:
                     bar.update(len(batch))
+            for name, exc in failed.items():
+                if not _restartable(exc, dst.bucket):
+                    raise _error(_Loc(dst.bucket, name), exc, "write")
+            # Uploads that failed only because their answer got lost are found complete here.
             bad = _unverified(dst, {name: (path.stat().st_size, crcs[name]) for path, name in todo})
             if not bad:
                 return
@@ -486,6 +488,21 @@ def _upload_files(pairs: list[tuple[Path, str]], dst: _Loc) -> None:
             todo = [(p, n) for p, n in todo if n in bad]
     raise StorageError(f"gs://{dst.bucket}/{todo[0][1]}: stored object does not match the uploaded file "
                        f"after {_INTEGRITY_ROUNDS} attempts")
+
+
+def _status(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    if not isinstance(code, int):
+        code = getattr(getattr(exc, "response", None), "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+def _restartable(exc: BaseException, bucket: str) -> bool:
+    """An upload failure that a fresh upload fixes: the checksum disagreed, or the resumable session is
+    gone (404/410; e.g. it had already finished when a retry re-sent the last chunk)."""
+    if _is_corruption(exc):
+        return True
+    return _status(exc) in (404, 410) and _bucket_exists(bucket) is not False
 
 
 def _unverified(dst: _Loc, expected: dict[str, tuple[int, str]]) -> set[str]:
@@ -589,7 +606,7 @@ def _mirror_local(src: _Loc, dst: Path, *, mark: bool) -> int:
 
 
 def _mirror_gcs(src: _Loc, dst: _Loc, *, mark: bool) -> int:
-    """Make `dst` a copy of `src`: unmark, copy content, drop stale objects, markers last."""
+    """Make `dst` a copy of `src`: drop its markers, copy content, drop stale objects, markers last."""
     if src.gcs:
         sources: dict[str, Any] = _list_gcs(src)
     elif src.path.is_dir():
@@ -599,11 +616,11 @@ def _mirror_gcs(src: _Loc, dst: _Loc, *, mark: bool) -> int:
     if not sources:
         raise StorageError(f"{src.uri}: nothing there to copy")
     existing = _list_gcs(dst)
-    if MARKER in existing:
-        _delete_blobs(dst.bucket, [dst.prefix + MARKER])  # from here on readers ignore dst
+    old_markers = _markers_last(list(existing))[1]
+    _delete_blobs(dst.bucket, [dst.prefix + r for r in reversed(old_markers)])  # readers now ignore dst
     content, markers = _markers_last(list(sources))
     _put(src, sources, content, dst)
-    stale = [dst.prefix + r for r in existing if r not in sources and r != MARKER]
+    stale = [dst.prefix + r for r in existing if r not in sources and not _is_marker(r)]
     _delete_blobs(dst.bucket, stale)
     _put(src, sources, markers, dst)
     if mark and MARKER not in sources:
@@ -621,18 +638,29 @@ def _put(src: _Loc, sources: dict[str, Any], rels: list[str], dst: _Loc) -> None
 def _write_object(loc: _Loc, data: bytes, *, if_absent: bool = False) -> None:
     from google.api_core.exceptions import PreconditionFailed
 
-    blob = _client().bucket(loc.bucket).blob(loc.key)
+    bucket = _client().bucket(loc.bucket)
+    blob = bucket.blob(loc.key)
     ctype = mimetypes.guess_type(loc.key)[0] or "application/octet-stream"
+    crc = _crc32c_bytes(data)
     with _errors(loc, "write"):
-        try:
-            blob.upload_from_string(data, content_type=ctype, retry=_retry(),
-                                    if_generation_match=0 if if_absent else None)
-        except PreconditionFailed:
-            # GCS refused because the object exists; that is fine only if it is our own earlier,
-            # retried attempt whose answer got lost.
-            blob.reload(retry=_retry())
-            if not _blob_matches(blob, len(data), _crc32c_bytes(data)):
-                raise StorageError(f"{loc.uri}: already exists") from None
+        for attempt in range(_INTEGRITY_ROUNDS):
+            try:
+                blob.upload_from_string(data, content_type=ctype, retry=_retry(),
+                                        if_generation_match=0 if if_absent else None)
+                return
+            except PreconditionFailed:
+                # GCS refused because the object exists; that is fine only if it is our own earlier,
+                # retried attempt whose answer got lost.
+                blob.reload(retry=_retry())
+                if not _blob_matches(blob, len(data), crc):
+                    raise StorageError(f"{loc.uri}: already exists") from None
+                return
+            except Exception as e:
+                if attempt == _INTEGRITY_ROUNDS - 1 or not _restartable(e, loc.bucket):
+                    raise
+                stored = bucket.get_blob(loc.key, retry=_retry())
+                if stored is not None and _blob_matches(stored, len(data), crc):
+                    return
 
 
 # -------------------------------------------------------------------------------------- the public API

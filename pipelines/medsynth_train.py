@@ -3,9 +3,10 @@
 Reads like the DAG it draws. The backbone fan-out is a Python loop at compile
 time (kfp.local in kfp 2.13 has no ParallelFor), so the list of backbones is a
 compile-time option; every other knob is a run-time parameter.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: kfp reads the pipeline's type
+hints at definition time and needs real types, not strings.
+"""
 
 import re
 from collections.abc import Callable, Sequence

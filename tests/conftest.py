@@ -100,7 +100,8 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def fault_proxy(gcs_emulator: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., object]]:
+def fault_proxy(gcs_emulator: GcsEmulator,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., object]]:
     """Factory: `fault_proxy(rate=..., seed=..., ...)` starts a FaultProxy in front of the emulator and
     points STORAGE_EMULATOR_HOST at it; every proxy is stopped after the test."""
     from faultproxy import FaultProxy

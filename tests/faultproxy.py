@@ -2,14 +2,16 @@
 
 It sits between google-cloud-storage and the GCS emulator. For a configurable share of
 requests it answers 503, resets the connection before or after the emulator saw the request,
-or cuts a download short; it can also refuse every write (a read-only bucket) or fail every
-request after the first N (an outage in the middle of an upload). Fault decisions come from one
-`random.Random(seed)` drawn in request order, so a run is reproducible up to thread scheduling.
+cuts a response short, or flips a byte of a downloaded object; it can also refuse every write
+(a read-only bucket) or fail every request after the first N (an outage in the middle of an
+upload). Fault decisions come from one `random.Random(seed)` drawn in request order, so a run
+is reproducible up to thread scheduling.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.client
 import json
 import random
@@ -19,7 +21,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-KINDS = ("503", "reset", "reset_after", "truncate")
+KINDS = ("503", "reset", "reset_after", "truncate", "corrupt")
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
                "upgrade", "content-length"}
 
@@ -39,7 +41,7 @@ class FaultProxy:
         self.stats: collections.Counter[str] = collections.Counter()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.proxy = self  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -57,7 +59,8 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
 
     def __enter__(self) -> FaultProxy:
@@ -66,7 +69,7 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def decide(self, method: str) -> str | None:
+    def decide(self, method: str, media: bool = False) -> str | None:
         with self._lock:
             self.stats["requests"] += 1
             if self.forbid_writes and method not in ("GET", "HEAD"):
@@ -77,9 +80,16 @@ class FaultProxy:
                 return "outage"
             if self._rng.random() < self.rate:
                 kind = self._rng.choice(self.kinds)
+                if kind == "corrupt" and not media:
+                    kind = "503"  # only object bytes get corrupted; a garbled JSON answer is another story
                 self.stats[kind] += 1
                 return kind
             return None
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients hang up on purpose here (after our own resets); nothing to report
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -96,7 +106,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]
         body = self._read_body()
-        fault = proxy.decide(self.command)
+        media = self.command == "GET" and ("alt=media" in self.path or self.path.startswith("/download/"))
+        fault = proxy.decide(self.command, media)
         if fault == "forbidden":
             return self._json(403, "medsynth-test@example.iam.gserviceaccount.com does not have "
                                    "storage.objects.create access to the Google Cloud Storage object.")
@@ -107,6 +118,9 @@ class _Handler(BaseHTTPRequestHandler):
         status, reason, headers, data = self._forward(proxy, body)
         if fault == "reset_after" or (fault == "truncate" and len(data) < 2):
             return self._reset()
+        if fault == "corrupt" and data:
+            i = len(data) // 2
+            data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
         self.send_response(status, reason)
         for k, v in headers:
             self.send_header(k, v)
@@ -143,9 +157,14 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Length"] = str(len(body))
         conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
         try:
-            conn.request(self.command, self.path, body=body or None, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
+            # The emulator may answer (404) and hang up before it has read the whole body.
+            with contextlib.suppress(OSError):
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+            try:
+                resp = conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException):
+                return 502, "Bad Gateway", [("Content-Type", "text/plain")], b"upstream failed"
             out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
             return resp.status, resp.reason, out, data
         finally:

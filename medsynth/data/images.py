@@ -19,7 +19,9 @@ from PIL import Image, ImageSequence
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-RESIZE_POLICY = "centre crop to the shorter side, then Lanczos resize on float32 (anti-aliased), clip to [0, 1]"
+RESIZE_POLICY = (
+    "centre crop to the shorter side, then Lanczos resize on float32 (anti-aliased), clip to [0, 1]"
+)
 
 
 class ImageRejected(Exception):
@@ -37,14 +39,14 @@ class Decoded:
 
 def sniff(head: bytes) -> str | None:
     """The format from a file's first bytes: file names are not trusted (nor logged)."""
+    if len(head) >= 132 and head[128:132] == b"DICM":  # first: a DICOM preamble may look like a TIFF
+        return "dicom"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "tiff"
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
     return None
 
 

@@ -1,13 +1,14 @@
 """Reading prepared data back: find or make a data set, and the `tf.data` pipeline that feeds training.
 
-`make_dataset` pipeline, and why each stage is where it is:
-  shard files → interleave(TFRecordDataset), parallel, deterministic order
-  → [shard per input context] → cache (serialized records, when the split fits in memory)
-  → shuffle (seeded; buffer = whole split when it fits) → repeat → batch(drop_remainder)
-  → parse + `decode_raw` + scale to [-1, 1] on whole batches (one op per batch, not per image)
-  → [augment: per-image parameters from stateless RNG seeded by (seed, batch index)] → prefetch.
+`make_dataset` has two modes (see its docstring), both deterministic per seed:
+- in memory (the usual case): the split's frames are loaded once; batch b holds frames
+  `index_shuffle(i mod N, seed=(seed, epoch))` for its element indices i — a full new permutation each
+  epoch — gathered, scaled to [-1, 1] and augmented on whole batches. Every batch is a pure function
+  of its index, so iterator checkpoints are symbolic (~1 KB) and `skip_batches` resumes for free.
+- streaming (splits larger than `memory_budget()`): shard files → parallel deterministic interleave →
+  seeded shuffle buffer → repeat → batch → parse + `decode_raw` + scale + augment per batch.
 Everything is a TF op (no `py_function`), so `tf.train.Checkpoint(iterator=iter(ds))` saves and
-restores the exact position: after restore the same batches follow as in an uninterrupted run.
+restores the exact position; under a `tf.distribute` strategy use `skip_batches` instead.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ class Augment:
 def load_manifest(dataset_dir: str | Path) -> dict:
     path = Path(dataset_dir) / MANIFEST
     if not path.exists():
-        raise DataError(f"{dataset_dir} is not a prepared data set (no {MANIFEST}); run `medsynth prepare` on it")
+        raise DataError(
+            f"{dataset_dir} is not a prepared data set (no {MANIFEST}); run `medsynth prepare` on it"
+        )
     return storage.read_json(path)
 
 
@@ -57,7 +60,7 @@ def resolve_dataset(
     """A local prepared data set directory for `uri`, whatever `uri` is.
 
     - a local prepared data set (has manifest.json): itself;
-    - a `gs://` prepared data set: downloaded once into `<cache_root>/datasets/<name>/<hash>/`;
+    - a `gs://` prepared data set: downloaded once into `<cache_root>/fetched/` (complete ones only);
     - anything else is a source (builtin://phantom, a folder, a .zip, a gs:// prefix of frames):
       prepared under `cache_root` (re-used when already prepared with the same content and settings).
     """
@@ -69,35 +72,32 @@ def resolve_dataset(
         manifest = _gcs_manifest(uri)
         if manifest is not None:
             _check_size(uri, manifest, image_size)
-            local = cache_root / "datasets" / manifest["name"] / manifest["hash"]
-            if not storage.is_complete(local):
-                with storage.atomic_directory(local) as tmp:
-                    fetched = Path(storage.fetch(uri.rstrip("/"), tmp / "d"))
-                    for item in fetched.iterdir():
-                        item.rename(tmp / item.name)
-                    fetched.rmdir()
-            return local
+            # Published data sets never change under the same URI: fetched once, reused after.
+            return storage.fetch(uri.rstrip("/"), cache_root / "fetched", require_complete=True)
     elif "://" not in uri:
         path = Path(uri).expanduser()
         if (path / MANIFEST).exists():
             _check_size(uri, load_manifest(path), image_size)
             return path
         if not path.exists():
-            raise DataError(f"data set {uri} does not exist: give a prepared data set, a folder, a .zip, "
-                            "gs://bucket/prefix or builtin://phantom")
-    cfg = PrepareConfig(source=uri, out=str(cache_root), image_size=image_size, seed=seed,
-                        phantom_frames=phantom_frames)
+            raise DataError(
+                f"data set {uri} does not exist: give a prepared data set, a folder, a .zip, "
+                "gs://bucket/prefix or builtin://phantom"
+            )
+    cfg = PrepareConfig(
+        source=uri, out=str(cache_root), image_size=image_size, seed=seed, phantom_frames=phantom_frames
+    )
     return Path(prepare(cfg))
 
 
 def _gcs_manifest(uri: str) -> dict | None:
+    """The manifest of a prepared data set at `uri`, or None when `uri` is not one (then it is a source)."""
     import json
 
-    try:
-        data = storage.read_bytes(uri.rstrip("/") + "/" + MANIFEST)
-    except Exception:
+    path = uri.rstrip("/") + "/" + MANIFEST
+    if not storage.exists(path):
         return None
-    return json.loads(data)
+    return json.loads(storage.read_bytes(path))
 
 
 def _check_size(uri: str, manifest: dict, image_size: int) -> None:
@@ -110,23 +110,28 @@ def _check_size(uri: str, manifest: dict, image_size: int) -> None:
 
 def _shard_files(dataset_dir: Path, manifest: dict, split: str) -> list[str]:
     if split not in manifest["splits"]:
-        raise DataError(f"data set {dataset_dir} has no split {split!r}; it has {', '.join(manifest['splits'])}")
-    files = [str(dataset_dir / s["file"]) for s in manifest["shards"] if s["split"] == split and s["examples"]]
+        raise DataError(
+            f"data set {dataset_dir} has no split {split!r}; it has {', '.join(manifest['splits'])}"
+        )
+    files = [
+        str(dataset_dir / s["file"]) for s in manifest["shards"] if s["split"] == split and s["examples"]
+    ]
     if not files:
         raise DataError(f"data set {dataset_dir} has no {split} frames")
     return files
 
 
-def _memory_budget() -> int:
-    """A quarter of available memory (at most 8 GiB): what a cache may take."""
+def memory_budget() -> int:
+    """What the in-memory mode may take: a quarter of available memory, at most 1 GiB (the frames are a
+    constant in the dataset graph, which must stay well under protobuf's 2 GiB limit)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return min(int(line.split()[1]) * 1024 // 4, 8 << 30)
+                    return min(int(line.split()[1]) * 1024 // 4, 1 << 30)
     except OSError:
         pass
-    return 2 << 30
+    return 512 << 20
 
 
 def _dtype(manifest: dict):
@@ -145,13 +150,28 @@ def make_dataset(
     input_context=None,
     cache: bool = True,
     shuffle: bool = True,
+    skip_batches: int = 0,
 ):
     """float32 batches [batch, S, S, 1] in [-1, 1], deterministic per seed, checkpointable.
 
+    `skip_batches=k` starts at batch k of the same stream: resuming at step k gives exactly the batches
+    an uninterrupted run would have seen. This is the resume path under `tf.distribute` strategies,
+    whose distributed iterators TF 2.15 cannot put in a `tf.train.Checkpoint` (not `Trackable`);
+    a plain iterator (no strategy) can be checkpointed too. In memory mode skipping costs nothing;
+    streaming, it reads and drops k batches.
+
     `batch_size` is the global batch; with an `input_context` (from
     `strategy.distribute_datasets_from_function`) each pipeline yields the per-replica batch and reads
-    only its share of the shards (or of the records, when there are fewer shards than pipelines).
-    Without one, `experimental_distribute_dataset` shards by data (each worker keeps its share).
+    only its share. Without one, `experimental_distribute_dataset` shards by data.
+
+    Two modes, chosen by size:
+    - in memory (`cache=True` and the split fits in `memory_budget()`): the split's frames are loaded
+      once; element i of the stream is frame `index_shuffle(i mod N, seed=(seed, epoch))` — a full,
+      different permutation every epoch, a pure function of i. The iterator's checkpoint is then
+      symbolic: a position, ~1 KB, not the images (a `cache()`+`shuffle()` iterator checkpoint holds
+      the cache and the shuffle buffer, i.e. the data set, in every checkpoint).
+    - streaming (larger splits): shards are interleaved in parallel through a seeded shuffle buffer
+      (<= 256 MiB); its iterator checkpoints contain that buffer.
     """
     import tensorflow as tf
 
@@ -167,14 +187,54 @@ def make_dataset(
     if per_batch < 1:
         raise DataError(f"batch size {batch_size} gives {per_batch} images per replica")
     if not repeat and frames < per_batch:
-        raise DataError(f"{split} split of {dataset_dir} has {frames} frames, fewer than one batch of {per_batch}")
+        raise DataError(
+            f"{split} split of {dataset_dir} has {frames} frames, fewer than one batch of {per_batch}"
+        )
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
+    pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
+    scale = float(np.iinfo(dtype.as_numpy_dtype).max) / 2.0
+    params = augment if isinstance(augment, Augment) else (Augment() if augment else None)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF
+        if input_context is not None
+        else tf.data.experimental.AutoShardPolicy.DATA
+    )
+
+    def to_float(pixels):
+        return tf.cast(tf.reshape(pixels, [per_batch, size, size, 1]), tf.float32) / scale - 1.0
+
+    if cache and frames * size * size * dtype.size <= memory_budget():
+        images = tf.constant(_load_split(files, size, dtype, frames))
+        n = tf.constant(frames, tf.int64)
+        stop = 2**62 if repeat else frames
+        start = pipeline_id + pipelines * per_batch * int(skip_batches)
+        ds = tf.data.Dataset.range(start, stop, pipelines).batch(per_batch, drop_remainder=True)
+
+        def lookup(idx):
+            if shuffle:
+                seeds = tf.stack(
+                    [tf.fill(tf.shape(idx), tf.constant(seed, tf.int64)), idx // n, tf.zeros_like(idx)],
+                    axis=1,
+                )
+                idx = tf.raw_ops.RandomIndexShuffle(index=idx % n, seed=seeds, max_index=n - 1)
+            else:
+                idx = idx % n
+            x = to_float(tf.gather(images, idx))
+            if params is not None:
+                x = augment_batch(x, tf.stack([tf.constant(seed, tf.int64), idx[0]]), params)
+            return x
+
+        ds = ds.map(lookup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        options.experimental_symbolic_checkpoint = True
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
     ds = tf.data.Dataset.from_tensor_slices(files)
-    pipelines = input_context.num_input_pipelines if input_context is not None else 1
     shard_records = False
     if pipelines > 1:
         if len(files) >= pipelines:
-            ds = ds.shard(pipelines, input_context.input_pipeline_id)
+            ds = ds.shard(pipelines, pipeline_id)
         else:
             shard_records = True
     if len(files) > 1:
@@ -187,40 +247,46 @@ def make_dataset(
     else:
         ds = tf.data.TFRecordDataset(files[0], buffer_size=4 << 20)
     if shard_records:
-        ds = ds.shard(pipelines, input_context.input_pipeline_id)
-
+        ds = ds.shard(pipelines, pipeline_id)
     record_bytes = size * size * dtype.size + 128
-    if cache and frames * record_bytes <= _memory_budget():
-        ds = ds.cache()
     if shuffle:
-        ds = ds.shuffle(max(1, min(frames, SHUFFLE_BYTES // record_bytes)), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(
+            max(1, min(frames, SHUFFLE_BYTES // record_bytes)), seed=seed, reshuffle_each_iteration=True
+        )
     if repeat:
         ds = ds.repeat()
-    ds = ds.batch(per_batch, drop_remainder=True)
-    scale = float(np.iinfo(dtype.as_numpy_dtype).max) / 2.0
+    # The batch number keys augmentation, so it is counted before skipping.
+    ds = ds.batch(per_batch, drop_remainder=True).enumerate()
+    if skip_batches:
+        ds = ds.skip(int(skip_batches))
 
-    def decode(serialized):
+    def decode(i, serialized):
         parsed = tf.io.parse_example(serialized, {"image": tf.io.FixedLenFeature([], tf.string)})
-        pixels = tf.io.decode_raw(parsed["image"], dtype, little_endian=True)
-        pixels = tf.reshape(pixels, [per_batch, size, size, 1])
-        return tf.cast(pixels, tf.float32) / scale - 1.0
+        x = to_float(tf.io.decode_raw(parsed["image"], dtype, little_endian=True))
+        if params is not None:
+            x = augment_batch(x, tf.stack([tf.constant(seed, tf.int64), i]), params)
+        return x
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if augment:
-        params = augment if isinstance(augment, Augment) else Augment()
-        ds = ds.enumerate().map(
-            lambda i, x: augment_batch(x, tf.stack([tf.cast(seed, tf.int64), i]), params),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    options.deterministic = True
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.OFF if input_context is not None
-        else tf.data.experimental.AutoShardPolicy.DATA
-    )
-    return ds.with_options(options)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _load_split(files: list[str], size: int, dtype, frames: int) -> np.ndarray:
+    """Every frame of a split, in shard order, as one array (the in-memory mode's source)."""
+    import tensorflow as tf
+
+    out = np.empty((frames, size, size), dtype.as_numpy_dtype)
+    j = 0
+    for serialized in tf.data.TFRecordDataset(files).batch(512).as_numpy_iterator():
+        parsed = tf.io.parse_example(serialized, {"image": tf.io.FixedLenFeature([], tf.string)})
+        pixels = tf.io.decode_raw(parsed["image"], dtype, little_endian=True).numpy()
+        if j + len(pixels) > frames:
+            raise DataError(f"shards of {files[0]}'s data set hold more frames than its manifest says")
+        out[j : j + len(pixels)] = pixels.reshape(-1, size, size)
+        j += len(pixels)
+    if j != frames:
+        raise DataError(f"shards hold {j} frames, the manifest says {frames}: the data set is incomplete")
+    return out
 
 
 def augment_batch(x, seed, params: Augment = Augment()):
@@ -249,8 +315,12 @@ def augment_batch(x, seed, params: Augment = Augment()):
         zeros = tf.zeros_like(cos)
         transforms = tf.stack([cos, -sin, x_off, sin, cos, y_off, zeros, zeros], axis=1)
         x = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x, transforms=transforms, output_shape=tf.shape(x)[1:3], fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="REFLECT",
+            images=x,
+            transforms=transforms,
+            output_shape=tf.shape(x)[1:3],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="REFLECT",
         )
     if params.contrast > 0:
         factor = 1.0 + uniform(3, -params.contrast, params.contrast)
@@ -275,8 +345,13 @@ def real_frames(dataset_dir: str | Path, split: str = "val", n: int = 256, seed:
     manifest = load_manifest(dataset_dir)
     counts = {s: int(v["frames"]) for s, v in manifest["splits"].items()}
     if counts.get(split, 0) < n and counts.get("train", 0) > counts.get(split, 0):
-        log.info("split %s has %d frames (< %d): using train (%d frames) for real frames",
-                 split, counts.get(split, 0), n, counts["train"])
+        log.info(
+            "split %s has %d frames (< %d): using train (%d frames) for real frames",
+            split,
+            counts.get(split, 0),
+            n,
+            counts["train"],
+        )
         split = "train"
     files = _shard_files(dataset_dir, manifest, split)
     total = counts[split]

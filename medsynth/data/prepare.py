@@ -96,6 +96,8 @@ class PrepareConfig:
             raise ConfigError(f"--phantom-frames must be >= 1, got {self.phantom_frames}")
         if self.dtype not in ("auto", "uint8", "uint16"):
             raise ConfigError(f"dtype must be auto, uint8 or uint16, got {self.dtype!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if self.name is not None and not _NAME.match(self.name):
@@ -131,20 +133,31 @@ class Scan:
 def _scan_task(entry: Entry) -> Scan:
     """Hash an input and read its header only."""
     if entry.problem:
-        return Scan(entry.index, hashlib.sha256(f"problem:{entry.rel}".encode()).hexdigest(), problem=entry.problem)
+        return Scan(
+            entry.index, hashlib.sha256(f"problem:{entry.rel}".encode()).hexdigest(), problem=entry.problem
+        )
     try:
         data = _READER.read(entry)
     except TooLarge:
         return Scan(entry.index, "toolarge", problem="file is over the size limit")
     except Exception as e:  # unreadable file, corrupt archive member
-        return Scan(entry.index, f"unreadable:{type(e).__name__}", problem=f"cannot read the file ({type(e).__name__})")
+        return Scan(
+            entry.index,
+            f"unreadable:{type(e).__name__}",
+            problem=f"cannot read the file ({type(e).__name__})",
+        )
     digest = hashlib.sha256(data).hexdigest()
+    if not data:
+        return Scan(entry.index, digest, problem="empty file")
     kind = sniff(data[:132]) or ("dicom" if entry.rel.lower().endswith((".dcm", ".dicom")) else None)
     scan = Scan(entry.index, digest, kind)
     if kind is None:
         name = entry.rel.lower()
-        scan.problem = "archive inside the source (not read)" if name.endswith(".zip") else (
-            "not a DICOM, PNG, JPEG or TIFF file")
+        scan.problem = (
+            "archive inside the source (not read)"
+            if name.endswith(".zip")
+            else ("not a DICOM, PNG, JPEG or TIFF file")
+        )
         return scan
     try:
         if kind == "dicom":
@@ -152,7 +165,12 @@ def _scan_task(entry: Entry) -> Scan:
 
             h = dicom.probe(data, _LIMITS.max_decoded_bytes)
             scan.bits, scan.frames, scan.patient, scan.study, scan.series = (
-                h.bits, h.frames, h.patient, h.study, h.series)
+                h.bits,
+                h.frames,
+                h.patient,
+                h.study,
+                h.series,
+            )
         else:
             from medsynth.data import images
 
@@ -163,6 +181,8 @@ def _scan_task(entry: Entry) -> Scan:
             scan.patient = scan.study = scan.series = key
     except ImageRejected as e:
         scan.problem = str(e)
+    except Exception as e:  # a header no reader expected; the message could quote header values: not kept
+        scan.problem = f"cannot read the header ({type(e).__name__})"
     return scan
 
 
@@ -215,7 +235,7 @@ def _parallel(
         _init_worker(*init)
         yield from map(fn, items)
         return
-    window = max(2 * chunksize * workers, 8)
+    window = 2 * chunksize * workers
     gate = threading.Semaphore(window)
     stop = threading.Event()
 
@@ -267,8 +287,13 @@ class _Stats:
         mean = self.s / self.n
         std = math.sqrt(max(0.0, self.ss / self.n - mean * mean))
         return {
-            "mean": mean, "std": std, "min": self.lo, "max": self.hi,
-            "mean_unit": mean / top, "std_unit": std / top, "units": "stored values; *_unit = / dtype max",
+            "mean": mean,
+            "std": std,
+            "min": self.lo,
+            "max": self.hi,
+            "mean_unit": mean / top,
+            "std_unit": std / top,
+            "units": "stored values; *_unit = / dtype max",
         }
 
 
@@ -286,7 +311,9 @@ class _Output:
         self.preview: list[np.ndarray] = []
         self._preview_loops: set[int] = set()
 
-    def add(self, split: str, frames: np.ndarray, patient: str, study: str, loop: int, first_frame: int) -> None:
+    def add(
+        self, split: str, frames: np.ndarray, patient: str, study: str, loop: int, first_frame: int
+    ) -> None:
         w = self.writers[split]
         for k, image in enumerate(frames):
             w.write(Record(image, patient, study, loop, first_frame + k))
@@ -318,7 +345,9 @@ def assign_splits(groups: Iterable[str], val_fraction: float, seed: int) -> dict
 
 
 def _content_hash(source_digest: str, settings: dict) -> str:
-    blob = json.dumps({"format": FORMAT_VERSION, "source": source_digest, "settings": settings}, sort_keys=True)
+    blob = json.dumps(
+        {"format": FORMAT_VERSION, "source": source_digest, "settings": settings}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -349,8 +378,13 @@ def prepare(cfg: PrepareConfig) -> Path | str:
 
 def _settings(cfg: PrepareConfig, dtype: str, extra: dict | None = None) -> dict:
     return {
-        "image_size": cfg.image_size, "seed": cfg.seed, "val_fraction": cfg.val_fraction, "dtype": dtype,
-        "shard_mb": cfg.shard_mb, "resize": RESIZE_POLICY, **(extra or {}),
+        "image_size": cfg.image_size,
+        "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction,
+        "dtype": dtype,
+        "shard_mb": cfg.shard_mb,
+        "resize": RESIZE_POLICY,
+        **(extra or {}),
     }
 
 
@@ -388,31 +422,48 @@ def _prepare_phantom(cfg: PrepareConfig, listing: Listing) -> Path | str:
     content_hash = _content_hash(source_digest, settings)
     hasher = deid.Hasher(hashlib.sha256(source_digest.encode()).hexdigest())
     per_patient = 8 * 2  # phantom_frames defaults: frames_per_loop=8, loops_per_patient=2
-    patients = [hasher.hash("patient", deid.prehash("patient-id", patient_name(i)))
-                for i in range(math.ceil(n / per_patient))]
+    patients = [
+        hasher.hash("patient", deid.prehash("patient-id", patient_name(i)))
+        for i in range(math.ceil(n / per_patient))
+    ]
     splits = assign_splits(patients, cfg.val_fraction, seed)
 
     def build(root: Path) -> None:
         out = _Output(root, hasher, np.dtype(np.uint8), cfg.shard_mb << 20)
         jobs = ((i, size, seed) for i in range(n))
         with Progress(n, "prepare builtin://phantom", unit="frame") as bar:
-            for _, pixels, patient, loop, frame in _parallel(_phantom_task, jobs, n, _workers(cfg), (None, Limits()),
-                                                             chunksize=8):
+            for _, pixels, patient, loop, frame in _parallel(
+                _phantom_task, jobs, n, _workers(cfg), (None, Limits()), chunksize=8
+            ):
                 p = hasher.hash("patient", deid.prehash("patient-id", patient))
                 out.add(splits.get(p, "train"), pixels[None], p, p, loop, frame)
                 bar.update()
         source = listing.describe() | {"frames": n, "seed": seed}
-        _write_outputs(root, cfg, name, content_hash, out, [], source, settings, synthetic=True,
-                       normalisation={"policy": "phantom frames are rendered at image_size as uint8 (MONOCHROME2)",
-                                      **_model_scaling("uint8")})
+        _write_outputs(
+            root,
+            cfg,
+            name,
+            content_hash,
+            out,
+            [],
+            source,
+            settings,
+            synthetic=True,
+            normalisation={
+                "policy": "phantom frames are rendered at image_size as uint8 (MONOCHROME2)",
+                **_model_scaling("uint8"),
+            },
+        )
 
     return _finish(cfg, name, content_hash, build, f"{n} phantom frames")
 
 
 def _model_scaling(dtype: str) -> dict:
     top = np.iinfo(np.dtype(dtype)).max
-    return {"stored": f"{dtype}: round({top} * v), v in [0, 1]",
-            "to_model": f"x / {top / 2} - 1 (float32 in [-1, 1])"}
+    return {
+        "stored": f"{dtype}: round({top} * v), v in [0, 1]",
+        "to_model": f"x / {top / 2} - 1 (float32 in [-1, 1])",
+    }
 
 
 def _prepare_files(cfg: PrepareConfig, listing: Listing, limits: Limits) -> Path | str:
@@ -461,7 +512,9 @@ def _prepare_files(cfg: PrepareConfig, listing: Listing, limits: Limits) -> Path
         loop_frames: dict[int, int] = {}
         jobs = ((entries[s.index], dtype, cfg.image_size) for s in good)
         with Progress(len(good), "prepare: decode", unit="file") as bar:
-            for index, frames, problem in _parallel(_decode_task, jobs, len(good), workers, init, chunksize=2):
+            for index, frames, problem in _parallel(
+                _decode_task, jobs, len(good), workers, init, chunksize=1
+            ):
                 bar.update(postfix=f"{out.total} frames")
                 if problem is not None:
                     quarantine.append(_q(hasher, entries[index], problem, "decode"))
@@ -477,8 +530,10 @@ def _prepare_files(cfg: PrepareConfig, listing: Listing, limits: Limits) -> Path
                 reasons[q["reason"]] = reasons.get(q["reason"], 0) + 1
             summary = "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
             raise DataError(
-                f"source {cfg.source}: only {out.total} good frames, fewer than --min-frames {cfg.min_frames}; "
-                f"{len(quarantine)} of {len(entries)} inputs quarantined" + (f" ({summary})" if summary else "")
+                f"source {cfg.source}: only {out.total} good frames, "
+                f"fewer than --min-frames {cfg.min_frames}; "
+                f"{len(quarantine)} of {len(entries)} inputs quarantined"
+                + (f" ({summary})" if summary else "")
             )
         quarantine.sort(key=lambda q: q["index"])
         kinds: dict[str, int] = {}
@@ -487,12 +542,22 @@ def _prepare_files(cfg: PrepareConfig, listing: Listing, limits: Limits) -> Path
         source = listing.describe() | {"formats": kinds, "quarantined": len(quarantine)}
         normalisation = {
             "policy": "DICOM: modality LUT/rescale then VOI LUT/window (pydicom), [0, 1] over the VOI output "
-                      "range, else over the file's min-max (one mapping per cine loop); MONOCHROME1 inverted; "
-                      "colour to ITU-R 601 luma. PNG/JPEG/TIFF: / 255 (8 bit) or / 65535 (16 bit).",
+            "range, else over the file's min-max (one mapping per cine loop); MONOCHROME1 inverted; "
+            "colour to ITU-R 601 luma. PNG/JPEG/TIFF: / 255 (8 bit) or / 65535 (16 bit).",
             **_model_scaling(dtype),
         }
-        _write_outputs(root, cfg, name, content_hash, out, quarantine, source, settings, synthetic=False,
-                       normalisation=normalisation)
+        _write_outputs(
+            root,
+            cfg,
+            name,
+            content_hash,
+            out,
+            quarantine,
+            source,
+            settings,
+            synthetic=False,
+            normalisation=normalisation,
+        )
 
     return _finish(cfg, name, content_hash, build, f"{len(good)} inputs")
 
@@ -502,8 +567,17 @@ def _q(hasher: deid.Hasher, entry: Entry, reason: str, stage: str) -> dict:
 
 
 def _write_outputs(
-    root: Path, cfg: PrepareConfig, name: str, content_hash: str, out: _Output, quarantine: list[dict],
-    source: dict, settings: dict, *, synthetic: bool, normalisation: dict,
+    root: Path,
+    cfg: PrepareConfig,
+    name: str,
+    content_hash: str,
+    out: _Output,
+    quarantine: list[dict],
+    source: dict,
+    settings: dict,
+    *,
+    synthetic: bool,
+    normalisation: dict,
 ) -> None:
     from medsynth.evaluate.pictures import save_grid
 
@@ -515,12 +589,15 @@ def _write_outputs(
             preview = np.rint(preview.astype(np.float64) * (255.0 / top)).astype(np.uint8)
         title = f"{name}: {'synthetic phantom' if synthetic else 'de-identified'} training frames"
         save_grid(preview, root / "preview.png", title=title, synthetic=synthetic)
-    storage.atomic_write_json(root / "quarantine.json", {
-        "count": len(quarantine),
-        "note": "index = position of the input in the source sorted by relative path; "
-                "name = salted one-way hash of that path (file names may hold PHI)",
-        "entries": quarantine,
-    })
+    storage.atomic_write_json(
+        root / "quarantine.json",
+        {
+            "count": len(quarantine),
+            "note": "index = position of the input in the source sorted by relative path; "
+            "name = salted one-way hash of that path (file names may hold PHI)",
+            "entries": quarantine,
+        },
+    )
     manifest = {
         "format": FORMAT_VERSION,
         "name": name,

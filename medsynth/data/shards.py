@@ -4,11 +4,17 @@ Raw bytes (not PNG) because decoding is then a `tf.io.decode_raw` on a whole bat
 input pipeline far ahead of the training step. Shards are cut at `max_bytes` (default 128 MiB: large
 enough for sequential reads, small enough for parallel interleave and partial downloads) or at
 `max_count` examples, one writer per split, and each carries a SHA-256 in the manifest.
+
+Writing does not import TensorFlow: the `tf.train.Example` message and the TFRecord framing (length,
+masked CRC-32C of length and data) are encoded here in a few lines, so `prepare` starts in a fraction
+of a second and its memory is the data's, not TensorFlow's. Reading uses TensorFlow's own parser, and
+the tests read every written shard back through it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,36 +37,64 @@ class Record:
     frame: int  # index of the frame within its loop
 
 
-def encode(record: Record) -> bytes:
-    import tensorflow as tf
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1  # int64 as protobuf encodes it (two's complement for negatives)
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
 
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _bytes_feature(value: bytes) -> bytes:
+    return _field(1, _field(1, value))  # Feature.bytes_list{value}
+
+
+def _int64_feature(value: int) -> bytes:
+    return _field(3, _field(1, _varint(int(value))))  # Feature.int64_list{packed value}
+
+
+def encode(record: Record) -> bytes:
+    """A serialized `tf.train.Example` with the features in `FEATURES`."""
     image = np.ascontiguousarray(record.image)
     if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"shards hold 2-D uint8/uint16 frames, got {image.dtype} {image.shape}")
     # Little-endian on disk whatever the host, so `decode_raw(little_endian=True)` always agrees.
     data = image.astype(image.dtype.newbyteorder("<"), copy=False).tobytes()
+    features = {
+        "image": _bytes_feature(data),
+        "height": _int64_feature(image.shape[0]),
+        "width": _int64_feature(image.shape[1]),
+        "dtype": _bytes_feature(image.dtype.name.encode()),
+        "patient": _bytes_feature(record.patient.encode()),
+        "study": _bytes_feature(record.study.encode()),
+        "loop": _int64_feature(record.loop),
+        "frame": _int64_feature(record.frame),
+    }
+    entries = b"".join(_field(1, _field(1, k.encode()) + _field(2, v)) for k, v in features.items())
+    return _field(1, entries)  # Example.features{feature map}
 
-    def b(v: bytes) -> tf.train.Feature:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
 
-    def i(v: int) -> tf.train.Feature:
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+def _masked_crc(data: bytes) -> bytes:
+    import google_crc32c
 
-    example = tf.train.Example(
-        features=tf.train.Features(
-            feature={
-                "image": b(data),
-                "height": i(image.shape[0]),
-                "width": i(image.shape[1]),
-                "dtype": b(image.dtype.name.encode()),
-                "patient": b(record.patient.encode()),
-                "study": b(record.study.encode()),
-                "loop": i(record.loop),
-                "frame": i(record.frame),
-            }
-        )
-    )
-    return example.SerializeToString()
+    crc = google_crc32c.value(data)
+    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def frame_record(data: bytes) -> bytes:
+    """TFRecord framing of one serialized example."""
+    length = struct.pack("<Q", len(data))
+    return length + _masked_crc(length) + data + _masked_crc(data)
 
 
 def decode(serialized: bytes) -> Record:
@@ -71,7 +105,8 @@ def decode(serialized: bytes) -> Record:
     f = ex.features.feature
     dtype = np.dtype(f["dtype"].bytes_list.value[0].decode()).newbyteorder("<")
     h, w = f["height"].int64_list.value[0], f["width"].int64_list.value[0]
-    image = np.frombuffer(f["image"].bytes_list.value[0], dtype=dtype).reshape(h, w).astype(dtype.newbyteorder("="))
+    image = np.frombuffer(f["image"].bytes_list.value[0], dtype=dtype).reshape(h, w)
+    image = image.astype(dtype.newbyteorder("="))
     return Record(
         image=image,
         patient=f["patient"].bytes_list.value[0].decode(),
@@ -93,7 +128,11 @@ class ShardWriter:
     """Writes `<split>-NNNNN.tfrecord` files under `directory`, starting a new one when full."""
 
     def __init__(
-        self, directory: str | Path, split: str, max_bytes: int = DEFAULT_SHARD_BYTES, max_count: int | None = None
+        self,
+        directory: str | Path,
+        split: str,
+        max_bytes: int = DEFAULT_SHARD_BYTES,
+        max_count: int | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -103,22 +142,19 @@ class ShardWriter:
         self._count = self._bytes = 0
 
     def write(self, record: Record) -> None:
-        import tensorflow as tf
-
-        data = encode(record)
-        full = self._writer is not None and (
-            self._bytes + len(data) > self.max_bytes or (self.max_count is not None and self._count >= self.max_count)
-        )
-        if full:
+        data = frame_record(encode(record))
+        over_count = self.max_count is not None and self._count >= self.max_count
+        if self._writer is not None and (self._bytes + len(data) > self.max_bytes or over_count):
             self._finish()
         if self._writer is None:
-            name = f"{self.split}-{len(self.shards):05d}.tfrecord"
-            self._path = self.directory / name
-            self._writer = tf.io.TFRecordWriter(str(self._path))
+            self._path = self.directory / f"{self.split}-{len(self.shards):05d}.tfrecord"
+            self._writer = open(self._path, "wb")  # noqa: SIM115 - closed in _finish
+            self._sha = hashlib.sha256()
             self._count = self._bytes = 0
         self._writer.write(data)
+        self._sha.update(data)
         self._count += 1
-        self._bytes += len(data) + 16  # TFRecord framing: length, two CRCs
+        self._bytes += len(data)
 
     def _finish(self) -> None:
         self._writer.close()
@@ -128,8 +164,8 @@ class ShardWriter:
                 "file": f"shards/{self._path.name}",
                 "split": self.split,
                 "examples": self._count,
-                "bytes": self._path.stat().st_size,
-                "sha256": sha256_file(self._path),
+                "bytes": self._bytes,
+                "sha256": self._sha.hexdigest(),
             }
         )
 

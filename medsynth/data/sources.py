@@ -68,6 +68,10 @@ class Listing:
         }
 
     def close(self) -> None:
+        if isinstance(self.reader, ZipReader):  # opened here when decoding ran in this process
+            zf = _ZIPS.pop(self.reader.path, None)
+            if zf is not None:
+                zf.close()
         for p in self.cleanup:
             shutil.rmtree(p, ignore_errors=True)
 
@@ -130,10 +134,14 @@ def open_source(uri: str, limits: Limits, cache_dir: str | Path | None = None) -
     if uri.startswith("gs://"):
         return _gcs(uri, limits, cache_dir)
     if "://" in uri:
-        raise DataError(f"unsupported source {uri!r}: give a folder, a .zip, gs://bucket/prefix or builtin://phantom")
+        raise DataError(
+            f"unsupported source {uri!r}: give a folder, a .zip, gs://bucket/prefix or builtin://phantom"
+        )
     path = Path(uri).expanduser()
     if not path.exists():
-        raise DataError(f"source {uri} does not exist: give a folder, a .zip, gs://bucket/prefix or builtin://phantom")
+        raise DataError(
+            f"source {uri} does not exist: give a folder, a .zip, gs://bucket/prefix or builtin://phantom"
+        )
     if path.is_dir():
         return _folder(path, limits, "file")
     if zipfile.is_zipfile(path):
@@ -172,7 +180,9 @@ def _folder(root: Path, limits: Limits, scheme: str) -> Listing:
         if size < 0:
             problem = "symbolic link or special file (not followed)"
         elif size > limits.max_file_bytes:
-            problem = f"file of {size / 2**20:.0f} MiB is over the limit of {limits.max_file_bytes / 2**20:.0f} MiB"
+            problem = (
+                f"file of {size / 2**20:.0f} MiB is over the limit of {limits.max_file_bytes / 2**20:.0f} MiB"
+            )
         entries.append(Entry(i, rel, max(size, 0), problem))
     return Listing(scheme, entries, skipped, FolderReader(str(root), limits.max_file_bytes))
 
@@ -213,11 +223,18 @@ def _zip(path: Path, limits: Limits) -> Listing:
         elif info.flag_bits & 0x1:
             problem = "encrypted archive entry"
         elif info.file_size > limits.max_file_bytes:
-            problem = (f"archive entry of {info.file_size / 2**20:.0f} MiB is over the limit of "
-                       f"{limits.max_file_bytes / 2**20:.0f} MiB")
-        elif info.file_size > (1 << 20) and info.file_size > limits.zip_max_ratio * max(1, info.compress_size):
+            problem = (
+                f"archive entry of {info.file_size / 2**20:.0f} MiB is over the limit of "
+                f"{limits.max_file_bytes / 2**20:.0f} MiB"
+            )
+        elif info.file_size > (1 << 20) and info.file_size > limits.zip_max_ratio * max(
+            1, info.compress_size
+        ):
             ratio = info.file_size / max(1, info.compress_size)
-            problem = f"compression ratio {ratio:.0f}:1 is over the limit of {limits.zip_max_ratio:.0f}:1 (zip bomb?)"
+            problem = (
+                f"compression ratio {ratio:.0f}:1 is over the limit of "
+                f"{limits.zip_max_ratio:.0f}:1 (zip bomb?)"
+            )
         elif _skippable(name):
             skipped += 1
             continue
@@ -229,18 +246,26 @@ def _zip(path: Path, limits: Limits) -> Listing:
 
 
 def _gcs(uri: str, limits: Limits, cache_dir: str | Path | None) -> Listing:
-    """Objects under a prefix are downloaded into a temporary folder, then read like a local folder."""
+    """Objects under a prefix (or one .zip object) are downloaded into a temporary folder, then read like
+    a local folder (or archive): memory stays flat, disk holds one copy while prepare runs."""
     from medsynth import storage
+    from medsynth.errors import StorageError
 
     tmp = Path(tempfile.mkdtemp(prefix="medsynth-gcs-", dir=cache_dir))
     try:
-        local = storage.fetch(uri.rstrip("/") + "/", tmp / "src")
-    except Exception:
+        try:
+            local = Path(storage.fetch(uri.rstrip("/"), tmp))
+        except StorageError as e:
+            raise DataError(f"source {uri} cannot be read: {e}") from None
+        if local.is_dir():
+            listing = _folder(local, limits, "gs")
+        elif zipfile.is_zipfile(local):
+            listing = _zip(local, limits)
+            listing.scheme = "gs"
+        else:
+            raise DataError(f"source {uri} is one object but not a .zip archive: give a prefix or a .zip")
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if not Path(local).is_dir():
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"source {uri} is not a prefix holding files")
-    listing = _folder(Path(local), limits, "gs")
     listing.cleanup.append(tmp)
     return listing

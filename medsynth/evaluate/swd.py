@@ -23,6 +23,7 @@ between models are not drowned in sampling noise.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +32,8 @@ from medsynth.errors import ConfigError, DataError
 from medsynth.evaluate.frames import as_frames, same_size
 from medsynth.progress import Progress
 
-# The binomial 5x5 filter of cv2.pyrDown / ProGAN.
-_BINOMIAL = np.outer([1.0, 4.0, 6.0, 4.0, 1.0], [1.0, 4.0, 6.0, 4.0, 1.0]).astype(np.float32) / 256.0
+# The binomial filter of cv2.pyrDown / ProGAN (5x5 = outer product of these taps).
+_TAPS = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,27 @@ def swd_resolutions(size: int, min_resolution: int = 16) -> list[int]:
     return out
 
 
+def _blur(x: np.ndarray, gain: float) -> np.ndarray:
+    """Separable binomial blur with mirror borders (scipy 'mirror' = numpy/TF 'reflect')."""
+    h, w = x.shape[1:]
+    p = np.pad(x, ((0, 0), (2, 2), (2, 2)), mode="reflect")
+    t = sum(np.float32(c) * p[:, :, k : k + w] for k, c in enumerate(_TAPS))
+    return np.float32(gain) * sum(np.float32(c) * t[:, k : k + h, :] for k, c in enumerate(_TAPS))
+
+
+def _pyr_down(x: np.ndarray) -> np.ndarray:
+    """cv2.pyrDown: blur, keep every second pixel."""
+    return _blur(x, 1.0)[:, ::2, ::2]
+
+
+def _pyr_up(x: np.ndarray) -> np.ndarray:
+    """cv2.pyrUp: insert zeros, blur with gain 4 (each output pixel saw a quarter of the taps)."""
+    n, h, w = x.shape
+    z = np.zeros((n, 2 * h, 2 * w), np.float32)
+    z[:, ::2, ::2] = x
+    return _blur(z, 4.0)
+
+
 def laplacian_pyramid(images: np.ndarray, levels: int) -> list[np.ndarray]:
     """Laplacian pyramid of grey frames [n, H, W] as float32 arrays, finest level first.
 
@@ -63,67 +85,19 @@ def laplacian_pyramid(images: np.ndarray, levels: int) -> list[np.ndarray]:
     scipy version; the last level is the Gaussian residual. Summing the levels
     back up (`reconstruct_laplacian_pyramid`) gives the frames again.
     """
-    import tensorflow as tf
-
-    x = tf.convert_to_tensor(np.asarray(images, np.float32)[..., None])
-    return [lvl.numpy()[..., 0] for lvl in _pyramid_fn()(x, levels)]
+    pyramid = [np.asarray(images, np.float32)]
+    for _ in range(1, levels):
+        pyramid.append(_pyr_down(pyramid[-1]))
+        pyramid[-2] = pyramid[-2] - _pyr_up(pyramid[-1])
+    return pyramid
 
 
 def reconstruct_laplacian_pyramid(pyramid: list[np.ndarray]) -> np.ndarray:
     """Inverse of `laplacian_pyramid`: the reason a Laplacian pyramid loses nothing."""
-    import tensorflow as tf
-
-    up = _up_fn()
-    img = tf.convert_to_tensor(pyramid[-1][..., None])
+    img = pyramid[-1]
     for level in pyramid[-2::-1]:
-        img = up(img) + level[..., None]
-    return img.numpy()[..., 0]
-
-
-_FNS: dict[str, object] = {}
-
-
-def _conv_fns():
-    """Build (once) the TF graph pieces; TF is imported lazily so `import medsynth` stays fast."""
-    if "down" not in _FNS:
-        import tensorflow as tf
-
-        kernel = tf.constant(_BINOMIAL[:, :, None, None])
-
-        def blur(x, gain):
-            padded = tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]], mode="REFLECT")
-            return tf.nn.conv2d(padded, kernel * gain, strides=1, padding="VALID")
-
-        def down(x):
-            return blur(x, 1.0)[:, ::2, ::2, :]
-
-        def up(x):
-            s = tf.shape(x)
-            z = tf.zeros_like(x)
-            cols = tf.reshape(tf.stack([x, z], axis=3), [s[0], s[1], 2 * s[2], 1])
-            rows = tf.reshape(tf.stack([cols, tf.zeros_like(cols)], axis=2), [s[0], 2 * s[1], 2 * s[2], 1])
-            return blur(rows, 4.0)
-
-        def pyramid(x, levels: int):
-            out = [x]
-            for _ in range(1, levels):
-                out.append(down(out[-1]))
-                out[-2] = out[-2] - up(out[-1])
-            return out
-
-        spec = tf.TensorSpec([None, None, None, 1], tf.float32)
-        _FNS["down"] = tf.function(down, input_signature=[spec])
-        _FNS["up"] = tf.function(up, input_signature=[spec])
-        _FNS["pyramid"] = tf.function(pyramid, reduce_retracing=True)
-    return _FNS
-
-
-def _pyramid_fn():
-    return _conv_fns()["pyramid"]
-
-
-def _up_fn():
-    return _conv_fns()["up"]
+        img = _pyr_up(img) + level
+    return img
 
 
 def patch_positions(n: int, height: int, width: int, patch_size: int, per_image: int,
@@ -166,53 +140,41 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, dir_repeats: int = 4, dirs_
     drawn per repeat from a seeded generator, so the value is a deterministic
     function of (a, b, seed).
     """
-    import tensorflow as tf
-
     a = np.asarray(a, np.float32)
     b = np.asarray(b, np.float32)
     if a.ndim != 2 or a.shape != b.shape:
-        raise DataError(f"sliced_wasserstein needs two [N, D] arrays of the same shape, got {a.shape} and {b.shape}")
+        raise DataError(f"sliced_wasserstein needs two [N, D] arrays of the same shape, "
+                        f"got {a.shape} and {b.shape}")
     rng = np.random.default_rng([seed, 0xD1])
-    ta, tb = tf.constant(a), tf.constant(b)
     results = []
-    for _ in range(dir_repeats):
-        dirs = rng.standard_normal((a.shape[1], dirs_per_repeat))
-        dirs /= np.sqrt(np.sum(np.square(dirs), axis=0, keepdims=True))
-        results.append(float(_sorted_gap()(ta, tb, tf.constant(dirs.astype(np.float32)))))
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(dir_repeats):
+            dirs = rng.standard_normal((a.shape[1], dirs_per_repeat))
+            dirs = (dirs / np.sqrt(np.sum(np.square(dirs), axis=0, keepdims=True))).astype(np.float32)
+            # [dirs, N] rows are contiguous, so the sort runs along memory; np.sort releases the GIL.
+            pa, pb = pool.map(_sorted_projection, (a, b), (dirs, dirs))
+            results.append(float(np.mean(np.abs(pa - pb), dtype=np.float64)))
     return float(np.mean(results))
 
 
-def _sorted_gap():
-    if "gap" not in _FNS:
-        import tensorflow as tf
-
-        @tf.function(reduce_retracing=True)
-        def gap(a, b, dirs):
-            # Sorting along the last axis of [dirs, N] is contiguous and multi-threaded in TF.
-            pa = tf.sort(tf.transpose(tf.matmul(a, dirs)), axis=-1)
-            pb = tf.sort(tf.transpose(tf.matmul(b, dirs)), axis=-1)
-            return tf.reduce_mean(tf.abs(pa - pb))
-
-        _FNS["gap"] = gap
-    return _FNS["gap"]
+def _sorted_projection(x: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    proj = np.ascontiguousarray((x @ dirs).T)
+    proj.sort(axis=-1)
+    return proj
 
 
 def _descriptors(frames: np.ndarray, levels: int, positions: list[tuple[np.ndarray, np.ndarray]],
                  patch_size: int, batch_size: int, progress: Progress | None) -> list[np.ndarray]:
     """Descriptors per level for all frames, built batch by batch so memory stays at one batch of pyramids."""
-    import tensorflow as tf
-
     per_level: list[list[np.ndarray]] = [[] for _ in range(levels)]
-    pyr = _pyramid_fn()
     for start in range(0, len(frames), batch_size):
-        batch = tf.convert_to_tensor(frames[start : start + batch_size, :, :, None].astype(np.float32))
-        for lod, level in enumerate(pyr(batch, levels)):
+        batch = frames[start : start + batch_size]
+        stop = start + len(batch)
+        for lod, level in enumerate(laplacian_pyramid(batch, levels)):
             ys, xs = positions[lod]
-            stop = start + int(batch.shape[0])
-            per_level[lod].append(extract_patches(level.numpy()[..., 0], ys[start:stop], xs[start:stop],
-                                                  patch_size))
+            per_level[lod].append(extract_patches(level, ys[start:stop], xs[start:stop], patch_size))
         if progress is not None:
-            progress.update(int(batch.shape[0]))
+            progress.update(len(batch))
     return [np.concatenate(p, axis=0) for p in per_level]
 
 

@@ -26,7 +26,13 @@ import os
 import tensorflow as tf
 
 from medsynth.errors import ConfigError
-from medsynth.models.backbones import BackboneInput, BackboneSpec, build_backbone, get_backbone, normalize_weights
+from medsynth.models.backbones import (
+    BackboneInput,
+    BackboneSpec,
+    build_backbone,
+    get_backbone,
+    normalize_weights,
+)
 from medsynth.models.generator import check_image_size
 from medsynth.models.layers import synchronize_batch_norm
 

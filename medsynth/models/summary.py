@@ -38,7 +38,7 @@ def count_params(model: tf.keras.Model) -> ParamCounts:
 
 
 def _rows(counts: dict[str, ParamCounts]) -> list[str]:
-    return [f"  {name:<15}{c.total:>14,}{c.trainable:>14,}{c.non_trainable:>16,}" for name, c in counts.items()]
+    return [f"  {n:<15}{c.total:>14,}{c.trainable:>14,}{c.non_trainable:>16,}" for n, c in counts.items()]
 
 
 def summary_table(
@@ -68,16 +68,20 @@ def summary_table(
     d[other] = count_params(discriminator)
 
     header = f"  {'':<15}{'total':>14}{'trainable':>14}{'non-trainable':>16}"
+
+    def title(m: str) -> str:
+        return f"backbone {m}" + (" (the paper's setting)" if m == "frozen" else "")
+
     lines = [
         f"Weights of the GAN (the paper's Table 3) at {image_size} px, backbone {spec.paper_name}",
         f"backbone weights: {weights}; {mode_reason(weights, backbone_mode)}",
         "(counts do not depend on the weight values; none were loaded)",
         "",
-        f"this build, backbone {mode}:",
+        f"this build, {title(mode)}:",
         header,
         *_rows({"generator": g, "discriminator": d[mode], "GAN": g + d[mode]}),
         "",
-        f"backbone {other}{' (the paper setting)' if other == 'frozen' else ''}:",
+        f"the same, {title(other)}:",
         header,
         *_rows({"discriminator": d[other], "GAN": g + d[other]}),
         "",
@@ -86,13 +90,13 @@ def summary_table(
         ours = {"generator": g, "discriminator": d["frozen"], "GAN": g + d["frozen"]}
         lines += [
             "against the paper (256 px, Xception, backbone frozen):",
-            f"  {'':<29}{'this build':>14}{'paper':>14}{'difference':>12}",
+            f"  {'':<29}{'this build':>14}{'paper':>14}{'difference':>13}",
         ]
         for name, paper in PAPER_TABLE3.items():
-            for field, label in zip(ParamCounts._fields, ("total", "trainable", "non-trainable"), strict=True):
-                mine, theirs = getattr(ours[name], field), getattr(paper, field)
+            labels = ("total", "trainable", "non-trainable")
+            for mine, theirs, label in zip(ours[name], paper, labels, strict=True):
                 diff = 100.0 * (mine - theirs) / theirs
-                lines.append(f"  {name + ' ' + label:<29}{mine:>14,}{theirs:>14,}{diff:>+11.2f}%")
+                lines.append(f"  {name + ' ' + label:<29}{mine:>14,}{theirs:>14,}{diff:>+12.3f}%")
         lines += [
             "The discriminator matches exactly. The generator is the seed README's reconstruction of",
             "Table 1 (no natural wiring reproduces all three of the paper's counts; see",
@@ -100,7 +104,7 @@ def summary_table(
         ]
     else:
         lines.append(
-            f"The paper reports 256 px with Xception only; run `medsynth summary --image-size 256 "
-            f"--backbone xception` to compare with it."
+            "The paper reports 256 px with Xception only; run `medsynth summary --image-size 256 "
+            "--backbone xception` to compare with it."
         )
     return "\n".join(lines)

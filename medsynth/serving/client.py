@@ -120,25 +120,35 @@ class Client:
         return max(ready)
 
     def generate(
-        self, n: int, seed: int | None = None, version: int | None = None, *, progress: Any = None
+        self, n: int, seed: int | None = None, version: int | None = None, *, progress: bool = False
     ) -> list[GeneratedImage]:
         """`n` images from `seed` (drawn if None), all from one version (the served one if None)."""
+        from medsynth.progress import Progress
+
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"-n {n}: ask for at least one image")
         seed = secrets.randbelow(SEED_LIMIT) if seed is None else seed
         image_seed(seed, n - 1)  # validates the seed and n up front
         version = self.served_version() if version is None else version
         images: list[GeneratedImage] = []
+        bar = Progress(n, f"generate {self.model} v{version}", unit="img") if progress else None
         for start in range(0, n, self.max_per_request):
             seeds = [image_seed(seed, k) for k in range(start, min(n, start + self.max_per_request))]
-            pngs = self._retry(lambda s=seeds: self._predict_png(s, version))
-            if len(pngs) != len(seeds):
-                raise ServingError(f"asked for {len(seeds)} images, the server returned {len(pngs)}")
+            pngs = self.predict_png(seeds, version)
             for k, png in enumerate(pngs, start):
                 images.append(GeneratedImage(_decode_png(png), png, self.model, version, seed, k))
-            if progress is not None:
-                progress.update(len(seeds))
+            if bar is not None:
+                bar.update(len(seeds))
+        if bar is not None and bar.tty:
+            bar.close()  # a log already has the final line from update()
         return images
+
+    def predict_png(self, seeds: Sequence[int], version: int) -> list[bytes]:
+        """One `png_from_seed` request (retried when transient): the model's PNG bytes, one per seed."""
+        pngs = self._retry(lambda: self._predict_png(seeds, version))
+        if len(pngs) != len(seeds):
+            raise ServingError(f"asked for {len(seeds)} images, the server returned {len(pngs)}")
+        return pngs
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

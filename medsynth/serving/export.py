@@ -77,6 +77,31 @@ def export_generator(
     return model_dir
 
 
+def export_random_generator(
+    model_dir: str | os.PathLike,
+    *,
+    image_size: int,
+    latent_dim: int = 100,
+    width: int = 8,
+    norm: str = "batch",
+    seed: int = 0,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Export a generator with random weights: for testing and benchmarking a serving stack, not for use.
+
+    Its model card says `"trained": false`, so it cannot be mistaken for a model that learned anything.
+    """
+    import tensorflow as tf
+
+    from medsynth.models.generator import build_generator
+
+    tf.keras.utils.set_random_seed(seed)
+    generator = build_generator(image_size, latent_dim=latent_dim, width=width, norm=norm)
+    meta = {"model_name": "generator", "trained": False, "seed": seed, "backbone": None,
+            "generator_width": width, "generator_norm": norm, **(metadata or {})}
+    return export_generator(generator, model_dir, metadata=meta)
+
+
 def model_card(metadata: dict[str, Any], *, latent_dim: int, image_size: int) -> dict[str, Any]:
     """What a reader of the model repository needs to know, always saying the output is synthetic."""
     from medsynth import __version__
@@ -196,7 +221,7 @@ def _serving_module(generator: Any, latent_dim: int) -> Any:
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="seed")])
         def png_from_seed(self, seed: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {"png_bytes": self._outputs(self._images_from_seed(seed))["png_bytes"]}
+            return {"png_bytes": self.from_seed(seed)["png_bytes"]}  # one graph for both seed signatures
 
     return ServingModule()
 
@@ -309,6 +334,7 @@ __all__ = [
     "SIGNATURE_Z",
     "WARMUP_FILE",
     "export_generator",
+    "export_random_generator",
     "export_run",
     "list_versions",
     "model_card",

@@ -260,18 +260,38 @@ def outputs_to_json(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes:
                 raise invalid(f"Tensor name: {n} has inconsistent batch size: {a.shape[0]} "
                               f"expecting: {batch}")
             batch = a.shape[0]
-        cols = {n: _tensor_to_json(outputs[n], n.endswith(BYTES_SUFFIX)) for n in names}
+        items = {n: _items_json(outputs[n], n.endswith(BYTES_SUFFIX)) for n in names}
         if len(names) == 1:
-            doc: dict[str, Any] = {"predictions": cols[names[0]]}
+            rows = items[names[0]]
         else:
-            doc = {"predictions": [{n: cols[n][i] for n in names} for i in range(batch or 0)]}
-    else:
-        cols = {n: _tensor_to_json(outputs[n], n.endswith(BYTES_SUFFIX)) for n in names}
-        doc = {"outputs": cols[names[0]] if len(names) == 1 else cols}
-    return json.dumps(doc, separators=(",", ":"), allow_nan=True).encode()
+            keys = {n: json.dumps(n).encode() + b":" for n in names}
+            rows = [b"{" + b",".join(keys[n] + items[n][i] for n in names) + b"}" for i in range(batch or 0)]
+        return b'{"predictions":[' + b",".join(rows) + b"]}"
+    cols = {n: _tensor_json(outputs[n], n.endswith(BYTES_SUFFIX)) for n in names}
+    if len(names) == 1:
+        return b'{"outputs":' + cols[names[0]] + b"}"
+    return b'{"outputs":{' + b",".join(json.dumps(n).encode() + b":" + cols[n] for n in names) + b"}}"
 
 
-def _tensor_to_json(a: np.ndarray, as_b64: bool) -> Any:
+def _tensor_json(a: np.ndarray, as_b64: bool) -> bytes:
+    if a.dtype.kind in "iu" and a.ndim >= 1 and a.size:
+        return _int_json_text(a, keep_axes=0)[()].tobytes()
+    return _dumps(_tensor_to_py(a, as_b64))
+
+
+def _items_json(a: np.ndarray, as_b64: bool) -> list[bytes]:
+    """The JSON text of each a[i] (row format)."""
+    if a.dtype.kind in "iu" and a.ndim >= 2 and a.size:
+        text = _int_json_text(a, keep_axes=1)
+        return [row.tobytes() for row in text]
+    return [_dumps(v) for v in _tensor_to_py(a, as_b64)]
+
+
+def _dumps(v: Any) -> bytes:
+    return json.dumps(v, separators=(",", ":"), allow_nan=True).encode()
+
+
+def _tensor_to_py(a: np.ndarray, as_b64: bool) -> Any:
     if a.dtype.kind in "OSU":
         def enc(x: Any) -> Any:
             if isinstance(x, list):
@@ -283,6 +303,45 @@ def _tensor_to_json(a: np.ndarray, as_b64: bool) -> Any:
     if a.dtype.kind == "f":
         return a.astype(np.float64).tolist()
     return a.tolist()
+
+
+_SPACE, _COMMA, _OPEN, _CLOSE, _MINUS, _ZERO = (ord(c) for c in " ,[]-0")
+
+
+def _int_json_text(a: np.ndarray, keep_axes: int) -> np.ndarray:
+    """JSON text of an integer array as bytes, built with array operations instead of per-number Python.
+
+    Every number is written right-aligned in a fixed width (JSON allows the blanks), so each sub-array
+    has the same length and the nesting is a few concatenations. Returns a uint8 array whose first
+    `keep_axes` axes are those of `a`; its last axis holds the text of each sub-array.
+    """
+    neg = a < 0 if a.dtype.kind == "i" else np.zeros(a.shape, bool)
+    mag = np.abs(a.astype(np.int64)).astype(np.uint64) if a.dtype.kind == "i" else a
+    top = int(mag.max())
+    mag = mag.astype(next(t for t in (np.uint16, np.uint32, np.uint64) if top <= np.iinfo(t).max))
+    ndig = len(str(top))
+    v = mag
+    width = ndig + (1 if neg.any() else 0)
+    text = np.full(v.shape + (width,), _SPACE, np.uint8)
+    x = mag.copy()
+    for pos in range(width - 1, width - 1 - ndig, -1):
+        digit = (x % 10).astype(np.uint8) + _ZERO
+        text[..., pos] = np.where((x == 0) & (pos != width - 1), _SPACE, digit)
+        x //= 10
+    if neg.any():
+        digits = np.ones(v.shape, np.int64)
+        for k in range(1, ndig):
+            digits += mag >= 10**k
+        idx = np.nonzero(neg)
+        text[(*idx, width - 1 - digits[idx])] = _MINUS
+    for axis in range(v.ndim - 1, keep_axes - 1, -1):  # wrap the innermost axis in [..], then the next
+        d = text.shape[axis]
+        body = np.concatenate([text, np.full(text.shape[:-1] + (1,), _COMMA, np.uint8)], axis=-1)
+        body = body.reshape(text.shape[:axis] + (d * body.shape[-1],))[..., :-1]
+        edge = text.shape[:axis] + (1,)
+        text = np.concatenate([np.full(edge, _OPEN, np.uint8), body, np.full(edge, _CLOSE, np.uint8)],
+                              axis=-1)
+    return text
 
 
 def decode_b64_values(values: Any) -> list[bytes]:

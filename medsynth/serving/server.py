@@ -129,12 +129,10 @@ class ServingApp:
                 self._inflight_lock.wait(left)
         return True
 
-    def check_name(self, name: str, latest_word: str = "Latest") -> None:
-        if name != self.config.model_name:
-            raise not_found(f"Servable not found for request: {latest_word}({name})")
-
     def model(self, name: str, version: int | None) -> LoadedModel:
-        self.check_name(name, "Latest" if version is None else "Specific")
+        if name != self.config.model_name:
+            what = f"Latest({name})" if version is None else f"Specific({name}, {version})"
+            raise not_found(f"Servable not found for request: {what}")
         return self.repository.get(version)
 
     def predict(self, model: LoadedModel, signature: str, inputs: dict[str, np.ndarray],

@@ -4,78 +4,184 @@ A checkpoint holds G, D, both optimizers, the step and the input iterator, so a
 resumed run continues exactly where it stopped. Beside the checkpoints,
 `model.json` records the model signature: a checkpoint from another model or
 image size is refused instead of loaded as garbage.
+
+When the run's `--out` is in object storage, TensorFlow still writes local disk
+(its own `gs://` filesystem cannot be pointed at an emulator, DESIGN §3) and
+every checkpoint is then uploaded with `medsynth.storage.sync_up`, which writes
+each checkpoint's marker after its files. A process that starts on another node
+downloads the complete (marked) checkpoints first; half-uploaded ones are never
+restored. Old checkpoints are pruned locally by TF's CheckpointManager and in the
+bucket here, marker first, so a reader never trusts a half-deleted one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
+from medsynth import storage
 from medsynth.errors import CheckpointError
 from medsynth.storage import atomic_write_json, read_json
 
 CONFIG_FILE = "config.json"
 SIGNATURE_FILE = "model.json"
+PREFIX = "ckpt"
+_INDEX_RE = re.compile(rf"^{PREFIX}-(\d+)\.index$")
+_GROUP_RE = re.compile(rf"^{PREFIX}-(\d+)$")
+
+log = logging.getLogger("medsynth")
+
+
+def local_checkpoints(directory: str | Path) -> list[tuple[int, str]]:
+    """(step, prefix) of every checkpoint in `directory` whose index file exists, oldest first.
+
+    TF writes a checkpoint's index last (MergeV2Checkpoints), so an index means complete data.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for p in directory.iterdir():
+        m = _INDEX_RE.match(p.name)
+        if m:
+            found.append((int(m.group(1)), str(directory / f"{PREFIX}-{m.group(1)}")))
+    return sorted(found)
+
+
+def pull_checkpoints(remote: str, local_dir: str | Path) -> list[tuple[int, str]]:
+    """Download the complete checkpoints at `remote` and make TF's state file name exactly those."""
+    local_dir = Path(local_dir)
+    storage.sync_down(remote, local_dir)
+    found = local_checkpoints(local_dir)
+    if found:
+        tf.train.update_checkpoint_state(
+            str(local_dir), found[-1][1], all_model_checkpoint_paths=[p for _, p in found]
+        )
+    return found
 
 
 class RunCheckpoints:
-    def __init__(self, run_dir: str | Path, signature: dict[str, Any], keep: int, **objects: Any) -> None:
+    """One run's checkpoints: save (chief), restore (everyone), sync to object storage, prune."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        signature: dict[str, Any],
+        keep: int,
+        remote: str | None = None,
+        write: bool = True,
+        **objects: Any,
+    ) -> None:
         self.dir = Path(run_dir) / "checkpoints"
         self.signature = signature
+        self.keep = keep
+        self.remote = remote.rstrip("/") if remote else None
+        self.write = write
+        if self.remote:
+            pulled = pull_checkpoints(self.remote, self.dir)
+            if pulled:
+                log.info("downloaded %d checkpoint(s) from %s", len(pulled), self.remote)
         self.checkpoint = tf.train.Checkpoint(**objects)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.dir), max_to_keep=keep)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, str(self.dir), max_to_keep=keep, checkpoint_name=PREFIX
+        )
+
+    def check_signature(self) -> None:
+        sig_path = self.dir / SIGNATURE_FILE
+        if not sig_path.exists():
+            return
+        saved = read_json(sig_path)
+        diff = {k: (saved.get(k), v) for k, v in self.signature.items() if saved.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
+            where = self.remote or self.dir
+            raise CheckpointError(
+                f"checkpoint in {where} was written for another model ({what}); "
+                "use a new --out or the original settings"
+            )
 
     def restore_latest(self) -> str | None:
         """Restore the newest checkpoint if there is one; refuse one written for another model."""
         latest = self.manager.latest_checkpoint
         if latest is None:
             return None
-        sig_path = self.dir / SIGNATURE_FILE
-        if sig_path.exists():
-            saved = read_json(sig_path)
-            diff = {k: (saved.get(k), v) for k, v in self.signature.items() if saved.get(k) != v}
-            if diff:
-                what = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
-                raise CheckpointError(
-                    f"checkpoint in {self.dir} was written for another model ({what}); "
-                    "use a new --out or the original settings"
-                )
+        self.check_signature()
         try:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
             raise CheckpointError(f"checkpoint {latest} cannot be restored into this model: {e}") from e
         return latest
 
-    def save(self, step: int) -> str:
+    def save(self, step: int) -> str | None:
+        """Write a checkpoint (chief only), upload it with its marker last, prune what keep-N drops."""
+        if not self.write:
+            return None
         atomic_write_json(self.dir / SIGNATURE_FILE, self.signature)
-        return self.manager.save(checkpoint_number=step)
+        path = self.manager.save(checkpoint_number=step)
+        if self.remote:
+            storage.sync_up(self.dir, self.remote)
+            self._prune_remote()
+        return path
+
+    def _prune_remote(self) -> None:
+        kept = {Path(p).name for p in self.manager.checkpoints}
+        groups: dict[str, list[str]] = {}
+        for uri in storage.list_uris(self.remote):
+            name = uri[len(self.remote) + 1 :]
+            group = name.split(".", 1)[0]
+            if "/" not in name and _GROUP_RE.match(group):
+                groups.setdefault(group, []).append(uri)
+        for group, uris in sorted(groups.items()):
+            if group in kept:
+                continue
+            # The marker goes first: from then on no reader takes the rest for a checkpoint.
+            storage.delete_prefix(f"{self.remote}/{group}.{storage.MARKER}")
+            for uri in uris:
+                storage.delete_prefix(uri)
+            log.info("pruned %s/%s (keeping %d)", self.remote, group, self.keep)
 
 
 def load_run_config(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.exists():
+    path = f"{str(run_dir).rstrip('/')}/{CONFIG_FILE}"
+    if not storage.exists(path):
         raise CheckpointError(
             f"{run_dir} is not a training run (no {CONFIG_FILE}); pass the --out of `medsynth train`"
         )
     return read_json(path)
 
 
+def _local_run_dir(run_dir: str) -> Path:
+    key = hashlib.sha256(run_dir.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "medsynth-cache" / "runs" / key
+
+
 def load_generator(run_dir: str | Path) -> tuple[tf.keras.Model, dict[str, Any]]:
-    """The run's generator with its newest trained weights, and what is known about the run."""
+    """The run's generator with its newest trained weights, and what is known about the run.
+
+    `run_dir` is a local run or one in object storage (its complete checkpoints are downloaded).
+    """
     from medsynth.models.generator import build_generator
 
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
+    text = str(run_dir).rstrip("/")
+    cfg = load_run_config(text)
     generator = build_generator(
         cfg["image_size"],
         latent_dim=cfg["latent_dim"],
         width=cfg["generator_width"],
         norm=cfg["generator_norm"],
     )
-    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    if storage.is_gcs(text):
+        found = pull_checkpoints(f"{text}/checkpoints", _local_run_dir(text) / "checkpoints")
+        latest = found[-1][1] if found else None
+    else:
+        latest = tf.train.latest_checkpoint(str(Path(text) / "checkpoints"))
     if latest is None:
         raise CheckpointError(f"{run_dir} has no checkpoint yet; train it first")
     tf.train.Checkpoint(generator=generator).restore(latest).expect_partial()
@@ -85,11 +191,11 @@ def load_generator(run_dir: str | Path) -> tuple[tf.keras.Model, dict[str, Any]]
         "latent_dim": cfg["latent_dim"],
         "backbone": cfg["backbone"],
         "backbone_weights": cfg["backbone_weights"],
-        "run_id": cfg.get("run_id", run_dir.name),
+        "run_id": cfg.get("run_id", Path(text).name),
         "step": step,
         "seed": cfg["seed"],
     }
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists():
-        info["metrics"] = json.loads(metrics_path.read_text())
+    metrics_path = f"{text}/metrics.json"
+    if storage.exists(metrics_path):
+        info["metrics"] = json.loads(storage.read_text(metrics_path))
     return generator, info

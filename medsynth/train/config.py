@@ -10,6 +10,9 @@ from typing import Any
 from medsynth.errors import ConfigError
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker", "horovod")
+# auto: bfloat16 on Ampere and newer GPUs, float16 on older ones, off on CPU
+PRECISIONS = ("auto", "off", "float16", "bfloat16")
+SWITCHES = ("auto", "on", "off")  # auto: on for GPUs, off on CPU
 
 
 @dataclass
@@ -36,8 +39,12 @@ class TrainConfig:
     augment: bool = False
     strategy: str = "auto"
     metrics_port: int | None = None
+    pushgateway: str | None = None  # host:port of a Prometheus Pushgateway; pushed to at the end
     deterministic: bool = True
     log_every: int = 10
+    gpus: int | None = None  # None: all visible
+    mixed_precision: str = "auto"
+    xla: str = "auto"
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -56,6 +63,13 @@ class TrainConfig:
             self.strategy in STRATEGIES,
             f"unknown --strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}",
         )
+        need(
+            self.mixed_precision in PRECISIONS,
+            f"unknown --mixed-precision {self.mixed_precision!r}; choose one of {', '.join(PRECISIONS)}",
+        )
+        need(self.xla in SWITCHES, f"unknown --xla {self.xla!r}; choose one of {', '.join(SWITCHES)}")
+        need(self.gpus is None or self.gpus >= 0, f"--gpus must be >= 0, got {self.gpus}")
+        need(self.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
         need(
             0.0 <= self.label_smoothing < 0.5,
             f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}",

@@ -2,39 +2,61 @@
 
 Running `train` again with the same `out` continues from the newest checkpoint;
 a run that already reached `steps` is not redone. SIGTERM (preemption) writes a
-checkpoint before exiting.
+checkpoint before exiting with 143; with several workers they agree on the step
+first, so every worker stops at the same one.
+
+Every worker reads the same global batches (same files, same seed) and takes its
+own slice of each, so a run computes the same numbers on one device, N GPUs or N
+workers, and the chief's checkpoint (models, optimizers, step, iterator) is all any
+worker needs to resume exactly.
+
+With `--out gs://…` the run trains in a local working directory and object
+storage gets every checkpoint (marker last) and the other outputs; a new pod,
+on any node, resumes from the newest complete checkpoint in the bucket.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import signal
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
-from medsynth.errors import ConfigError
+from medsynth import storage
+from medsynth.errors import CheckpointError, ConfigError
 from medsynth.evaluate.pictures import save_curves, save_grid
+from medsynth.models.summary import count_params
 from medsynth.progress import Progress
 from medsynth.storage import atomic_write_json, atomic_write_text, read_json
 from medsynth.train.checkpoints import CONFIG_FILE, RunCheckpoints
 from medsynth.train.config import TrainConfig
 from medsynth.train.step import AdversarialStep, sample_latents
-from medsynth.train.strategy import is_chief, make_strategy
+from medsynth.train.strategy import Distribution, horovod_sync_batch_norm, make_distribution
 from medsynth.train.telemetry import Telemetry, read_history
 
 log = logging.getLogger("medsynth")
 
+PREEMPTED_EXIT = 143  # 128 + SIGTERM, what Kubernetes expects from a container stopped by SIGTERM
+WORKDIR_ENV = "MEDSYNTH_WORKDIR"  # where runs with a gs:// --out train locally (default: the temp dir)
+_OUTPUTS_KEPT_LOCAL = ("checkpoints",)
+
 
 @dataclass
 class TrainResult:
-    run_dir: Path
+    run_dir: Path  # local directory holding the run's files (a working copy when `uri` is gs://)
     step: int
     metrics: dict[str, Any]
+    uri: str = ""  # where the run lives: `--out` as given
+    settings: dict[str, Any] = field(default_factory=dict)  # strategy, replicas, precision, XLA as used
 
 
 class _Preemption:
@@ -59,70 +81,229 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def build_models(cfg: TrainConfig) -> tuple[tf.keras.Model, tf.keras.Model]:
+# --------------------------------------------------------------------------------------- precision, XLA
+
+
+def _gpu_capability() -> tuple[int, int] | None:
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return tuple(details.get("compute_capability") or (0, 0))  # type: ignore[return-value]
+
+
+def resolve_precision(choice: str, capability: tuple[int, int] | None) -> str:
+    """The Keras policy: bfloat16 where tensor cores do it (Ampere, sm_80+), float16 on Volta/Turing."""
+    if choice == "off":
+        return "float32"
+    if choice in ("float16", "bfloat16"):
+        if capability is None:
+            log.warning("--mixed-precision %s on a CPU: correct, but slower than float32", choice)
+        return f"mixed_{choice}"
+    if capability is None or capability < (7, 0):
+        return "float32"
+    return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
+
+
+def resolve_xla(choice: str, capability: tuple[int, int] | None, dist: Distribution) -> bool:
+    if dist.hvd is not None:
+        if choice == "on":
+            raise ConfigError(
+                "--xla on with --strategy horovod: Horovod's all-reduce ops run outside XLA; "
+                "use --xla off, or --strategy mirrored/multiworker for XLA"
+            )
+        return False
+    if choice == "auto":
+        return capability is not None
+    return choice == "on"
+
+
+def _float32_outputs(model: tf.keras.Model) -> None:
+    """Keras' mixed-precision rule: the layer that makes the model's output computes in float32."""
+    for out in model.outputs:
+        layer = out._keras_history.layer
+        if layer.dtype_policy.compute_dtype != "float32":
+            layer._set_dtype_policy(tf.keras.mixed_precision.Policy("float32"))
+
+
+def build_models(cfg: TrainConfig, policy: str = "float32") -> tuple[tf.keras.Model, tf.keras.Model]:
     from medsynth.models.discriminator import build_discriminator
     from medsynth.models.generator import build_generator
 
-    generator = build_generator(
-        cfg.image_size, latent_dim=cfg.latent_dim, width=cfg.generator_width, norm=cfg.generator_norm
-    )
-    discriminator = build_discriminator(
-        cfg.image_size, backbone=cfg.backbone, weights=cfg.backbone_weights, mode=cfg.backbone_mode
-    )
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(policy)
+    try:
+        generator = build_generator(
+            cfg.image_size, latent_dim=cfg.latent_dim, width=cfg.generator_width, norm=cfg.generator_norm
+        )
+        discriminator = build_discriminator(
+            cfg.image_size, backbone=cfg.backbone, weights=cfg.backbone_weights, mode=cfg.backbone_mode
+        )
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+    if policy != "float32":
+        _float32_outputs(generator)
+        _float32_outputs(discriminator)
     return generator, discriminator
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    from medsynth.data.input import load_manifest, make_dataset, resolve_dataset
+def _optimizer(lr: float, beta_1: float, policy: str) -> tf.keras.optimizers.Optimizer:
+    opt = tf.keras.optimizers.Adam(lr, beta_1=beta_1)
+    if policy == "mixed_float16":  # float16 gradients underflow without loss scaling; bfloat16 need none
+        opt = tf.keras.mixed_precision.LossScaleOptimizer(opt)
+    return opt
 
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+def _optimizer_variables(opt: tf.keras.optimizers.Optimizer) -> list[tf.Variable]:
+    v = opt.variables
+    return list(v() if callable(v) else v)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+class Feed:
+    """This process's per-replica batches, cut from one global batch stream that every worker reads.
+
+    Reading the whole global batch on each worker and keeping its slices costs decoding (cheap next
+    to a GAN step) and buys two things: the numbers do not depend on how many devices share the
+    batch, and the input position is the same on every worker, so the chief's checkpoint of
+    `iterator` (a plain tf.data iterator: distributed iterators are not checkpointable in TF 2.15)
+    resumes them all.
+    """
+
+    def __init__(self, dist: Distribution, data_dir: Path, cfg: TrainConfig) -> None:
+        from medsynth.data.input import make_dataset
+
+        dist.check_batch(cfg.batch_size)
+        self.dist = dist
+        self.per = cfg.batch_size // dist.replicas
+        dataset = make_dataset(
+            data_dir, "train", batch_size=cfg.batch_size, seed=cfg.seed, augment=cfg.augment
+        )
+        self.iterator = iter(dataset)
+
+    def __next__(self) -> Any:
+        x = next(self.iterator)
+        per, dist = self.per, self.dist
+        if dist.hvd is not None:
+            return x[dist.worker * per : (dist.worker + 1) * per]
+        if dist.replicas == 1:
+            return x
+
+        def mine(ctx: tf.distribute.experimental.ValueContext) -> tf.Tensor:
+            i = ctx.replica_id_in_sync_group
+            return x[i * per : (i + 1) * per]
+
+        return dist.strategy.experimental_distribute_values_from_function(mine)
+
+    def __iter__(self) -> Feed:
+        return self
+
+
+# ----------------------------------------------------------------------------------------- where to write
+
+
+def _local_workdir(out: str, dist: Distribution) -> Path:
+    root = Path(os.environ.get(WORKDIR_ENV) or tempfile.gettempdir()) / "medsynth-work"
+    key = hashlib.sha256(out.encode()).hexdigest()[:16]
+    return root / key / (f"worker-{dist.worker}" if dist.workers > 1 else "chief") / "run"
+
+
+class _Outputs:
+    """Mirror of the run's non-checkpoint files (config, history, samples, TensorBoard) in object storage."""
+
+    def __init__(self, local: Path, remote: str | None) -> None:
+        self.local, self.remote = local, remote
+        self._sent: dict[str, tuple[int, int]] = {}
+
+    def pull(self, *names: str) -> None:
+        if not self.remote:
+            return
+        for name in names:
+            uri = f"{self.remote}/{name}"
+            if storage.exists(uri):
+                atomic_write_text(self.local / name, storage.read_text(uri))
+
+    def push(self) -> None:
+        if not self.remote:
+            return
+        for path in sorted(p for p in self.local.rglob("*") if p.is_file()):
+            rel = path.relative_to(self.local).as_posix()
+            if rel.split("/", 1)[0] in _OUTPUTS_KEPT_LOCAL or path.name.startswith("."):
+                continue
+            st = path.stat()
+            stamp = (st.st_size, st.st_mtime_ns)
+            if self._sent.get(rel) != stamp:
+                storage.write_bytes(f"{self.remote}/{rel}", path.read_bytes())
+                self._sent[rel] = stamp
+
+
+# ----------------------------------------------------------------------------------------------- train
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    from medsynth.data.input import load_manifest, resolve_dataset
+
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
+    # Strategies set up devices and collectives: before any other TensorFlow op runs.
+    dist = make_distribution(cfg.strategy, cfg.gpus)
+    dist.check_batch(cfg.batch_size)
+    chief = dist.is_chief
     tf.keras.utils.set_random_seed(cfg.seed)
 
-    data_dir = resolve_dataset(cfg.data, cfg.image_size, cache_root=run_dir.parent / "_data", seed=cfg.seed)
+    out = str(cfg.out).rstrip("/")
+    remote = out if storage.is_gcs(out) else None
+    if remote:
+        run_dir = _local_workdir(out, dist)
+        storage.list_uris(f"{remote}/checkpoints")  # an unreachable or missing bucket fails here, clearly
+        data_cache = run_dir.parent.parent / "_data"
+    else:
+        run_dir = Path(out)
+        data_cache = run_dir.parent / "_data"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    outputs = _Outputs(run_dir, remote)
+
+    data_dir = resolve_dataset(cfg.data, cfg.image_size, cache_root=data_cache, seed=cfg.seed)
     manifest = load_manifest(data_dir)
     if manifest["image_size"] != cfg.image_size:
         raise ConfigError(
             f"--data {cfg.data} holds {manifest['image_size']} px frames, not --image-size {cfg.image_size}"
         )
 
-    strategy = make_strategy(cfg.strategy)
-    chief = is_chief(strategy)
-    with strategy.scope():
-        generator, discriminator = build_models(cfg)
-        g_opt = tf.keras.optimizers.Adam(cfg.lr_g, beta_1=cfg.beta_1)
-        d_opt = tf.keras.optimizers.Adam(cfg.lr_d, beta_1=cfg.beta_1)
+    capability = _gpu_capability()
+    policy = resolve_precision(cfg.mixed_precision, capability)
+    xla = resolve_xla(cfg.xla, capability, dist)
+    with dist.strategy.scope():
+        generator, discriminator = build_models(cfg, policy)
+        if dist.hvd is not None:
+            horovod_sync_batch_norm(generator, dist.hvd)
+            horovod_sync_batch_norm(discriminator, dist.hvd)
+        g_opt = _optimizer(cfg.lr_g, cfg.beta_1, policy)
+        d_opt = _optimizer(cfg.lr_d, cfg.beta_1, policy)
+        # Built now, not at the first step: a restore then fills the slots at once, and Horovod can
+        # broadcast them before any rank takes a step.
+        getattr(g_opt, "inner_optimizer", g_opt).build(generator.trainable_variables)
+        getattr(d_opt, "inner_optimizer", d_opt).build(discriminator.trainable_variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    dataset = make_dataset(data_dir, "train", batch_size=cfg.batch_size, seed=cfg.seed, augment=cfg.augment)
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    feed = Feed(dist, data_dir, cfg)
 
+    signature = {**cfg.model_signature(), "loss_scale": policy == "mixed_float16"}
     checkpoints = RunCheckpoints(
         run_dir,
-        cfg.model_signature(),
+        signature,
         cfg.keep_checkpoints,
+        remote=f"{remote}/checkpoints" if remote else None,
+        write=chief,
         step=step_var,
         generator=generator,
         discriminator=discriminator,
         g_optimizer=g_opt,
         d_optimizer=d_opt,
-        iterator=iterator,
+        iterator=feed.iterator,
     )
     restored = checkpoints.restore_latest()
-    start = int(step_var.numpy())
-    if restored:
-        log.info("resuming from %s (step %d)", restored, start)
-    if chief:
-        info = {
-            **cfg.to_dict(),
-            "run_id": run_dir.parent.name,
-            "dataset": str(data_dir),
-            "dataset_hash": manifest.get("hash"),
-        }
-        atomic_write_json(run_dir / CONFIG_FILE, info)
-        _truncate_history(run_dir, start)
-
     adversarial = AdversarialStep(
         generator,
         discriminator,
@@ -132,49 +313,108 @@ def train(cfg: TrainConfig) -> TrainResult:
         cfg.latent_dim,
         cfg.seed,
         cfg.label_smoothing,
-        strategy,
+        dist.strategy,
+        hvd=dist.hvd,
+        jit_compile=xla,
     )
+    start = int(step_var.numpy())
+    if dist.workers > 1:
+        hi = int(adversarial.agree(tf.constant(float(start))).numpy())
+        lo = -int(adversarial.agree(tf.constant(-float(start))).numpy())
+        if hi != lo:
+            raise CheckpointError(
+                f"the workers resumed from different steps ({lo} to {hi}): every worker must see the "
+                "chief's checkpoints; use a shared --out (gs://…)"
+            )
+    if dist.hvd is not None:
+        # Rank 0's state is the truth: models, optimizer slots and the step, after its restore.
+        dist.hvd.broadcast_variables(
+            generator.variables + discriminator.variables + _optimizer_variables(g_opt)
+            + _optimizer_variables(d_opt) + [step_var],
+            root_rank=0,
+        )
+    settings = {
+        "strategy": dist.name,
+        "replicas": dist.replicas,
+        "workers": dist.workers,
+        "precision": policy,
+        "xla": xla,
+    }
+    if restored:
+        log.info("resuming from %s (step %d)", restored, start)
+    log.info("training with %s", ", ".join(f"{k}={v}" for k, v in settings.items()))
+    if chief:
+        outputs.pull("history.jsonl", "metrics.json")
+        info = {
+            **cfg.to_dict(),
+            "run_id": Path(out).parent.name,
+            "dataset": str(data_dir),
+            "dataset_hash": manifest.get("hash"),
+            "settings": settings,
+        }
+        atomic_write_json(run_dir / CONFIG_FILE, info)
+        _truncate_history(run_dir, start)
+        outputs.push()
+
     telemetry = Telemetry(
-        run_dir, {"backbone": cfg.backbone}, port=cfg.metrics_port if chief else None, enabled=chief
+        run_dir,
+        {"backbone": cfg.backbone},
+        port=cfg.metrics_port if chief else None,
+        enabled=chief,
+        pushgateway=cfg.pushgateway,
+        grouping={"run": Path(out).name or "run"},
     )
     fixed_z = sample_latents(cfg.seed, 16, cfg.latent_dim)
     wall = time.monotonic()
     values: dict[str, float] = {}
     trained = 0
+    bar_stream = sys.stderr if chief else open(os.devnull, "w")  # noqa: SIM115 - closed below
     try:
         with (
             _Preemption() as preemption,
-            Progress(cfg.steps, f"train {cfg.backbone}", unit="step", initial=start) as bar,
+            Progress(
+                cfg.steps, f"train {cfg.backbone}", unit="step", initial=start, stream=bar_stream
+            ) as bar,
         ):
             step = start
             while step < cfg.steps:
                 t0 = time.perf_counter()
-                real = next(iterator)
+                real = next(feed)
                 t1 = time.perf_counter()
-                out = adversarial.train_step(real, tf.constant(step, tf.int64))
+                out_values = adversarial.train_step(real, tf.constant(step, tf.int64))
                 step += 1
                 step_var.assign(step)
                 trained += 1
+                stop = preemption.requested
+                if dist.workers > 1:  # one worker's SIGTERM stops all of them at the same step
+                    stop = float(adversarial.agree(tf.constant(1.0 if stop else 0.0))) > 0
                 t2 = time.perf_counter()
                 telemetry.step(t2 - t0, t1 - t0, cfg.batch_size)
                 if step % cfg.log_every == 0 or step == cfg.steps:
-                    values = {k: float(v) for k, v in out.items()}
+                    values = {k: float(v) for k, v in out_values.items()}
                     telemetry.scalars(step, values, bar.rate() * cfg.batch_size)
                 bar.update(1, postfix=_postfix(values, bar.rate() * cfg.batch_size))
-                if step % cfg.sample_every == 0 or step == cfg.steps:
-                    _write_samples(run_dir, generator, fixed_z, step, telemetry, chief)
-                due = step % cfg.checkpoint_every == 0 or step == cfg.steps or preemption.requested
-                if due and chief:
+                if chief and (step % cfg.sample_every == 0 or step == cfg.steps):
+                    _write_samples(run_dir, generator, fixed_z, step, telemetry)
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                     checkpoints.save(step)
-                if preemption.requested:
+                    if chief:
+                        outputs.push()
+                if stop:
                     log.warning("SIGTERM: checkpoint written at step %d, exiting", step)
-                    raise SystemExit(143)
+                    raise SystemExit(PREEMPTED_EXIT)
     finally:
         telemetry.close()
+        if bar_stream is not sys.stderr:
+            bar_stream.close()
 
     seconds = time.monotonic() - wall
+    g_count, d_count = count_params(generator), count_params(discriminator)
     metrics = {
         "steps": cfg.steps,
+        "g_params": g_count.total,
+        "d_params": d_count.total,
+        "d_trainable_params": d_count.trainable,
         "steps_this_run": trained,
         "images_per_s": (trained * cfg.batch_size / seconds) if trained else None,
         "wall_seconds": seconds,
@@ -191,7 +431,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 checkpoints.save(cfg.steps)
             _write_curves(run_dir)
             atomic_write_json(run_dir / "metrics.json", metrics)
-    return TrainResult(run_dir, max(start, cfg.steps), metrics)
+        outputs.push()
+    return TrainResult(run_dir, max(start, cfg.steps), metrics, uri=out, settings=settings)
 
 
 def _postfix(values: dict[str, float], images_per_s: float) -> str:
@@ -201,11 +442,9 @@ def _postfix(values: dict[str, float], images_per_s: float) -> str:
 
 
 def _write_samples(
-    run_dir: Path, generator: tf.keras.Model, z: tf.Tensor, step: int, telemetry: Telemetry, chief: bool
+    run_dir: Path, generator: tf.keras.Model, z: tf.Tensor, step: int, telemetry: Telemetry
 ) -> None:
-    images = generator(z, training=False).numpy()
-    if not chief:
-        return
+    images = tf.cast(generator(z, training=False), tf.float32).numpy()
     telemetry.samples(step, images)
     save_grid(images, run_dir / "samples" / f"step_{step:06d}.png", title=f"step {step}")
     save_grid(images, run_dir / "samples" / "latest.png", title=f"step {step}")

@@ -11,6 +11,7 @@ apart by batch statistics alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import tensorflow as tf
 
@@ -40,19 +41,39 @@ class AdversarialStep:
     seed: int
     label_smoothing: float = 0.0
     strategy: tf.distribute.Strategy | None = None
+    hvd: Any = None  # horovod.tensorflow when each process is one Horovod rank
+    jit_compile: bool = False  # XLA-compile the per-replica update
 
     def __post_init__(self) -> None:
         self.strategy = self.strategy or tf.distribute.get_strategy()
+        both = self._both
+        if self.jit_compile:
+            # Keras' pattern: the per-replica step is compiled, the strategy runs it on every replica.
+            both = tf.function(self._both, jit_compile=True, reduce_retracing=True)
+        self._replica_step = both
         self.train_step = tf.function(self._train_step, reduce_retracing=True)
         self.d_step = tf.function(self._distributed(self._d_update), reduce_retracing=True)
         self.g_step = tf.function(self._distributed(self._g_update), reduce_retracing=True)
+        self.agree = tf.function(self._agree, reduce_retracing=True)
 
     # --- per replica -----------------------------------------------------------------------------
-    def _my_latents(self, step: tf.Tensor, stream: int, local: tf.Tensor) -> tf.Tensor:
+    def _replica_id(self) -> tf.Tensor:
         ctx = tf.distribute.get_replica_context()
+        rid = ctx.replica_id_in_sync_group
+        if self.hvd is not None:
+            rid = rid + self.hvd.rank()
+        return rid
+
+    def _my_latents(self, step: tf.Tensor, stream: int, local: tf.Tensor) -> tf.Tensor:
         z = latent_batch(self.seed, step, stream, self.global_batch_size, self.latent_dim)
-        start = ctx.replica_id_in_sync_group * local
+        start = self._replica_id() * local
         return z[start : start + local]
+
+    def _tape(self, tape: tf.GradientTape) -> tf.GradientTape:
+        """Under Horovod the tape sums gradients over ranks (losses are already / global batch)."""
+        if self.hvd is None:
+            return tape
+        return self.hvd.DistributedGradientTape(tape, op=self.hvd.Sum)
 
     def _d_update(self, real: tf.Tensor, step: tf.Tensor) -> dict[str, tf.Tensor]:
         local = tf.shape(real)[0]
@@ -63,7 +84,7 @@ class AdversarialStep:
             real_logits, fake_logits = logits[:local], logits[local:]
             loss = discriminator_loss(real_logits, fake_logits, self.global_batch_size, self.label_smoothing)
             scaled = self._scale(self.d_optimizer, loss)
-        grads = tape.gradient(scaled, self.discriminator.trainable_variables)
+        grads = self._tape(tape).gradient(scaled, self.discriminator.trainable_variables)
         grads = self._unscale(self.d_optimizer, grads)
         self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_variables, strict=True))
         n = float(self.global_batch_size)
@@ -81,7 +102,7 @@ class AdversarialStep:
             logits = self.discriminator(tf.concat([real, tf.cast(fake, real.dtype)], 0), training=True)
             loss = generator_loss(logits[local:], self.global_batch_size)
             scaled = self._scale(self.g_optimizer, loss)
-        grads = tape.gradient(scaled, self.generator.trainable_variables)
+        grads = self._tape(tape).gradient(scaled, self.generator.trainable_variables)
         grads = self._unscale(self.g_optimizer, grads)
         self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables, strict=True))
         return {"g_loss": loss}
@@ -103,12 +124,26 @@ class AdversarialStep:
     def _distributed(self, fn):  # noqa: ANN001, ANN202 - a tf.function body
         def run(real, step):  # noqa: ANN001, ANN202
             per_replica = self.strategy.run(fn, args=(real, step))
-            return {
+            out = {
                 k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                 for k, v in per_replica.items()
             }
+            if self.hvd is not None:  # each rank holds its share of the global sums
+                keys = sorted(out)
+                summed = self.hvd.allreduce(tf.stack([out[k] for k in keys]), op=self.hvd.Sum)
+                out = {k: summed[i] for i, k in enumerate(keys)}
+            return out
 
         return run
 
     def _train_step(self, real: tf.Tensor, step: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._distributed(self._both)(real, step)
+        return self._distributed(self._replica_step)(real, step)
+
+    def _agree(self, flag: tf.Tensor) -> tf.Tensor:
+        """The largest `flag` of all workers (a SIGTERM seen by any; the newest step any resumed from)."""
+        flag = tf.cast(flag, tf.float32)
+        per_replica = self.strategy.run(lambda: tf.identity(flag))
+        total = self.strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica, axis=None)
+        if self.hvd is not None:
+            total = self.hvd.allreduce(total, op=self.hvd.Max)
+        return total

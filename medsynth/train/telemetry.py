@@ -19,14 +19,24 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push
 
 log = logging.getLogger("medsynth")
 
+PUSHGATEWAY_ENV = "MEDSYNTH_PUSHGATEWAY"  # host:port; the --pushgateway flag wins
+PUSH_JOB = "medsynth-train"
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Telemetry:
     def __init__(
-        self, run_dir: str | Path, labels: dict[str, str], port: int | None = None, enabled: bool = True
+        self,
+        run_dir: str | Path,
+        labels: dict[str, str],
+        port: int | None = None,
+        enabled: bool = True,
+        pushgateway: str | None = None,
+        grouping: dict[str, str] | None = None,
     ) -> None:
         self.enabled = enabled
+        self.pushgateway = pushgateway or os.environ.get(PUSHGATEWAY_ENV) or None
+        self.grouping = grouping or {}
         self.labels = labels
         self.registry = CollectorRegistry()
         names = sorted(labels)
@@ -96,12 +106,13 @@ class Telemetry:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.flush()
-        gateway = os.environ.get("MEDSYNTH_PUSHGATEWAY")
-        if self.enabled and gateway:
+        if self.enabled and self.pushgateway:
             try:
-                push_to_gateway(gateway, job="medsynth-train", registry=self.registry)
+                push_to_gateway(self.pushgateway, job=PUSH_JOB, registry=self.registry,
+                                grouping_key=self.grouping, timeout=10)
+                log.info("pushed metrics to %s (job %s)", self.pushgateway, PUSH_JOB)
             except OSError as e:  # metrics are not worth failing a finished run for
-                log.warning("could not push metrics to %s: %s", gateway, e)
+                log.warning("could not push metrics to %s: %s", self.pushgateway, e)
         if self.server is not None:
             self.server.shutdown()
 

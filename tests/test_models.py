@@ -1,0 +1,333 @@
+"""The networks: generator (Table 1), backbones (Table 2), discriminator and parameter counts (Table 3)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import urllib.error
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from medsynth.errors import ConfigError
+from medsynth.models.backbones import (
+    BackboneInput,
+    backbone_names,
+    build_backbone,
+    get_backbone,
+)
+from medsynth.models.discriminator import backbone_of, build_discriminator, resolve_mode
+from medsynth.models.generator import build_generator
+from medsynth.models.layers import normalization
+from medsynth.models.summary import ParamCounts, count_params, summary_table
+
+slow = pytest.mark.slow
+TABLE2 = ["ResNet50", "ResNet101", "ResNet50V2", "InceptionV3", "MobileNet", "MobileNetV2", "NASNetMobile",
+          "Xception"]
+
+
+def _no_download(monkeypatch: pytest.MonkeyPatch, tmp_path) -> list[str]:
+    """An empty keras cache and a network that refuses every URL; returns the URLs asked for."""
+    import keras.src.utils.data_utils as data_utils
+
+    asked: list[str] = []
+
+    def refuse(url, *args, **kwargs):
+        asked.append(url)
+        raise urllib.error.URLError("no network in this test")
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(data_utils, "urlretrieve", refuse)
+    return asked
+
+
+# --- generator ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [8, 32, 64])
+def test_generator_makes_frames_of_the_asked_size_in_tanh_range(size):
+    g = build_generator(size, latent_dim=16, width=2)
+    assert g.name == "generator" and g.input_shape == (None, 16)
+    z = tf.random.stateless_normal((3, 16), seed=(1, size))
+    for training in (False, True):
+        images = g(z, training=training).numpy()
+        assert images.shape == (3, size, size, 1) and images.dtype == np.float32
+        assert np.isfinite(images).all() and images.min() >= -1.0 and images.max() <= 1.0
+    assert images.std() > 0  # not a constant frame
+
+
+def test_generator_follows_table1_at_256px_and_has_the_reconstructed_counts():
+    g = build_generator(256)
+    # The seed README's measured counts of its "closest concatenating wiring"
+    # (the paper: 17,074,528 / 17,016,608 / 57,920).
+    assert count_params(g) == ParamCounts(17_055_472, 17_016_912, 38_560)
+    assert g.output_shape == (None, 256, 256, 1)
+    levels = sorted({layer.name.split("_")[0] for layer in g.layers if layer.name.startswith("level")})
+    assert levels == [f"level{i}" for i in range(1, 7)]  # six up-sampling levels
+    # Table 1, shown for l = 6: filters, kernels and strides of each layer.
+    expected = {
+        "level6_conv": (tf.keras.layers.Conv2D, 512, (3, 3), (1, 1)),
+        "level6_conv1": (tf.keras.layers.Conv2D, 1024, (1, 1), (1, 1)),
+        "level6_deconv1": (tf.keras.layers.Conv2DTranspose, 512, (3, 3), (2, 2)),
+        "level6_conv2": (tf.keras.layers.Conv2D, 1024, (1, 1), (1, 1)),
+        "level6_deconv2": (tf.keras.layers.Conv2DTranspose, 512, (1, 1), (2, 2)),
+    }
+    for name, (cls, filters, kernel, strides) in expected.items():
+        layer = g.get_layer(name)
+        assert type(layer) is cls and layer.padding == "same"
+        assert (layer.filters, layer.kernel_size, layer.strides) == (filters, kernel, strides)
+    assert g.get_layer("level6_upsample").size == (2, 2)
+    assert g.get_layer("level6_concat").output_shape == (None, 8, 8, 3 * 512)
+
+
+@pytest.mark.parametrize("size", [100, 4, 2048, 0, -8, 96])
+def test_generator_refuses_sizes_it_cannot_make(size):
+    with pytest.raises(ConfigError, match=f"image size {size} is not a power of two"):
+        build_generator(size)
+
+
+def test_normalization_kinds():
+    bn = normalization("batch")
+    assert isinstance(bn, tf.keras.layers.BatchNormalization) and bn.synchronized
+    x = tf.random.stateless_normal((2, 4, 4, 48), seed=(0, 1)) * 3.0 + 5.0
+    for kind in ("instance", "group"):
+        y = normalization(kind)(x).numpy()  # 48 channels: group norm picks 16 groups, not 32
+        assert abs(y.mean()) < 1e-3 and abs(y.std() - 1.0) < 1e-2
+    with pytest.raises(ConfigError, match="batch, instance, group"):
+        normalization("layer")
+    with pytest.raises(ConfigError, match="batch, instance, group"):
+        build_generator(32, norm="weight")
+
+
+@slow
+def test_tfa_generators_save_and_load_without_addons_or_medsynth(tmp_path):
+    """A SavedModel of an instance/group/spectral-norm generator must load where neither is installed."""
+    z = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    expected = {}
+    variants = {"instance": {"norm": "instance"}, "group_sn": {"norm": "group", "spectral": True}}
+    for name, kwargs in variants.items():
+        g = build_generator(16, latent_dim=16, width=2, **kwargs)
+        serve = tf.function(lambda z, g=g: g(z, training=False),
+                            input_signature=[tf.TensorSpec([None, 16], tf.float32, name="z")])
+        module = tf.Module()
+        module.variables_ = g.variables  # a lean SavedModel: one signature, no Keras layer metadata
+        tf.saved_model.save(module, str(tmp_path / name), signatures={"serving_default": serve})
+        expected[name] = g(z, training=False).numpy().tolist()
+    (tmp_path / "expected.json").write_text(json.dumps(expected))
+    script = textwrap.dedent(
+        """
+        import json, sys
+        sys.modules["tensorflow_addons"] = None  # any import of it now fails
+        sys.modules["medsynth"] = None
+        import numpy as np, tensorflow as tf
+        z = np.load("z.npy")
+        for name, want in json.load(open("expected.json")).items():
+            fn = tf.saved_model.load(name).signatures["serving_default"]
+            (got,) = fn(z=tf.constant(z)).values()
+            np.testing.assert_allclose(got.numpy(), np.array(want), atol=1e-5)
+            print("loaded", name)
+        """
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ""}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["loaded", "instance", "loaded", "group_sn"]
+
+
+# --- backbones ----------------------------------------------------------------------------------
+
+
+def test_backbone_registry_has_table2_and_accepts_the_papers_spelling():
+    assert backbone_names() == [n.lower() for n in TABLE2]
+    for paper_name in TABLE2:
+        spec = get_backbone(paper_name)
+        assert spec.paper_name == paper_name and get_backbone(spec.name) is spec
+    assert get_backbone("mobilenet_v2").name == "mobilenetv2"
+    assert get_backbone("Xception").imagenet_params == 22_910_480
+    with pytest.raises(ConfigError, match="resnet50, resnet101.*xception"):
+        get_backbone("vgg16")
+    with pytest.raises(ConfigError, match="unknown backbone 'vgg16'"):
+        build_discriminator(32, "vgg16", weights="none")
+
+
+def test_backbone_input_maps_frames_to_each_preprocessing():
+    frames = tf.constant([[[[-1.0], [0.0]], [[1.0], [0.5]]]])  # 1 x 2 x 2 x 1
+    caffe = BackboneInput("resnet50", 2)(frames).numpy()  # BGR, ImageNet mean subtracted, 0-255
+    mean_bgr = np.array([103.939, 116.779, 123.68])
+    np.testing.assert_allclose(caffe[0, 0, 0], 0.0 - mean_bgr, atol=1e-3)
+    np.testing.assert_allclose(caffe[0, 1, 0], 255.0 - mean_bgr, atol=1e-3)
+    tf_mode = BackboneInput("xception", 4)(frames).numpy()  # [-1, 1], resized to 4 x 4
+    assert tf_mode.shape == (1, 4, 4, 3)
+    assert tf_mode.min() >= -1.0 - 1e-6 and tf_mode.max() <= 1.0 + 1e-6
+    np.testing.assert_allclose(tf_mode[..., 0], tf_mode[..., 2])
+
+
+_HEAVY = {"resnet101", "inceptionv3", "nasnetmobile"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=slow) if n in _HEAVY else n for n in backbone_names()]
+)
+def test_every_backbone_makes_a_discriminator_with_finite_logits(name, caplog):
+    spec = get_backbone(name)
+    with caplog.at_level(logging.INFO, logger="medsynth"):
+        d = build_discriminator(32, name, weights="none")
+    assert "trainable" in caplog.text and "weights 'none'" in caplog.text
+    net = backbone_of(d)
+    assert d.name == "discriminator" and net.input_shape == (None, max(32, spec.min_size),
+                                                             max(32, spec.min_size), 3)
+    assert net.output_shape[-1] == spec.feature_dim
+    assert net.trainable and count_params(d).trainable > spec.feature_dim
+    bns = [la for la in net._flatten_layers() if isinstance(la, tf.keras.layers.BatchNormalization)]
+    assert bns and all(b.synchronized and not b.fused for b in bns)
+    frames = tf.random.stateless_uniform((2, 32, 32, 1), seed=(2, 3), minval=-1, maxval=1)
+    logits = d(frames, training=True).numpy()
+    assert logits.shape == (2, 1) and np.isfinite(logits).all()
+
+
+def test_xception_frozen_at_256px_is_the_papers_discriminator(caplog):
+    with caplog.at_level(logging.WARNING, logger="medsynth"):
+        d = build_discriminator(256, "Xception", weights="none", mode="frozen")
+    assert "random" in caplog.text  # frozen + random weights is allowed, but warned about
+    assert count_params(d) == ParamCounts(20_867_624, 2_048, 20_865_576)  # Table 3
+    assert [v.name for v in d.trainable_variables] == ["logit/kernel:0"]
+    assert d.trainable_variables[0].shape == (2048, 1)
+
+    # Frozen = inference mode: a training step must not move the backbone's BN statistics,
+    # while the head's own BN does learn them.
+    net = backbone_of(d)
+    backbone_bn = next(la for la in net.layers if isinstance(la, tf.keras.layers.BatchNormalization))
+    before = backbone_bn.moving_mean.numpy().copy()
+    head_before = d.get_layer("head_norm").moving_mean.numpy().copy()
+    frames = tf.random.stateless_uniform((2, 256, 256, 1), seed=(4, 5), minval=-1, maxval=1)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(d(frames, training=True))
+    grads = tape.gradient(loss, d.trainable_variables)
+    assert len(grads) == 1 and np.isfinite(grads[0].numpy()).all()
+    np.testing.assert_array_equal(backbone_bn.moving_mean.numpy(), before)
+    assert not np.allclose(d.get_layer("head_norm").moving_mean.numpy(), head_before)
+
+
+def test_resolve_mode():
+    assert resolve_mode("imagenet", None) == "frozen"
+    assert resolve_mode("/some/file.h5", None) == "frozen"
+    assert resolve_mode("none", None) == resolve_mode(None, None) == "trainable"
+    assert resolve_mode("none", "Frozen") == "frozen"
+    with pytest.raises(ConfigError, match="frozen, trainable"):
+        resolve_mode("none", "half")
+
+
+def test_backbone_weights_load_from_a_local_file(tmp_path):
+    source = build_backbone("mobilenet", 32, "none")
+    path = str(tmp_path / "mobilenet_notop.h5")
+    source.save_weights(path)
+
+    d = build_discriminator(32, "MobileNet", weights=path)  # a weights file → frozen by default
+    net = backbone_of(d)
+    assert not net.trainable and count_params(d).trainable == 1024
+    for mine, theirs in zip(net.weights, source.weights, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+
+    with pytest.raises(ConfigError, match="missing.h5 does not exist"):
+        build_backbone("mobilenet", 32, str(tmp_path / "missing.h5"))
+    other = str(tmp_path / "dense.h5")
+    tiny = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])
+    tiny.save_weights(other)
+    with pytest.raises(ConfigError, match="dense.h5 does not fit mobilenet"):
+        build_backbone("mobilenet", 32, other)
+
+
+def test_imagenet_weights_without_network_say_what_to_do(monkeypatch, tmp_path):
+    asked = _no_download(monkeypatch, tmp_path)
+    with pytest.raises(ConfigError) as err:
+        build_discriminator(32, "mobilenet", weights="imagenet")
+    message = str(err.value)
+    assert "ImageNet weights of mobilenet could not be fetched" in message
+    assert "local weights file" in message and "none" in message
+    assert asked and "mobilenet" in asked[0]  # it really tried keras' own download
+
+
+def test_too_small_backbone_input_is_refused():
+    with pytest.raises(ConfigError, match="at least 71 px"):
+        build_backbone("xception", 32, "none")
+
+
+@slow
+def test_synchronized_batch_norm_makes_two_devices_compute_what_one_does():
+    """Setting `synchronized` on a built keras BN layer is not enough (the fused kernel ignores it)."""
+    script = textwrap.dedent(
+        """
+        import numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from medsynth.models.layers import synchronize_batch_norm
+
+        x = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype("float32")
+        x[:4] += 2.0  # the two replicas see different statistics
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        for sync in (False, True):
+            tf.keras.utils.set_random_seed(0)
+            with strategy.scope():
+                layers = tf.keras.layers
+                net = tf.keras.Sequential([tf.keras.Input((8, 8, 3)), layers.Conv2D(4, 3),
+                                           layers.BatchNormalization(), layers.ReLU(),
+                                           layers.Conv2D(4, 3), layers.BatchNormalization()])
+                changed = synchronize_batch_norm(net) if sync else 0
+            one = net(x, training=True).numpy()
+            batches = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(x))
+            step = tf.function(lambda b: net(b, training=True))
+            per_replica = strategy.run(step, args=(next(iter(batches)),))
+            two = np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)])
+            print(sync, changed, float(np.abs(two - one).max()))
+        """
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line[:1] in "TF"}
+    assert float(rows["False"][1]) > 1e-2  # plain BN: each replica normalises its own half
+    assert rows["True"][0] == "2" and float(rows["True"][1]) < 1e-5
+
+
+# --- summary ------------------------------------------------------------------------------------
+
+
+def _row(block: str, label: str) -> list[float]:
+    """The numbers of the row of `block` that starts with `label`."""
+    line = next(x for x in block.splitlines() if x.strip().startswith(label + " "))
+    return [float(t.replace(",", "").rstrip("%")) for t in line.strip()[len(label):].split()]
+
+
+def test_summary_cli_prints_table3_against_the_paper(capsys):
+    from medsynth.cli import main
+
+    args = ["summary", "--image-size", "256", "--backbone", "xception", "--backbone-weights", "none"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "backbone trainable: the default for weights 'none'" in out
+    used = out.split("this build, backbone trainable:")[1]
+    used, frozen = used.split("the same, backbone frozen (the paper's setting):")
+    frozen, paper = frozen.split("against the paper")
+    assert _row(used, "generator") == [17_055_472, 17_016_912, 38_560]
+    assert _row(used, "discriminator")[0] == 20_867_624 and _row(used, "discriminator")[1] > 20_000_000
+    assert _row(frozen, "discriminator") == [20_867_624, 2_048, 20_865_576]  # Table 3
+    assert _row(paper, "discriminator trainable") == [2_048, 2_048, 0.0]
+    assert _row(paper, "generator total") == [17_055_472, 17_074_528, -0.112]
+    assert _row(paper, "GAN total")[:2] == [17_055_472 + 20_867_624, 37_942_152]
+
+
+def test_summary_with_imagenet_weights_counts_frozen_and_downloads_nothing(monkeypatch, tmp_path):
+    asked = _no_download(monkeypatch, tmp_path)
+    table = summary_table(image_size=32, backbone="mobilenet", backbone_weights="imagenet")
+    assert not asked
+    assert "backbone frozen: the default for ImageNet weights" in table
+    frozen = table.split("this build, backbone frozen")[1].split("the same")[0]
+    assert _row(frozen, "discriminator")[1] == 1_024  # only the head on MobileNet's 1,024 features
+    assert "The paper reports 256 px with Xception only" in table
