@@ -417,8 +417,14 @@ def _batches(items: list, size: int) -> Iterator[list]:
 # ------------------------------------------------------------------------------------------- transfers
 
 
+def _fresh(blob: Any) -> Any:
+    """The same object, addressed through the current endpoint: a listed blob carries a `mediaLink`
+    that the emulator builds from whatever host the object was uploaded through."""
+    return _client().bucket(blob.bucket.name).blob(blob.name)
+
+
 def _download_blobs(pairs: list[tuple[Any, Path]], loc: _Loc) -> None:
-    """Download (blob, local path) pairs in parallel, each checked against its size and CRC32C."""
+    """Download (listed blob, local path) pairs in parallel, each checked against its size and CRC32C."""
     from google.cloud.storage import transfer_manager as tm
 
     for _, path in pairs:
@@ -429,7 +435,7 @@ def _download_blobs(pairs: list[tuple[Any, Path]], loc: _Loc) -> None:
         for round_ in range(_INTEGRITY_ROUNDS):
             bad: list[tuple[Any, Path]] = []
             for batch in _batches(todo, WORKERS * 8):
-                results = tm.download_many([(b, str(p)) for b, p in batch],
+                results = tm.download_many([(_fresh(b), str(p)) for b, p in batch],
                                            download_kwargs={"retry": _retry(), "raw_download": True},
                                            worker_type=tm.THREAD, max_workers=WORKERS, raise_exception=False)
                 for (blob, path), result in zip(batch, results, strict=True):
@@ -722,7 +728,7 @@ def read_bytes(uri: Uri) -> bytes:
     for _ in range(_INTEGRITY_ROUNDS):
         with _errors(loc, "read"):
             try:
-                data = blob.download_as_bytes(retry=_retry(), raw_download=True)
+                data = _fresh(blob).download_as_bytes(retry=_retry(), raw_download=True)
             except Exception as e:
                 if not _is_corruption(e):
                     raise

@@ -114,6 +114,13 @@ def phi_folder(tmp_path) -> Path:
     (src / "tmp.dcm").unlink()
     (src / f"ZQXDOE_JOHNATHAN9_{PHI_ID}9_truncated.dcm").write_bytes(data[: len(data) // 2])
     write_patient_loop(src / f"ZQXDOE_JOHNATHAN8_{PHI_ID}8_burned.dcm", 8, 0, BurnedInAnnotation="YES")
+    # Invalid values: pydicom's reader warns and logs them verbatim unless prepare silences it.
+    mode = pydicom.config.settings.writing_validation_mode
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        write_patient_loop(src / "invalid_values.dcm", 3, 2, PatientBirthDate=f"ZQXBAD{PHI_BIRTH}")
+    finally:
+        pydicom.config.settings.writing_validation_mode = mode
     return src
 
 
@@ -121,7 +128,7 @@ def output_bytes(root: Path) -> list[tuple[str, bytes]]:
     return [(str(p), p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()]
 
 
-def test_phi_never_reaches_outputs_logs_or_messages(phi_folder, tmp_path, caplog, capsys):
+def test_phi_never_reaches_outputs_logs_or_messages(phi_folder, tmp_path, caplog, capfd):
     secrets = phi_strings(phi_folder)
     assert len(secrets) > 20
     out = tmp_path / "out"
@@ -137,7 +144,7 @@ def test_phi_never_reaches_outputs_logs_or_messages(phi_folder, tmp_path, caplog
                     workers=1,
                 )
             )
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()  # file-descriptor level: worker processes' output too
     texts = [caplog.text, captured.out, captured.err, str(failed.value)]
     files = output_bytes(out)
     assert any(name.endswith(".tfrecord") for name, _ in files) and len(files) >= 5
@@ -180,7 +187,7 @@ def test_patient_level_split(phi_folder, tmp_path):
     for split, recs in by_split.items():
         for r in recs:
             loops.setdefault(r.loop, []).append((split, r.frame))
-    assert len(loops) == 8 and all(sorted(f for _, f in v) == [0, 1, 2, 3] for v in loops.values())
+    assert len(loops) == 9 and all(sorted(f for _, f in v) == [0, 1, 2, 3] for v in loops.values())
     # Deterministic per seed; another seed may choose another validation patient.
     again = prepare(
         PrepareConfig(
@@ -322,7 +329,7 @@ def test_gcs_source_and_output(gcs_bucket, phi_folder, tmp_path, caplog):
     assert isinstance(uri, str) and uri.startswith(f"{root}/datasets/dataset/")
     assert storage.is_complete(uri)
     manifest = json.loads(storage.read_bytes(f"{uri}/manifest.json"))
-    assert manifest["source"]["scheme"] == "gs" and manifest["frames"] == 32 and manifest["quarantined"] == 2
+    assert manifest["source"]["scheme"] == "gs" and manifest["frames"] == 36 and manifest["quarantined"] == 2
     with caplog.at_level(logging.INFO, logger="medsynth.data.prepare"):
         assert prepare(cfg) == uri
     assert "reusing" in caplog.text

@@ -314,6 +314,7 @@ def test_transfers_survive_a_flaky_network(gcs_bucket: str, gcs_emulator, fault_
     assert proxy.faults >= 40, proxy.stats
     assert all(proxy.stats[k] > 0 for k in KINDS), proxy.stats
     # What the flaky path wrote is what a clean path reads.
+    proxy.stop()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.endpoint)
     assert read_tree(storage.download_dir(ds_uri, tmp_path / "ds-clean")) == {**data, storage.MARKER: b""}
     assert not storage.exists(f"{gcs_bucket}/models/gen/2")

@@ -18,7 +18,11 @@ Rejection reasons never contain header values other than sizes and standard clas
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +48,25 @@ class Header:
     patient: str | None  # pre-hashes (deid.prehash); salted later by the main process
     study: str | None
     series: str | None
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence pydicom while it reads untrusted headers: its validation warnings and log lines quote the
+    offending value ("Invalid value for VR DA: '...'"), which may be a name or a birth date."""
+    config = pydicom.config.settings
+    mode = config.reading_validation_mode
+    logger = logging.getLogger("pydicom")
+    disabled = logger.disabled
+    config.reading_validation_mode = pydicom.config.IGNORE
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        config.reading_validation_mode = mode
+        logger.disabled = disabled
 
 
 def read_dataset(data: bytes, pixels: bool) -> pydicom.Dataset:
@@ -77,7 +100,8 @@ def check(ds: pydicom.Dataset, max_bytes: int) -> Header:
 
 
 def probe(data: bytes, max_bytes: int) -> Header:
-    return check(read_dataset(data, pixels=False), max_bytes)
+    with quiet():
+        return check(read_dataset(data, pixels=False), max_bytes)
 
 
 def display_values(frame: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
@@ -107,6 +131,11 @@ def voi_range(ds: pydicom.Dataset) -> tuple[float, float] | None:
 
 def read_dicom(data: bytes, size: int, max_bytes: int) -> Decoded:
     """Every frame of a DICOM file, in the display pipeline above, as float32 [n, size, size] in [0, 1]."""
+    with quiet():
+        return _read_dicom(data, size, max_bytes)
+
+
+def _read_dicom(data: bytes, size: int, max_bytes: int) -> Decoded:
     ds = read_dataset(data, pixels=True)
     header = check(ds, max_bytes)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:

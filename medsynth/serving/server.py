@@ -244,8 +244,12 @@ def serve(config: ServeConfig) -> ServerHandle:
     repository.start()
     on_change()
     if repository.served_version() is None:
-        log.warning("no loadable version of %s under %s yet; polling",
-                    config.model_name, config.model_base_path)
+        from pathlib import Path
+
+        missing = not repository.gcs and not Path(config.model_base_path).is_dir()
+        log.warning("no loadable version of %s under %s yet%s; polling every %g s",
+                    config.model_name, config.model_base_path,
+                    " (the directory does not exist)" if missing else "", config.file_system_poll_wait_seconds)
     handle = ServerHandle(app, repository, None, None)
     try:
         if config.grpc_port is not None:

@@ -1,0 +1,127 @@
+"""The backbone comparison and the quality gate before serving, on planted runs of known quality."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medsynth.errors import ConfigError, ServingError
+from medsynth.evaluate.compare import compare_runs, pick_winner
+from medsynth.serving.push import METRICS_FILE, PushConfig, push
+
+
+def _plant(root: Path, backbone: str, **metrics) -> None:
+    (root / backbone / "eval").mkdir(parents=True)
+    (root / backbone / "eval" / "metrics.json").write_text(json.dumps({"feature_extractor": "x", **metrics}))
+    (root / backbone / "metrics.json").write_text(json.dumps({"d_params": 10, "d_trainable_params": 2}))
+
+
+def test_comparison_picks_the_best_backbone_by_the_criterion(tmp_path):
+    _plant(tmp_path, "resnet50", swd=30.0, precision=0.9, collapse=False)
+    _plant(tmp_path, "xception", swd=12.0, precision=0.4, collapse=False)
+    _plant(tmp_path, "mobilenet", swd=5.0, precision=0.1, collapse=True)  # best SWD, but collapsed
+    result = compare_runs(tmp_path, ["resnet50", "xception", "mobilenet"], tmp_path / "cmp")
+    assert result.winner == "xception"
+    assert pick_winner(result.rows, "precision") == "resnet50"  # higher is better for precision
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "**xception**" in table and "resnet50" in table and "mobilenet" in table
+    assert (tmp_path / "cmp" / "comparison.png").read_bytes().startswith(b"\x89PNG")
+    assert "data:image/png;base64," in (tmp_path / "cmp" / "comparison.html").read_text()
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["winner"] == "xception"
+
+
+def test_comparison_refuses_what_it_cannot_rank(tmp_path):
+    rows = [
+        {"backbone": "a", "fid": 1.0, "feature_extractor": "inception"},
+        {"backbone": "b", "fid": 2.0, "feature_extractor": "random"},
+    ]
+    with pytest.raises(ConfigError, match="feature extractors"):
+        pick_winner(rows, "fid")
+    with pytest.raises(ConfigError, match="criterion"):
+        pick_winner(rows, "beauty")
+    _plant(tmp_path, "resnet50", swd=1.0)
+    with pytest.raises(Exception, match="xception"):
+        compare_runs(tmp_path, ["resnet50", "xception"], tmp_path / "cmp")
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    from medsynth.models.generator import build_generator
+    from medsynth.serving.export import export_generator
+
+    g = build_generator(8, latent_dim=4, width=1)
+    out = tmp_path_factory.mktemp("m") / "model"
+    export_generator(g, out, metadata={"image_size": 8, "latent_dim": 4, "backbone": "test"}, warmup=False)
+    return out
+
+
+def _metrics(tmp_path, name, **values):
+    p = tmp_path / f"{name}.json"
+    p.write_text(json.dumps({"feature_extractor": "x", "collapse": False, **values}))
+    return str(p)
+
+
+def _push(saved_model, repo, metrics, **kw):
+    decision_out = Path(metrics).with_suffix(".decision.json")
+    d = push(
+        PushConfig(
+            model=str(saved_model),
+            model_repository=str(repo),
+            metrics=metrics,
+            decision_out=str(decision_out),
+            **kw,
+        )
+    )
+    assert json.loads(decision_out.read_text())["pushed"] == d.pushed  # recorded either way
+    return d
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_gate_accepts_first_and_better_refuses_worse_and_collapsed(tmp_path, saved_model):
+    repo = tmp_path / "models"
+    first = _push(saved_model, repo, _metrics(tmp_path, "a", swd=20.0))
+    assert first.pushed and first.version == 1 and first.served_version is None
+    served = _tree(repo / "generator" / "1")
+    assert json.loads(served[METRICS_FILE])["swd"] == 20.0
+
+    worse = _push(saved_model, repo, _metrics(tmp_path, "b", swd=25.0))
+    assert not worse.pushed and "does not beat" in worse.summary()
+    not_enough = _push(saved_model, repo, _metrics(tmp_path, "c", swd=19.5), margin=1.0)
+    assert not not_enough.pushed
+    collapsed = _push(saved_model, repo, _metrics(tmp_path, "d", swd=1.0, collapse=True))
+    assert not collapsed.pushed and "collapse" in collapsed.summary()
+    assert sorted(p.name for p in (repo / "generator").iterdir()) == ["1"]
+    assert _tree(repo / "generator" / "1") == served  # the served version is untouched
+
+    better = _push(saved_model, repo, _metrics(tmp_path, "e", swd=10.0), margin=1.0)
+    assert better.pushed and better.version == 2 and better.served_version == 1
+    assert (repo / "generator" / "2" / "saved_model.pb").exists()
+
+
+@pytest.mark.slow
+def test_gate_refuses_a_model_that_does_not_load(tmp_path, saved_model):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_model, broken)
+    (broken / "saved_model.pb").write_bytes(b"not a protobuf")
+    d = _push(broken, tmp_path / "models", _metrics(tmp_path, "a", swd=1.0))
+    assert not d.pushed and "failed to load" in d.summary()
+    assert not (tmp_path / "models" / "generator").exists()
+
+
+def test_push_needs_a_saved_model(tmp_path):
+    with pytest.raises(ServingError, match="not a SavedModel"):
+        push(
+            PushConfig(
+                model=str(tmp_path),
+                model_repository=str(tmp_path / "r"),
+                metrics=_metrics(tmp_path, "a", swd=1.0),
+            )
+        )
