@@ -55,7 +55,9 @@ class RetrySettings:
 
 
 RETRY_SETTINGS = RetrySettings()
-WORKERS = 8  # transfer-manager threads; threads, not processes: many small files, and no client pickling
+# Transfer-manager threads (not processes: many small files, and no client pickling). Whole files per
+# request: the XML multipart upload of `upload_chunks_concurrently` answers 501 on the emulator.
+WORKERS = 8
 _INTEGRITY_ROUNDS = 5  # a file whose size/CRC32C does not match is transferred again, this many times in all
 _PROGRESS_FILES, _PROGRESS_BYTES = 500, 256 << 20  # show a progress bar above either
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})

@@ -292,7 +292,7 @@ def test_transfers_survive_a_flaky_network(gcs_bucket: str, gcs_emulator, fault_
 
     data = dataset_like(7, big=9 << 20)  # over 8 MiB: a resumable upload, not a single multipart request
     model = saved_model_like(7)
-    proxy = fault_proxy(rate=float(os.environ.get("FRATE", 0.25)), seed=int(os.environ.get("FSEED", 1234)))
+    proxy = fault_proxy(rate=0.25, seed=1234)
     ds_uri, sm_uri = f"{gcs_bucket}/datasets/phantom/h7", f"{gcs_bucket}/models/gen/1"
 
     storage.publish_dir(make_tree(tmp_path / "ds", data), ds_uri)
@@ -310,7 +310,6 @@ def test_transfers_survive_a_flaky_network(gcs_bucket: str, gcs_emulator, fault_
     assert storage.delete_prefix(f"{gcs_bucket}/models/gen/2") == len(model) + 1
 
     # Every kind of fault really happened, and often.
-    print(dict(proxy.stats))
     assert proxy.faults >= 40, proxy.stats
     assert all(proxy.stats[k] > 0 for k in KINDS), proxy.stats
     # What the flaky path wrote is what a clean path reads.

@@ -503,27 +503,47 @@ def _prepare_files(cfg: PrepareConfig, listing: Listing, limits: Limits) -> Path
         return hasher.hash("patient", patient), hasher.hash("study", study), loop
 
     groups = {s.index: group(s, entries[s.index]) for s in good}
-    splits = assign_splits((g[0] for g in groups.values()), cfg.val_fraction, cfg.seed)
 
-    def build(root: Path) -> None:
+    def decode_pass(root: Path, splits: dict[str, str], failed: dict[int, str]) -> tuple[_Output, dict]:
+        """Decode every good input not known to fail into per-split shards; returns what failed now."""
         out = _Output(root, hasher, np.dtype(dtype), cfg.shard_mb << 20)
-        quarantine = [_q(hasher, entries[s.index], s.problem, "scan") for s in scans if s.problem]
+        failed_now: dict[int, str] = {}
         loop_ids: dict[str, int] = {}
         loop_frames: dict[int, int] = {}
-        jobs = ((entries[s.index], dtype, cfg.image_size) for s in good)
-        with Progress(len(good), "prepare: decode", unit="file") as bar:
+        todo = [s for s in good if s.index not in failed]
+        jobs = ((entries[s.index], dtype, cfg.image_size) for s in todo)
+        with Progress(len(todo), "prepare: decode", unit="file") as bar:
             for index, frames, problem in _parallel(
-                _decode_task, jobs, len(good), workers, init, chunksize=1
+                _decode_task, jobs, len(todo), workers, init, chunksize=1
             ):
                 bar.update(postfix=f"{out.total} frames")
                 if problem is not None:
-                    quarantine.append(_q(hasher, entries[index], problem, "decode"))
+                    failed_now[index] = problem
                     continue
                 patient, study, loop_key = groups[index]
                 loop = loop_ids.setdefault(loop_key, len(loop_ids))
                 first = loop_frames.get(loop, 0)
                 loop_frames[loop] = first + len(frames)
                 out.add(splits[patient], frames, patient, study, loop, first)
+        out.close()
+        return out, failed_now
+
+    def build(root: Path) -> None:
+        failed: dict[int, str] = {}
+        splits = assign_splits((g[0] for g in groups.values()), cfg.val_fraction, cfg.seed)
+        out, failed_now = decode_pass(root, splits, failed)
+        failed.update(failed_now)
+        if failed_now and min(out.frames.values()) == 0:
+            # Files that pass the header check but fail to decode can leave a split without patients;
+            # split again among the patients that have frames, and write again (rare: costs a second pass).
+            alive = assign_splits(
+                {groups[s.index][0] for s in good if s.index not in failed}, cfg.val_fraction, cfg.seed
+            )
+            if len(set(alive.values())) == 2:
+                shutil.rmtree(root / "shards")
+                out, _ = decode_pass(root, alive, failed)
+        quarantine = [_q(hasher, entries[s.index], s.problem, "scan") for s in scans if s.problem]
+        quarantine += [_q(hasher, entries[i], reason, "decode") for i, reason in failed.items()]
         if out.total < cfg.min_frames:
             reasons: dict[str, int] = {}
             for q in quarantine:
@@ -538,7 +558,8 @@ def _prepare_files(cfg: PrepareConfig, listing: Listing, limits: Limits) -> Path
         quarantine.sort(key=lambda q: q["index"])
         kinds: dict[str, int] = {}
         for s in good:
-            kinds[s.kind] = kinds.get(s.kind, 0) + 1
+            if s.index not in failed:
+                kinds[s.kind] = kinds.get(s.kind, 0) + 1
         source = listing.describe() | {"formats": kinds, "quarantined": len(quarantine)}
         normalisation = {
             "policy": "DICOM: modality LUT/rescale then VOI LUT/window (pydicom), [0, 1] over the VOI output "

@@ -247,9 +247,9 @@ def serve(config: ServeConfig) -> ServerHandle:
         from pathlib import Path
 
         missing = not repository.gcs and not Path(config.model_base_path).is_dir()
+        why = " (the directory does not exist)" if missing else ""
         log.warning("no loadable version of %s under %s yet%s; polling every %g s",
-                    config.model_name, config.model_base_path,
-                    " (the directory does not exist)" if missing else "", config.file_system_poll_wait_seconds)
+                    config.model_name, config.model_base_path, why, config.file_system_poll_wait_seconds)
     handle = ServerHandle(app, repository, None, None)
     try:
         if config.grpc_port is not None:
