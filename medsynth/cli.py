@@ -7,6 +7,7 @@ function. Any `MedsynthError` becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -106,30 +107,7 @@ def _train(args: argparse.Namespace) -> int:
     from medsynth.train.config import TrainConfig
     from medsynth.train.loop import train
 
-    cfg = TrainConfig(
-        data=args.data,
-        out=args.out,
-        image_size=args.image_size,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        sample_every=args.sample_every,
-        backbone=args.backbone,
-        backbone_weights=args.backbone_weights,
-        backbone_mode=args.backbone_mode,
-        latent_dim=args.latent_dim,
-        generator_width=args.generator_width,
-        augment=args.augment,
-        strategy=args.strategy,
-        gpus=args.gpus,
-        mixed_precision=args.mixed_precision,
-        xla=args.xla,
-        keep_checkpoints=args.keep_checkpoints,
-        metrics_port=args.metrics_port,
-        pushgateway=args.pushgateway,
-        log_every=args.log_every,
-    )
+    cfg = TrainConfig.from_flags(args)
     result = train(cfg)
     print(f"training done: {result.uri or result.run_dir} (step {result.step})")
     return 0
@@ -536,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
         return COMMANDS[args.command](args) or 0
     except MedsynthError as e:

@@ -26,6 +26,7 @@ class Progress:
         self.n = self.start_n = initial
         self.start = time.monotonic()
         self._last = 0.0
+        self._drawn_n: int | None = None
         self.postfix = ""
 
     def update(self, k: int = 1, postfix: str | None = None) -> None:
@@ -42,6 +43,7 @@ class Progress:
         return (self.n - self.start_n) / elapsed if elapsed > 0 else 0.0
 
     def _draw(self, now: float) -> None:
+        self._drawn_n = self.n
         rate = self.rate()
         if self.total:
             frac = min(1.0, self.n / self.total)
@@ -59,7 +61,8 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        self._draw(time.monotonic())
+        if self._drawn_n != self.n:  # the last state is not on screen yet
+            self._draw(time.monotonic())
         if self.tty:
             self.stream.write("\n")
         self.stream.flush()

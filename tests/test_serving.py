@@ -451,6 +451,10 @@ def test_hot_loading_and_broken_versions(tmp_path: Path, tmp_path_factory: pytes
         assert png() == v3
         time.sleep(0.6)  # several polls later it is still not retried into service
         assert states()["3"] == ("AVAILABLE", "OK") and png() == v3
+
+        shutil.rmtree(repo / "3")  # the served version is deleted: the newest one left that loads is served
+        wait_for(lambda: states()["1"] == ("AVAILABLE", "OK"))
+        assert states()["3"] == ("END", "OK") and png() == v1
         rest.conn.close()
 
 
@@ -488,6 +492,8 @@ def test_cli_serve_stops_gracefully_on_sigterm(repo: Path, tmp_path: Path) -> No
          "--rest-port", str(port), "--grpc-port", "-1", "--host", "127.0.0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
     )
+    watchdog = threading.Timer(300, proc.kill)  # a hung server fails the test instead of blocking it
+    watchdog.start()
     try:
         lines = []
         while True:
@@ -504,5 +510,6 @@ def test_cli_serve_stops_gracefully_on_sigterm(repo: Path, tmp_path: Path) -> No
         assert proc.wait(timeout=60) == 0
         assert "stopped" in proc.stdout.read()
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()

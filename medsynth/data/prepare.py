@@ -231,7 +231,7 @@ def _parallel(
     is slower; the semaphore keeps memory flat however many inputs there are. Small jobs run inline
     (starting processes would cost more than the work).
     """
-    if workers <= 1 or n < 4 * workers:
+    if workers <= 1 or n < 4 * workers or not _can_spawn():
         _init_worker(*init)
         yield from map(fn, items)
         return
@@ -259,6 +259,15 @@ def _parallel(
             gate.release()
         pool.terminate()
         pool.join()
+
+
+def _can_spawn() -> bool:
+    """Spawned workers re-import the main script; one read from stdin cannot be, and the pool would
+    restart dying workers forever. Such callers (and only they) decode in-process."""
+    import sys
+
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.exists(main_file)
 
 
 def _workers(cfg: PrepareConfig) -> int:

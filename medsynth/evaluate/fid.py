@@ -63,31 +63,36 @@ DOWNLOAD_TIMEOUT_S = 30.0
 
 
 def frechet_distance(act1: np.ndarray, act2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^(1/2)), in float64.
+    """||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^(1/2)), in float64, without an approximate sqrtm.
 
-    Tr((S1 S2)^(1/2)) is the sum of square roots of the eigenvalues of the
-    symmetric PSD matrix S1^(1/2) S2 S1^(1/2) (same spectrum as S1 S2), which
-    stays real and stable when the covariances are singular (n < d).
+    With centred data A = (X1 - mu1)/sqrt(n1 - 1), B likewise, S1 = A'A and S2 = B'B, so the non-zero
+    eigenvalues of S1 S2 are the squared singular values of A B' and Tr((S1 S2)^(1/2)) is the nuclear
+    norm of the n1 x n2 matrix A B'. When there are fewer samples than features (the usual case for
+    2048-d features) that is much cheaper than d x d eigenproblems; otherwise the same trace comes from
+    the symmetric PSD matrix S1^(1/2) S2 S1^(1/2). Both are exact, real and stable for singular S.
     """
-    a = _activations(act1, "act1")
-    b = _activations(act2, "act2")
-    if a.shape[1] != b.shape[1]:
-        raise DataError(f"FID: activations have {a.shape[1]} and {b.shape[1]} features; use one extractor")
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    s1, s2 = np.atleast_2d(s1), np.atleast_2d(s2)
-    w, v = np.linalg.eigh(s1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    m = root1 @ s2 @ root1
-    eig = np.linalg.eigvalsh((m + m.T) / 2)
-    tr_covmean = float(np.sum(np.sqrt(np.clip(eig, 0, None))))
+    x = _activations(act1, "act1")
+    y = _activations(act2, "act2")
+    if x.shape[1] != y.shape[1]:
+        raise DataError(f"FID: activations have {x.shape[1]} and {y.shape[1]} features; use one extractor")
+    mu1, mu2 = x.mean(0), y.mean(0)
+    a = (x - mu1) / np.sqrt(len(x) - 1)
+    b = (y - mu2) / np.sqrt(len(y) - 1)
+    if min(len(a), len(b)) <= a.shape[1]:
+        tr_covmean = float(np.linalg.svd(a @ b.T, compute_uv=False).sum())
+    else:
+        s1, s2 = a.T @ a, b.T @ b
+        w, v = np.linalg.eigh(s1)
+        root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        m = root1 @ s2 @ root1
+        tr_covmean = float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None))))
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+    return float(diff @ diff + np.sum(a * a) + np.sum(b * b) - 2.0 * tr_covmean)
 
 
 def kernel_inception_distance(act1: np.ndarray, act2: np.ndarray, num_subsets: int = 100,
                               subset_size: int = 1000, seed: int = 0,
-                              gram_limit: int = 8192) -> tuple[float, float]:
+                              gram_limit: int = 5000) -> tuple[float, float]:
     """KID: mean and std over `num_subsets` random subsets of the unbiased MMD^2 (cubic polynomial kernel).
 
     Per subset of m real and m generated activations:
@@ -97,7 +102,8 @@ def kernel_inception_distance(act1: np.ndarray, act2: np.ndarray, num_subsets: i
     tensorflow-gan's `..._and_std_` reports the standard error of its disjoint-block mean instead).
     With num_subsets=1 and subset_size >= n1 = n2 this is the unbiased MMD^2 of the whole sets.
     Kernel matrices of the whole sets are computed once when both sets have <= `gram_limit` rows
-    (3 n^2 float32s); larger sets are computed subset by subset.
+    (3 n^2 float64s); larger sets are computed subset by subset. float64 throughout: kernel values are
+    ~1 and KID is a difference of their sums that can be 1e-5 or less.
     """
     a = _activations(act1, "act1")
     b = _activations(act2, "act2")
@@ -109,14 +115,13 @@ def kernel_inception_distance(act1: np.ndarray, act2: np.ndarray, num_subsets: i
     if m < 2:
         raise DataError(f"KID needs at least 2 samples per set and subset_size >= 2 (got m={m})")
     d = a.shape[1]
-    a32, b32 = a.astype(np.float32), b.astype(np.float32)
 
     def kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return (x @ y.T / np.float32(d) + np.float32(1.0)) ** 3
+        return (x @ y.T / d + 1.0) ** 3
 
     full = max(len(a), len(b)) <= gram_limit
     if full:
-        kaa, kbb, kab = kernel(a32, a32), kernel(b32, b32), kernel(a32, b32)
+        kaa, kbb, kab = kernel(a, a), kernel(b, b), kernel(a, b)
     rng = np.random.default_rng([seed, 0x1D])
     values = np.empty(num_subsets)
     for s in range(num_subsets):
@@ -125,11 +130,10 @@ def kernel_inception_distance(act1: np.ndarray, act2: np.ndarray, num_subsets: i
         if full:
             kxx, kyy, kxy = kaa[np.ix_(ia, ia)], kbb[np.ix_(ib, ib)], kab[np.ix_(ia, ib)]
         else:
-            x, y = a32[ia], b32[ib]
+            x, y = a[ia], b[ib]
             kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
-        off = (kxx.sum(dtype=np.float64) - np.trace(kxx, dtype=np.float64)
-               + kyy.sum(dtype=np.float64) - np.trace(kyy, dtype=np.float64)) / (m * (m - 1))
-        values[s] = off - 2.0 * kxy.sum(dtype=np.float64) / (m * m)
+        off = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        values[s] = off - 2.0 * kxy.sum() / (m * m)
     return float(values.mean()), float(values.std())
 
 
@@ -190,7 +194,7 @@ def get_extractor(kind: str = "auto", weights: str = "imagenet", *, batch_size: 
         if kind == "auto" and weights == "imagenet":
             fallback = _random_inception(seed, input_size or RANDOM_SIZE, batch_size)
             (log or _stderr)(f"FID/KID: InceptionV3 ImageNet weights unavailable ({exc}); using "
-                             f"{fallback.name} (values comparable only with the same extractor)")
+                             f"{fallback.name}, whose values compare only with the same extractor's")
             return fallback
         raise
     return _pretrained_inception(str(path), input_size or INCEPTION_SIZE, batch_size)
@@ -211,9 +215,14 @@ def resolve_inception_weights(spec: str, cache_dir: str | None = None) -> Path:
     return Path(path)
 
 
+_IMAGENET_FAILURE: list[StorageError] = []  # the first failed download in this process, not retried
+
+
 def _keras_imagenet_file() -> Path:
     import tensorflow as tf
 
+    if _IMAGENET_FAILURE:
+        raise _IMAGENET_FAILURE[0]
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # no egress must not hang the step
     try:
@@ -221,9 +230,11 @@ def _keras_imagenet_file() -> Path:
             path = tf.keras.utils.get_file(IMAGENET_NOTOP, _KERAS_BASE + IMAGENET_NOTOP,
                                            cache_subdir="models", file_hash=_NOTOP_MD5)
     except Exception as exc:  # Keras raises bare Exception on URL errors
-        raise StorageError(f"cannot download InceptionV3 ImageNet weights ({type(exc).__name__}: "
+        err = StorageError(f"cannot download InceptionV3 ImageNet weights ({type(exc).__name__}: "
                            f"{str(exc)[-80:]}); pass a local path or gs:// URI of {IMAGENET_NOTOP} "
-                           "as the inception weights") from exc
+                           "as the inception weights")
+        _IMAGENET_FAILURE.append(err)
+        raise err from exc
     finally:
         socket.setdefaulttimeout(old)
     return Path(path)
@@ -245,22 +256,35 @@ def _pretrained_inception(path: str, input_size: int, batch_size: int) -> Featur
 
     if input_size < RANDOM_SIZE:
         raise ConfigError(f"InceptionV3 input size must be >= {RANDOM_SIZE}, got {input_size}")
+    with_top = _has_classifier(path)
     try:
-        model = tf.keras.applications.InceptionV3(include_top=False, weights=None, pooling="avg",
-                                                  input_shape=(input_size, input_size, 3))
-        model.load_weights(path)
-    except (ValueError, OSError, KeyError):
-        # A full (with-classifier) weights file: build the full net at its fixed 299 px, cut at pool3.
-        try:
+        if with_top:
+            # A full (with-classifier) file: build the full net at its fixed 299 px and cut it at pool3.
             full = tf.keras.applications.InceptionV3(include_top=True, weights=None)
             full.load_weights(path)
-        except Exception as exc:
-            raise StorageError(f"{path}: not an InceptionV3 weights file Keras can load "
-                               f"({type(exc).__name__}: {str(exc)[:160]})") from exc
-        model = tf.keras.Model(full.input, full.get_layer("avg_pool").output)
-        input_size = INCEPTION_SIZE
+            model = tf.keras.Model(full.input, full.get_layer("avg_pool").output)
+            input_size = INCEPTION_SIZE
+        else:
+            model = tf.keras.applications.InceptionV3(include_top=False, weights=None, pooling="avg",
+                                                      input_shape=(input_size, input_size, 3))
+            model.load_weights(path)
+    except (ValueError, OSError, KeyError) as exc:
+        raise StorageError(f"{path}: not an InceptionV3 weights file Keras can load "
+                           f"({type(exc).__name__}: {str(exc)[:160]})") from exc
     name = f"inceptionv3-{weights_label(path)}-{input_size}px"
     return FeatureExtractor(name, 2048, input_size, batch_size, _graph(model, input_size))
+
+
+def _has_classifier(path: str) -> bool:
+    """Whether a Keras .h5 weights file holds the 1000-class head (Keras ships files with and without)."""
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        raise StorageError(f"{path}: not an InceptionV3 weights file Keras can load (not HDF5); "
+                           f"use Keras's {IMAGENET_NOTOP} or a file saved by model.save_weights(*.h5)")
+    with h5py.File(path, "r") as f:
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs.get("layer_names", [])]
+    return "predictions" in names
 
 
 @lru_cache(maxsize=4)

@@ -132,7 +132,7 @@ def normalize_descriptors(desc: np.ndarray) -> np.ndarray:
 
 
 def sliced_wasserstein(a: np.ndarray, b: np.ndarray, dir_repeats: int = 4, dirs_per_repeat: int = 128,
-                       seed: int = 0) -> float:
+                       seed: int = 0, progress: Progress | None = None) -> float:
     """Mean 1-D Wasserstein-1 distance between the projections of `a` and `b` on random unit directions.
 
     `a` and `b` are point clouds [N, D] of the same N (the empirical 1-D W1 of
@@ -154,6 +154,8 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, dir_repeats: int = 4, dirs_
             # [dirs, N] rows are contiguous, so the sort runs along memory; np.sort releases the GIL.
             pa, pb = pool.map(_sorted_projection, (a, b), (dirs, dirs))
             results.append(float(np.mean(np.abs(pa - pb), dtype=np.float64)))
+            if progress is not None:
+                progress.update(dirs_per_repeat)
     return float(np.mean(results))
 
 
@@ -218,11 +220,18 @@ def sliced_wasserstein_distance(
             bar.close()
 
     per_level: dict[int, float] = {}
-    for lod, res in enumerate(resolutions):
-        a = normalize_descriptors(desc_real[lod])
-        b = normalize_descriptors(desc_fake[lod])
-        a, b = _equal_count(a, b, seed, lod)
-        per_level[res] = 1e3 * sliced_wasserstein(a, b, dir_repeats, dirs_per_repeat, seed=seed * 1000 + lod)
+    total_dirs = levels * dir_repeats * dirs_per_repeat
+    bar = Progress(total_dirs, "SWD projections", unit="dir") if progress else None
+    try:
+        for lod, res in enumerate(resolutions):
+            a = normalize_descriptors(desc_real[lod])
+            b = normalize_descriptors(desc_fake[lod])
+            a, b = _equal_count(a, b, seed, lod)
+            per_level[res] = 1e3 * sliced_wasserstein(a, b, dir_repeats, dirs_per_repeat,
+                                                      seed=seed * 1000 + lod, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     return SWDResult(per_level=per_level, mean=float(np.mean(list(per_level.values()))))
 
 

@@ -284,10 +284,10 @@ class ModelRepository:
                     continue  # failed before and unchanged since: do not retry on every poll
                 if self._load(v, found[v]):
                     break
-            gone = [v for v in served if v not in found]
             with self._lock:
-                newest = max(self._served) if self._served else None
-                unload = [v for v in self._served if v != newest or v in gone]
+                remaining = [v for v in self._served if v in found]  # a deleted version is unloaded
+                newest = max(remaining) if remaining else None
+                unload = [v for v in self._served if v != newest]
                 for v in unload:
                     self._served.pop(v)
                     self._states[v] = VersionState(v, "END")

@@ -89,5 +89,11 @@ class TrainConfig:
         d["backbone_mode"] = resolve_mode(self.backbone_weights, self.backbone_mode)
         return d
 
+    @classmethod
+    def from_flags(cls, args: Any) -> TrainConfig:
+        """From `medsynth train`'s parsed flags: every field that has a flag of the same name."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

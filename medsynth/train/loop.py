@@ -57,6 +57,8 @@ class TrainResult:
     metrics: dict[str, Any]
     uri: str = ""  # where the run lives: `--out` as given
     settings: dict[str, Any] = field(default_factory=dict)  # strategy, replicas, precision, XLA as used
+    generator: tf.keras.Model | None = field(default=None, repr=False)  # the trained models, in memory
+    discriminator: tf.keras.Model | None = field(default=None, repr=False)
 
 
 class _Preemption:
@@ -432,7 +434,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             _write_curves(run_dir)
             atomic_write_json(run_dir / "metrics.json", metrics)
         outputs.push()
-    return TrainResult(run_dir, max(start, cfg.steps), metrics, uri=out, settings=settings)
+    return TrainResult(
+        run_dir, max(start, cfg.steps), metrics, uri=out, settings=settings,
+        generator=generator, discriminator=discriminator,
+    )
 
 
 def _postfix(values: dict[str, float], images_per_s: float) -> str:

@@ -30,6 +30,30 @@ def sample_latents(seed: int, n: int, latent_dim: int) -> tf.Tensor:
     return latent_batch(seed, tf.constant(SAMPLE_STREAM, tf.int64), 0, n, latent_dim)
 
 
+def split_frozen_discriminator(discriminator: tf.keras.Model) -> tuple[tf.keras.Model, tf.keras.Model] | None:
+    """(features, head) sharing D's layers when D's backbone is frozen, else None.
+
+    `features` maps frames to the pooled backbone features (layer "features" of
+    medsynth.models.discriminator), `head` maps those to logits; together they are D.
+    """
+    from medsynth.models.discriminator import backbone_of
+
+    try:
+        backbone = backbone_of(discriminator)
+        pooled = discriminator.get_layer("features")
+        norm, logit = discriminator.get_layer("head_norm"), discriminator.get_layer("logit")
+    except ValueError:
+        return None
+    if backbone.trainable:
+        return None
+    features = tf.keras.Model(discriminator.inputs, pooled.output, name="d_features")
+    x = tf.keras.Input(shape=pooled.output.shape[1:], dtype=pooled.output.dtype)
+    head = tf.keras.Model(x, logit(norm(x)), name="d_head")
+    if {id(v) for v in head.trainable_variables} != {id(v) for v in discriminator.trainable_variables}:
+        return None  # something besides the head learns: D must run whole
+    return features, head
+
+
 @dataclass
 class AdversarialStep:
     generator: tf.keras.Model
@@ -46,6 +70,7 @@ class AdversarialStep:
 
     def __post_init__(self) -> None:
         self.strategy = self.strategy or tf.distribute.get_strategy()
+        self._split = split_frozen_discriminator(self.discriminator)
         both = self._both
         if self.jit_compile:
             # Keras' pattern: the per-replica step is compiled, the strategy runs it on every replica.
@@ -75,12 +100,34 @@ class AdversarialStep:
             return tape
         return self.hvd.DistributedGradientTape(tape, op=self.hvd.Sum)
 
+    def _discriminate(self, real: tf.Tensor, fake: tf.Tensor, real_features: tf.Tensor | None = None):  # noqa: ANN202
+        """D's logits of [real; fake] in one batch, and the real frames' backbone features when frozen.
+
+        A frozen backbone is a fixed function (inference-mode BN, no gradient), so the real frames'
+        features from the D update are the ones the G update needs: computed once per step.
+        """
+        fake = tf.cast(fake, real.dtype)
+        if self._split is None:
+            return self.discriminator(tf.concat([real, fake], 0), training=True), None
+        features, head = self._split
+        if real_features is None:
+            both = features(tf.concat([real, fake], 0), training=True)
+            real_features = tf.stop_gradient(both[: tf.shape(real)[0]])
+            fake_features = both[tf.shape(real)[0] :]
+        else:
+            fake_features = features(fake, training=True)
+        return head(tf.concat([real_features, fake_features], 0), training=True), real_features
+
     def _d_update(self, real: tf.Tensor, step: tf.Tensor) -> dict[str, tf.Tensor]:
+        out, _ = self._d_update_with_features(real, step)
+        return out
+
+    def _d_update_with_features(self, real: tf.Tensor, step: tf.Tensor):  # noqa: ANN202
         local = tf.shape(real)[0]
         z = self._my_latents(step, 0, local)
-        fake = self.generator(z, training=True)
+        fake = tf.stop_gradient(self.generator(z, training=True))
         with tf.GradientTape() as tape:
-            logits = self.discriminator(tf.concat([real, tf.cast(fake, real.dtype)], 0), training=True)
+            logits, real_features = self._discriminate(real, fake)
             real_logits, fake_logits = logits[:local], logits[local:]
             loss = discriminator_loss(real_logits, fake_logits, self.global_batch_size, self.label_smoothing)
             scaled = self._scale(self.d_optimizer, loss)
@@ -88,18 +135,21 @@ class AdversarialStep:
         grads = self._unscale(self.d_optimizer, grads)
         self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_variables, strict=True))
         n = float(self.global_batch_size)
-        return {
+        out = {
             "d_loss": loss,
             "d_real": tf.reduce_sum(tf.sigmoid(tf.cast(real_logits, tf.float32))) / n,
             "d_fake": tf.reduce_sum(tf.sigmoid(tf.cast(fake_logits, tf.float32))) / n,
         }
+        return out, real_features
 
-    def _g_update(self, real: tf.Tensor, step: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _g_update(
+        self, real: tf.Tensor, step: tf.Tensor, real_features: tf.Tensor | None = None
+    ) -> dict[str, tf.Tensor]:
         local = tf.shape(real)[0]
         z = self._my_latents(step, 1, local)
         with tf.GradientTape() as tape:
             fake = self.generator(z, training=True)
-            logits = self.discriminator(tf.concat([real, tf.cast(fake, real.dtype)], 0), training=True)
+            logits, _ = self._discriminate(real, fake, real_features)
             loss = generator_loss(logits[local:], self.global_batch_size)
             scaled = self._scale(self.g_optimizer, loss)
         grads = self._tape(tape).gradient(scaled, self.generator.trainable_variables)
@@ -108,8 +158,8 @@ class AdversarialStep:
         return {"g_loss": loss}
 
     def _both(self, real: tf.Tensor, step: tf.Tensor) -> dict[str, tf.Tensor]:
-        out = self._d_update(real, step)
-        out.update(self._g_update(real, step))
+        out, real_features = self._d_update_with_features(real, step)
+        out.update(self._g_update(real, step, real_features))
         return out
 
     @staticmethod

@@ -1,0 +1,51 @@
+"""launch_training_job: the pipeline's `train` task on several nodes, as an MPIJob or a TFJob.
+
+Runs on the CPU base image as the `medsynth-pipeline` service account (k8s/base/rbac.yaml lets it
+create and follow kubeflow.org jobs); the job's pods run the trainer image with the same
+`medsynth train` arguments as the single-pod `train` task. See medsynth/train/launcher.py.
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components.images import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def launch_training_job(
+    kind: str,
+    dataset_dir: str,
+    storage_root: str,
+    run_id: str,
+    run_name: str,
+    backbone: str,
+    image_size: int,
+    steps: int,
+    batch_size: int,
+    backbone_weights: str,
+    seed: int,
+    workers: int,
+    gpus_per_worker: int,
+    namespace: str = "medsynth",
+    gpu_type: str = "",
+) -> NamedTuple("LaunchOutputs", run_dir=str):
+    from medsynth.train.launcher import launch_step
+
+    return launch_step(
+        kind,
+        dataset_dir,
+        storage_root,
+        run_id,
+        run_name,
+        backbone,
+        image_size,
+        steps,
+        batch_size,
+        backbone_weights,
+        seed,
+        workers,
+        gpus_per_worker,
+        namespace=namespace,
+        gpu_type=gpu_type,
+    )

@@ -1,0 +1,200 @@
+"""One entry point for every offline GAN metric: `compute_metrics(real, fake, MetricsConfig(...))`.
+
+The result is a flat dict that goes straight into metrics.json, the KFP
+Metrics artifact, the comparison table and the quality gate:
+
+  swd, swd_level_<res>        SWD x 1e3 (ProGAN protocol), mean and per pyramid level   (swd.py)
+  fid, kid, kid_std           in the feature space named by `feature_extractor`        (fid.py)
+  precision, recall,          k-NN manifolds in the same feature space                   (prdc.py)
+  density, coverage
+  ms_ssim_real, ms_ssim_fake, mean MS-SSIM of random pairs; collapse alarm             (diversity.py)
+  collapse
+  feature_extractor           e.g. inceptionv3-imagenet-299px, inceptionv3-random-s0-75px, or "none"
+  n_real, n_fake              frames actually used
+
+Frames are a fixed, seeded subset of at most `n` of each input, so the same
+inputs and config give the same numbers. Values computed in different feature
+spaces are never compared: `check_comparable` refuses them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from medsynth.errors import ConfigError
+from medsynth.evaluate.frames import as_frames, same_size
+
+# Metrics a model is judged by, and which direction is better. The comparison and the gate use this.
+PRIMARY_METRICS = {"swd": "lower", "fid": "lower", "kid": "lower", "precision": "higher", "recall": "higher"}
+
+# Metrics whose values only mean something within one feature space.
+EXTRACTOR_METRICS = frozenset({"fid", "kid", "kid_std", "precision", "recall", "density", "coverage"})
+
+
+@dataclass
+class MetricsConfig:
+    """What to compute and how; every default is the documented protocol of its metric."""
+
+    n: int = 256  # frames used from each side (a seeded subset when more are given)
+    seed: int = 0  # patch positions, SWD directions, KID subsets, MS-SSIM pairs, subsetting
+    feature_extractor: str = "auto"  # auto | inceptionv3 | inceptionv3-random (see fid.py)
+    inception_weights: str = "imagenet"  # imagenet | local path | gs:// URI of the weights .h5
+    swd: bool = True
+    fid: bool = True  # FID and KID
+    prdc: bool = True  # precision, recall, density, coverage
+    diversity: bool = True  # MS-SSIM and the collapse alarm
+    batch_size: int = 64  # feature-extraction batch
+    feature_input_size: int | None = None  # None: 299 for pretrained InceptionV3, 75 for the random one
+    extractor_seed: int = 0  # weights of inceptionv3-random; fixed so values stay comparable across runs
+    weights_cache_dir: str | None = None  # where gs:// weights are downloaded (default: temp dir)
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    prdc_k: int = 3
+    swd_patches_per_image: int = 128
+    swd_dir_repeats: int = 4
+    swd_dirs_per_repeat: int = 128
+    swd_min_resolution: int = 16
+    ms_ssim_pairs: int | None = None  # None: n pairs per side
+    collapse_margin: float = 0.1  # alarm when ms_ssim_fake >= ms_ssim_real + margin ...
+    collapse_absolute: float = 0.9  # ... or ms_ssim_fake >= this while real is below it
+    progress: bool = True
+
+    def validate(self) -> MetricsConfig:
+        """Refuse a config that cannot run, naming the field."""
+        positive = ("n", "batch_size", "kid_subsets", "kid_subset_size", "prdc_k", "swd_patches_per_image",
+                    "swd_dir_repeats", "swd_dirs_per_repeat", "swd_min_resolution")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"metrics config: {name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0 or self.extractor_seed < 0:
+            raise ConfigError(f"metrics config: seeds must be >= 0, got seed={self.seed}, "
+                              f"extractor_seed={self.extractor_seed}")
+        if self.n < 2:
+            raise ConfigError(f"metrics config: n must be >= 2 (one frame has no statistics), got {self.n}")
+        if self.ms_ssim_pairs is not None and self.ms_ssim_pairs < 1:
+            raise ConfigError(f"metrics config: ms_ssim_pairs must be >= 1, got {self.ms_ssim_pairs}")
+        if self.prdc and self.prdc_k >= self.n:
+            raise ConfigError(f"metrics config: prdc_k ({self.prdc_k}) must be < n ({self.n})")
+        if not self.inception_weights:
+            raise ConfigError("metrics config: inception_weights is empty; use imagenet, a path or gs:// URI")
+        if self.collapse_margin < 0 or not 0 < self.collapse_absolute <= 1:
+            raise ConfigError("metrics config: collapse_margin must be >= 0 and collapse_absolute in (0, 1]")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MetricsConfig:
+        """Build from a JSON/CLI dict; unknown keys are an error, not silently ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"metrics config: unknown field(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
+        return cls(**dict(d)).validate()
+
+
+def compute_metrics(real: np.ndarray, fake: np.ndarray, cfg: MetricsConfig | None = None,
+                    timings: dict[str, float] | None = None) -> dict[str, float | str | bool]:
+    """All enabled metrics of generated frames against real frames, as one flat dict (see module doc).
+
+    `timings`, when given, receives the seconds each part took (features, swd, fid, prdc, diversity).
+    """
+    cfg = (cfg or MetricsConfig()).validate()
+    real = as_frames(real, "real frames", min_count=2)
+    fake = as_frames(fake, "generated frames", min_count=2)
+    same_size(real, fake)
+    real = _subset(real, cfg.n, cfg.seed, 1)
+    fake = _subset(fake, cfg.n, cfg.seed, 2)
+    clock = _Clock(timings)
+    out: dict[str, float | str | bool] = {}
+
+    if cfg.swd:
+        from medsynth.evaluate.swd import sliced_wasserstein_distance
+
+        with clock("swd"):
+            res = sliced_wasserstein_distance(
+                real, fake, seed=cfg.seed, patches_per_image=cfg.swd_patches_per_image,
+                dir_repeats=cfg.swd_dir_repeats, dirs_per_repeat=cfg.swd_dirs_per_repeat,
+                min_resolution=cfg.swd_min_resolution, progress=cfg.progress)
+        out["swd"] = res.mean
+        out.update({f"swd_level_{r}": v for r, v in res.per_level.items()})
+
+    out["feature_extractor"] = "none"
+    if cfg.fid or cfg.prdc:
+        from medsynth.evaluate.fid import frechet_distance, get_extractor, kernel_inception_distance
+
+        with clock("features"):
+            extractor = get_extractor(cfg.feature_extractor, cfg.inception_weights, batch_size=cfg.batch_size,
+                                      input_size=cfg.feature_input_size, seed=cfg.extractor_seed,
+                                      cache_dir=cfg.weights_cache_dir)
+            feats_real = extractor(real, cfg.progress, "features real")
+            feats_fake = extractor(fake, cfg.progress, "features generated")
+        out["feature_extractor"] = extractor.name
+        if cfg.fid:
+            with clock("fid"):
+                out["fid"] = frechet_distance(feats_real, feats_fake)
+                # Subsets of at most half the frames, so that they differ and kid_std means something.
+                subset = min(cfg.kid_subset_size, max(2, min(len(real), len(fake)) // 2))
+                out["kid"], out["kid_std"] = kernel_inception_distance(
+                    feats_real, feats_fake, cfg.kid_subsets, subset, seed=cfg.seed)
+        if cfg.prdc:
+            from medsynth.evaluate.prdc import precision_recall
+
+            with clock("prdc"):
+                out.update(precision_recall(feats_real, feats_fake, k=cfg.prdc_k))
+
+    if cfg.diversity:
+        from medsynth.evaluate.diversity import diversity
+
+        with clock("diversity"):
+            out.update(diversity(real, fake, num_pairs=cfg.ms_ssim_pairs or cfg.n, seed=cfg.seed,
+                                 margin=cfg.collapse_margin, absolute=cfg.collapse_absolute,
+                                 progress=cfg.progress))
+    out["n_real"] = len(real)
+    out["n_fake"] = len(fake)
+    return out
+
+
+def check_comparable(a: Mapping[str, Any], b: Mapping[str, Any],
+                     metrics: Iterable[str] | None = None) -> None:
+    """Refuse (ConfigError) to compare feature-space metrics computed with different extractors.
+
+    `metrics`: the keys about to be compared (default: every key both results have). SWD and MS-SSIM
+    need no extractor and are always comparable.
+    """
+    keys = set(metrics) if metrics is not None else set(a) & set(b)
+    used = sorted(keys & EXTRACTOR_METRICS)
+    if not used:
+        return
+    ea, eb = a.get("feature_extractor"), b.get("feature_extractor")
+    if ea is None or eb is None or ea != eb or ea == "none":
+        raise ConfigError(f"cannot compare {', '.join(used)}: computed with feature extractor {ea!r} vs "
+                          f"{eb!r}; evaluate both with the same extractor (same weights and input size)")
+
+
+def _subset(frames: np.ndarray, n: int, seed: int, stream: int) -> np.ndarray:
+    """A seeded subset of n frames (kept in input order), or all of them when there are not more."""
+    if len(frames) <= n:
+        return frames
+    rng = np.random.default_rng([seed, stream, 0x5B])
+    return frames[np.sort(rng.choice(len(frames), n, replace=False))]
+
+
+class _Clock:
+    def __init__(self, sink: dict[str, float] | None) -> None:
+        self.sink = sink
+
+    def __call__(self, name: str) -> _Clock:
+        self.name = name
+        return self
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.sink is not None:
+            self.sink[self.name] = self.sink.get(self.name, 0.0) + time.perf_counter() - self.start

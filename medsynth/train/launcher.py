@@ -1,0 +1,448 @@
+"""Training on Kubernetes: GPU settings of the pipeline's `train` task, and multi-node jobs.
+
+One node (1–8 GPUs) is the pipeline's own `train` task: `configure_gpu_task` asks for the GPUs,
+pins the task to the GPU node pool (node selector, tolerations), gives NCCL a memory-backed
+/dev/shm, and mounts credentials from a Kubernetes secret when the cluster has no Workload
+Identity.
+
+Several nodes: `launch_training_job` creates an MPIJob (Horovod, MPI Operator) or a TFJob
+(MultiWorkerMirroredStrategy, Training Operator) through the Kubernetes API and follows its
+status until it succeeds or fails. The pods run the trainer image of `components/images.py` and
+`medsynth train` with the flags `train_argv` makes from the same `TrainConfig` the single-pod path
+uses, so both paths train the same thing; the job specs have the shape of k8s/training/ (tested).
+A retried launcher finds its job by name (derived from `--out`) and follows it instead of
+starting a second one; training itself resumes from the checkpoints in the bucket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from medsynth.errors import ConfigError, MedsynthError
+from medsynth.train.config import TrainConfig
+
+log = logging.getLogger("medsynth")
+
+GROUP = "kubeflow.org"
+KINDS = {
+    # kind: (apiVersion version, plural, strategy its pods run)
+    "mpijob": ("v2beta1", "mpijobs", "horovod"),
+    "tfjob": ("v1", "tfjobs", "multiworker"),
+}
+NAMESPACE = "medsynth"
+SERVICE_ACCOUNT = "medsynth-trainer"  # k8s/base/serviceaccounts.yaml: Workload Identity, bucket access
+METRICS_PORT = 9400  # k8s/monitoring's PodMonitor scrapes this port
+SSH_PORT = 2222  # images/trainer/sshd_config
+HOME = "/home/medsynth"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+SPOT_TOLERATION = {
+    "key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule",
+}
+GPU_NODE_LABEL = "cloud.google.com/gke-accelerator"
+LABELS = {"app.kubernetes.io/name": "medsynth-trainer", "app.kubernetes.io/component": "training"}
+CREDENTIALS_MOUNT = "/var/secrets/google"
+
+# TrainConfig field -> `medsynth train` flag. Fields not here have no flag and must keep their defaults.
+_FLAGS = {
+    "data": "--data",
+    "out": "--out",
+    "image_size": "--image-size",
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "seed": "--seed",
+    "checkpoint_every": "--checkpoint-every",
+    "sample_every": "--sample-every",
+    "keep_checkpoints": "--keep-checkpoints",
+    "backbone": "--backbone",
+    "backbone_weights": "--backbone-weights",
+    "backbone_mode": "--backbone-mode",
+    "latent_dim": "--latent-dim",
+    "generator_width": "--generator-width",
+    "augment": "--augment",
+    "strategy": "--strategy",
+    "gpus": "--gpus",
+    "mixed_precision": "--mixed-precision",
+    "xla": "--xla",
+    "metrics_port": "--metrics-port",
+    "pushgateway": "--pushgateway",
+    "log_every": "--log-every",
+}
+
+
+# --------------------------------------------------------------------------------- one pod: the KFP task
+
+
+def configure_gpu_task(
+    task: Any,
+    gpus: Any,
+    *,
+    accelerator: str = GPU_RESOURCE,
+    gpu_type: str | None = None,
+    spot: bool = False,
+    credentials_secret: str | None = None,
+    shm_size: str = "8Gi",
+) -> Any:
+    """Put a pipeline task on GPU nodes: `gpus` GPUs, the GPU node pool, /dev/shm for NCCL.
+
+    `gpu_type` is GKE's accelerator label (e.g. nvidia-l4) for a node selector; `spot` tolerates
+    spot/preemptible nodes (training resumes from checkpoints). Credentials: with Workload Identity
+    (k8s/base) nothing is needed; otherwise `credentials_secret` names a secret with a `key.json`
+    service-account key, mounted read-only and named by GOOGLE_APPLICATION_CREDENTIALS.
+    """
+    from kfp import kubernetes
+
+    task.set_accelerator_type(accelerator).set_accelerator_limit(gpus)
+    if gpu_type:
+        kubernetes.add_node_selector(task, label_key=GPU_NODE_LABEL, label_value=gpu_type)
+    for toleration in [GPU_TOLERATION] + ([SPOT_TOLERATION] if spot else []):
+        kubernetes.add_toleration(task, **toleration)
+    if shm_size:
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=shm_size)
+    if credentials_secret:
+        kubernetes.use_secret_as_volume(task, secret_name=credentials_secret, mount_path=CREDENTIALS_MOUNT)
+        task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{CREDENTIALS_MOUNT}/key.json")
+    return task
+
+
+# ------------------------------------------------------------------------------------ several nodes: jobs
+
+
+def train_argv(cfg: TrainConfig) -> list[str]:
+    """`medsynth train` flags that rebuild `cfg` exactly (the CLI parses them back into the same config)."""
+    default = TrainConfig(data=cfg.data, out=cfg.out)
+    argv: list[str] = []
+    for f in fields(TrainConfig):
+        value, flag = getattr(cfg, f.name), _FLAGS.get(f.name)
+        if flag is None:
+            if value != getattr(default, f.name):
+                raise ConfigError(
+                    f"TrainConfig.{f.name}={value!r} has no `medsynth train` flag; keep its default"
+                )
+            continue
+        if value is None or (isinstance(value, bool) and not value):
+            continue
+        argv += [flag] if isinstance(value, bool) else [flag, str(value)]
+    return argv
+
+
+def job_name(cfg: TrainConfig, kind: str) -> str:
+    """Stable per run: a retried launcher finds the job it created before."""
+    digest = hashlib.sha256(f"{kind}:{cfg.out}".encode()).hexdigest()[:10]
+    return f"medsynth-train-{kind}-{digest}"
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _volumes(shm: str | None, tmp: str) -> tuple[list[dict], list[dict]]:
+    volumes = [{"name": "tmp", "emptyDir": {"sizeLimit": tmp}}]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    if shm:
+        volumes += [
+            {"name": "keras-cache", "emptyDir": {"sizeLimit": "2Gi"}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}},
+        ]
+        mounts += [
+            {"name": "keras-cache", "mountPath": f"{HOME}/.keras"},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ]
+    return volumes, mounts
+
+
+def _gpu_pod(role: str, container: dict[str, Any], gpu_type: str | None, spot: bool) -> dict[str, Any]:
+    volumes, mounts = _volumes("16Gi", "50Gi")
+    container = {**container, "securityContext": _container_security(), "volumeMounts": mounts}
+    spec: dict[str, Any] = {
+        "serviceAccountName": SERVICE_ACCOUNT,
+        "securityContext": _pod_security(),
+        "tolerations": [GPU_TOLERATION] + ([SPOT_TOLERATION] if spot else []),
+        # Preemption: SIGTERM makes `medsynth train` write a checkpoint first.
+        "terminationGracePeriodSeconds": 120,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if gpu_type:
+        spec["nodeSelector"] = {GPU_NODE_LABEL: gpu_type}
+    return {"metadata": {"labels": {**LABELS, "medsynth.io/role": role}}, "spec": spec}
+
+
+def _resources(gpus: int) -> dict[str, Any]:
+    cpu, mem = 2 * gpus, 12 * gpus
+    return {
+        "requests": {"cpu": str(cpu), "memory": f"{mem}Gi", GPU_RESOURCE: str(gpus)},
+        "limits": {"cpu": str(2 * cpu), "memory": f"{2 * mem}Gi", GPU_RESOURCE: str(gpus)},
+    }
+
+
+_ENV = [{"name": "NCCL_DEBUG", "value": "WARN"}]
+_PORTS = [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
+
+
+def job_manifest(
+    kind: str,
+    cfg: TrainConfig,
+    workers: int,
+    gpus_per_worker: int,
+    image: str,
+    name: str | None = None,
+    namespace: str = NAMESPACE,
+    gpu_type: str | None = None,
+    spot: bool = False,
+) -> dict[str, Any]:
+    """The MPIJob or TFJob that runs `cfg` on `workers` pods of `gpus_per_worker` GPUs each."""
+    kind = _kind(kind)
+    version, _, strategy = KINDS[kind]
+    if workers < 1 or gpus_per_worker < 1:
+        raise ConfigError(f"workers ({workers}) and GPUs per worker ({gpus_per_worker}) must be >= 1")
+    ranks = workers * gpus_per_worker
+    if cfg.batch_size % ranks:
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} does not split over {ranks} GPUs; use a multiple of {ranks}"
+        )
+    cfg = TrainConfig(**{**cfg.to_dict(), "strategy": strategy,
+                         "metrics_port": cfg.metrics_port or METRICS_PORT})
+    argv = train_argv(cfg)
+    name = name or job_name(cfg, kind)
+    labels = {**LABELS, "app.kubernetes.io/part-of": "medsynth"}
+    meta = {"name": name, "namespace": namespace, "labels": labels}
+    run_policy = {"cleanPodPolicy": "Running", "backoffLimit": 6, "ttlSecondsAfterFinished": 86400}
+    if kind == "tfjob":
+        container = {
+            "name": "tensorflow",  # the Training Operator finds the training container by this name
+            "image": image,
+            "command": ["medsynth", "train"],
+            "args": argv,
+            "ports": [{"name": "tfjob-port", "containerPort": SSH_PORT, "protocol": "TCP"}, *_PORTS],
+            "env": _ENV,
+            "resources": _resources(gpus_per_worker),
+        }
+        worker = {"replicas": workers, "restartPolicy": "OnFailure",
+                  "template": _gpu_pod("worker", container, gpu_type, spot)}
+        return {"apiVersion": f"{GROUP}/{version}", "kind": "TFJob", "metadata": meta,
+                "spec": {"runPolicy": run_policy, "tfReplicaSpecs": {"Worker": worker}}}
+    launcher_cmd = [
+        "--gloo", "-np", str(ranks), "--hostfile", "/etc/mpi/hostfile", "-p", str(SSH_PORT),
+        "--network-interface", "eth0", "medsynth", "train", *argv,
+    ]
+    volumes, mounts = _volumes(None, "1Gi")
+    launcher = {
+        "replicas": 1,
+        "restartPolicy": "OnFailure",
+        "template": {
+            "metadata": {"labels": {**LABELS, "medsynth.io/role": "launcher"}},
+            "spec": {
+                "serviceAccountName": SERVICE_ACCOUNT,
+                "securityContext": _pod_security(),
+                "containers": [{
+                    "name": "launcher",
+                    "image": image,
+                    "command": ["horovodrun"],
+                    "args": launcher_cmd,
+                    # horovodrun forwards the launcher's environment to every rank.
+                    "env": _ENV,
+                    "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                  "limits": {"cpu": "1", "memory": "2Gi"}},
+                    "securityContext": _container_security(),
+                    "volumeMounts": mounts,
+                }],
+                "volumes": volumes,
+            },
+        },
+    }
+    worker_container = {
+        "name": "worker",
+        "image": image,
+        "command": ["/usr/sbin/sshd"],
+        "args": ["-De", "-f", f"{HOME}/.sshd_config"],
+        "ports": [{"name": "ssh", "containerPort": SSH_PORT, "protocol": "TCP"}, *_PORTS],
+        "resources": _resources(gpus_per_worker),
+    }
+    worker = {"replicas": workers, "restartPolicy": "OnFailure",
+              "template": _gpu_pod("worker", worker_container, gpu_type, spot)}
+    return {
+        "apiVersion": f"{GROUP}/{version}",
+        "kind": "MPIJob",
+        "metadata": meta,
+        "spec": {
+            "slotsPerWorker": gpus_per_worker,
+            "mpiImplementation": "OpenMPI",
+            "sshAuthMountPath": f"{HOME}/.ssh",
+            "runPolicy": {**run_policy, "backoffLimit": 3},
+            "mpiReplicaSpecs": {"Launcher": launcher, "Worker": worker},
+        },
+    }
+
+
+def _kind(kind: str) -> str:
+    k = str(kind).lower()
+    if k not in KINDS:
+        raise ConfigError(
+            f"unknown training job kind {kind!r}; use mpijob (Horovod) or tfjob (MultiWorkerMirrored)"
+        )
+    return k
+
+
+@dataclass
+class JobOutcome:
+    name: str
+    kind: str
+    namespace: str
+    state: str  # Succeeded
+    seconds: float
+    transitions: list[str]
+
+
+def job_state(obj: dict[str, Any]) -> str:
+    """The job's newest true condition (Created, Running, Restarting, Succeeded, Failed, …), or Pending."""
+    conditions = [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("status") == "True"]
+    for final in ("Failed", "Succeeded"):
+        if any(c.get("type") == final for c in conditions):
+            return final
+    return conditions[-1].get("type", "Pending") if conditions else "Pending"
+
+
+def _message(obj: dict[str, Any], state: str) -> str:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == state:
+            return c.get("message") or c.get("reason") or ""
+    return ""
+
+
+def _api(api_client: Any | None) -> Any:
+    from kubernetes import client, config
+
+    if api_client is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        api_client = client.ApiClient()
+    return client.CustomObjectsApi(api_client)
+
+
+def launch_training_job(
+    cfg: TrainConfig,
+    kind: str,
+    workers: int,
+    gpus_per_worker: int,
+    image: str | None = None,
+    namespace: str = NAMESPACE,
+    gpu_type: str | None = None,
+    spot: bool = False,
+    api_client: Any | None = None,
+    poll_s: float = 15.0,
+    timeout_s: float | None = None,
+    on_state: Callable[[str], None] | None = None,
+) -> JobOutcome:
+    """Create the job (or adopt the one a previous attempt created) and wait until it ends.
+
+    Raises MedsynthError when the job fails or times out (the job is then deleted, and its pods
+    with it); its checkpoints stay in the bucket, so the next attempt resumes.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    from components.images import TRAINER_IMAGE
+
+    kind = _kind(kind)
+    version, plural, _ = KINDS[kind]
+    body = job_manifest(kind, cfg, workers, gpus_per_worker, image or TRAINER_IMAGE,
+                        namespace=namespace, gpu_type=gpu_type, spot=spot)
+    name = body["metadata"]["name"]
+    api = _api(api_client)
+    where = f"{body['kind']} {namespace}/{name}"
+    try:
+        api.create_namespaced_custom_object(GROUP, version, namespace, plural, body)
+        log.info("created %s", where)
+    except ApiException as e:
+        if e.status != 409:
+            raise MedsynthError(f"cannot create {where}: HTTP {e.status} {e.reason}; is the "
+                                f"{'MPI' if kind == 'mpijob' else 'Training'} Operator installed?") from e
+        log.info("%s exists already (an earlier attempt): following it", where)
+    start = time.monotonic()
+    transitions: list[str] = []
+    while True:
+        try:
+            obj = api.get_namespaced_custom_object(GROUP, version, namespace, plural, name)
+        except ApiException as e:
+            raise MedsynthError(f"cannot read {where}: HTTP {e.status} {e.reason}") from e
+        state = job_state(obj)
+        if not transitions or transitions[-1] != state:
+            transitions.append(state)
+            log.info("%s: %s", where, state)
+            if on_state:
+                on_state(state)
+        if state == "Succeeded":
+            return JobOutcome(name, body["kind"], namespace, state, time.monotonic() - start, transitions)
+        if state == "Failed":
+            raise MedsynthError(f"{where} failed: {_message(obj, state) or 'see its pods logs'}")
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            api.delete_namespaced_custom_object(GROUP, version, namespace, plural, name)
+            raise MedsynthError(f"{where} did not finish within {timeout_s:.0f} s; deleted it")
+        time.sleep(poll_s)
+
+
+def launch_step(
+    kind: str,
+    dataset_dir: str,
+    storage_root: str,
+    run_id: str,
+    run_name: str,
+    backbone: str,
+    image_size: int,
+    steps: int,
+    batch_size: int,
+    backbone_weights: str,
+    seed: int,
+    workers: int,
+    gpus_per_worker: int,
+    namespace: str = NAMESPACE,
+    gpu_type: str = "",
+    image: str = "",
+    api_client: Any | None = None,
+    poll_s: float = 15.0,
+) -> tuple[str]:
+    """What the `launch_training_job` component does: the pipeline's `train` task, on several nodes."""
+    run_dir = "/".join([storage_root.rstrip("/"), "runs", run_id, run_name])
+    cfg = TrainConfig(
+        data=dataset_dir,
+        out=run_dir,
+        image_size=image_size,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        backbone=backbone,
+        backbone_weights=backbone_weights,
+        checkpoint_every=max(1, min(500, steps // 4 or 1)),
+    )
+    launch_training_job(cfg, kind, workers, gpus_per_worker, image=image or None, namespace=namespace,
+                        gpu_type=gpu_type or None, api_client=api_client, poll_s=poll_s)
+    return (run_dir,)
+
+
+def parse_argv_config(argv: Sequence[str]) -> TrainConfig:
+    """The TrainConfig that `medsynth train ARGV` builds (for tests and checks of job specs)."""
+    from medsynth.cli import build_parser
+
+    return TrainConfig.from_flags(build_parser().parse_args(["train", *argv]))

@@ -1,0 +1,351 @@
+"""Kubernetes side of training: the KFP task's GPU settings, and multi-node jobs against a fake API server.
+
+The fake API is a real HTTP server on 127.0.0.1 that the official `kubernetes` client talks to: it
+records the object the launcher creates and answers status reads with scripted condition
+transitions, so the whole create → follow → succeed/fail path runs as it would against a cluster.
+"""
+
+import copy
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medsynth.errors import ConfigError, MedsynthError
+from medsynth.train import launcher
+from medsynth.train.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(
+        data="gs://b/datasets/phantom/abc",
+        out="gs://b/runs/r1/final",
+        image_size=256,
+        steps=20000,
+        batch_size=256,
+        backbone="xception",
+        checkpoint_every=500,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# --- arguments --------------------------------------------------------------------------------
+
+
+def test_train_argv_round_trips_through_the_cli_parser():
+    cfg = _cfg(
+        seed=5,
+        augment=True,
+        mixed_precision="bfloat16",
+        xla="on",
+        keep_checkpoints=2,
+        gpus=4,
+        backbone_mode="trainable",
+        metrics_port=9400,
+        pushgateway="pgw:9091",
+        generator_width=4,
+    )
+    argv = launcher.train_argv(cfg)
+    assert launcher.parse_argv_config(argv) == cfg
+    assert launcher.parse_argv_config(launcher.train_argv(_cfg())) == _cfg()
+
+
+def test_train_argv_refuses_settings_that_have_no_flag():
+    with pytest.raises(ConfigError, match="lr_g"):
+        launcher.train_argv(_cfg(lr_g=1e-3))
+
+
+# --- job specs agree with k8s/training ----------------------------------------------------------
+
+
+def _yaml(directory: str, kind: str) -> dict:
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            (ROOT / "k8s" / "training" / directory / f"{kind.lower()}.yaml").read_text()
+        )
+    ]
+    (job,) = [d for d in docs if d and d.get("kind") == kind]
+    return job
+
+
+def _templates(job: dict) -> dict[str, dict]:
+    replicas = job["spec"].get("mpiReplicaSpecs") or job["spec"]["tfReplicaSpecs"]
+    return {role: r["template"] for role, r in replicas.items()}
+
+
+def _train_flags(container: dict) -> set[str]:
+    argv = container.get("command", []) + container.get("args", [])
+    i = argv.index("train")
+    return {a for a in argv[i + 1 :] if a.startswith("--")}
+
+
+@pytest.mark.parametrize(
+    "kind,directory,yaml_kind", [("mpijob", "horovod", "MPIJob"), ("tfjob", "multiworker", "TFJob")]
+)
+def test_job_spec_has_the_shape_of_the_k8s_training_manifest(kind, directory, yaml_kind):
+    from components.images import TRAINER_IMAGE
+
+    ref = _yaml(directory, yaml_kind)
+    workers = (
+        ref["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"]
+        if kind == "mpijob"
+        else ref["spec"]["tfReplicaSpecs"]["Worker"]["replicas"]
+    )
+    gpus = int(_templates(ref)["Worker"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    job = launcher.job_manifest(kind, _cfg(), workers=workers, gpus_per_worker=gpus, image=TRAINER_IMAGE)
+    assert (job["apiVersion"], job["kind"]) == (ref["apiVersion"], ref["kind"])
+    assert set(_templates(job)) == set(_templates(ref))
+    if kind == "mpijob":
+        for key in ("slotsPerWorker", "mpiImplementation", "sshAuthMountPath"):
+            assert job["spec"][key] == ref["spec"][key], key
+    for role, tmpl in _templates(job).items():
+        rt = _templates(ref)[role]
+        pod, rpod = tmpl["spec"], rt["spec"]
+        assert tmpl["metadata"]["labels"] == rt["metadata"]["labels"], role
+        for key in ("serviceAccountName", "securityContext", "tolerations", "terminationGracePeriodSeconds"):
+            assert pod.get(key) == rpod.get(key), (role, key)
+        assert {v["name"] for v in pod["volumes"]} == {v["name"] for v in rpod["volumes"]}, role
+        (c,), (rc,) = pod["containers"], rpod["containers"]
+        assert c["image"] == rc["image"] == TRAINER_IMAGE, "the trainer image of components/images.py"
+        for key in ("name", "command", "securityContext", "volumeMounts"):
+            assert c.get(key) == rc.get(key), (role, key)
+        assert {(p["name"], p["containerPort"]) for p in c.get("ports", [])} == {
+            (p["name"], p["containerPort"]) for p in rc.get("ports", [])
+        }, role
+        assert c["resources"]["limits"].get("nvidia.com/gpu") == rc["resources"]["limits"].get(
+            "nvidia.com/gpu"
+        )
+        if "train" in c.get("command", []) + c.get("args", []):
+            # The same `medsynth train` flags as the manifest (which may set fewer), parsed by the real CLI.
+            assert _train_flags(rc) <= _train_flags(c), role
+            argv = c["command"] + c["args"]
+            rargv = rc["command"] + rc["args"]
+            assert argv[: argv.index("medsynth")] == rargv[: rargv.index("medsynth")], "launcher flags"
+            parsed = launcher.parse_argv_config(argv[argv.index("train") + 1 :])
+            assert parsed.strategy == ("horovod" if kind == "mpijob" else "multiworker")
+            assert parsed.metrics_port == 9400
+            assert parsed.out == _cfg().out and parsed.batch_size == 256
+
+
+def test_job_spec_checks_its_inputs():
+    with pytest.raises(ConfigError, match="does not split over 6 GPUs"):
+        launcher.job_manifest("tfjob", _cfg(batch_size=256), workers=2, gpus_per_worker=3, image="x")
+    with pytest.raises(ConfigError, match="unknown training job kind"):
+        launcher.job_manifest("pytorchjob", _cfg(), workers=2, gpus_per_worker=1, image="x")
+
+
+# --- following a job through the Kubernetes API -----------------------------------------------------
+
+
+class FakeKubeApi:
+    """The few custom-object endpoints the launcher uses; `script` is the conditions each GET returns."""
+
+    def __init__(self, script: list[list[dict]], existing: bool = False) -> None:
+        self.created: list[dict] = []
+        self.deleted: list[str] = []
+        self.gets = 0
+        self.script = script
+        self.existing = existing
+        self.objects: dict[str, dict] = {}
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # noqa: ANN002
+                pass
+
+            def _send(self, code: int, obj: dict) -> None:
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):  # noqa: N802
+                m = re.fullmatch(r"/apis/kubeflow.org/(\w+)/namespaces/([\w-]+)/(\w+)", self.path)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not m:
+                    return self._send(404, {"kind": "Status", "code": 404})
+                name = body["metadata"]["name"]
+                if api.existing or name in api.objects:
+                    return self._send(409, {"kind": "Status", "code": 409, "reason": "AlreadyExists"})
+                api.created.append({"path": self.path, "body": body})
+                api.objects[name] = body
+                return self._send(201, body)
+
+            def do_GET(self):  # noqa: N802
+                m = re.fullmatch(r"/apis/kubeflow.org/(\w+)/namespaces/([\w-]+)/(\w+)/([\w.-]+)", self.path)
+                if not m:
+                    return self._send(404, {"kind": "Status", "code": 404})
+                obj = copy.deepcopy(api.objects.get(m.group(4)) or {"metadata": {"name": m.group(4)}})
+                step = api.script[min(api.gets, len(api.script) - 1)]
+                api.gets += 1
+                obj["status"] = {"conditions": step}
+                return self._send(200, obj)
+
+            def do_DELETE(self):  # noqa: N802
+                api.deleted.append(self.path)
+                return self._send(200, {"kind": "Status", "status": "Success"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeKubeApi":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def client(self):
+        from kubernetes import client
+
+        conf = client.Configuration()
+        conf.host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return client.ApiClient(conf)
+
+
+def _cond(*types: str, message: str = "") -> list[dict]:
+    return [{"type": t, "status": "True", "reason": f"Job{t}", "message": message} for t in types]
+
+
+def test_launcher_creates_the_job_and_follows_it_to_success():
+    script = [
+        [],
+        _cond("Created"),
+        _cond("Created", "Running"),
+        _cond("Created", "Running"),
+        _cond("Created", "Running", "Succeeded"),
+    ]
+    seen = []
+    with FakeKubeApi(script) as api:
+        outcome = launcher.launch_training_job(
+            _cfg(),
+            "tfjob",
+            workers=2,
+            gpus_per_worker=4,
+            image="img:1",
+            api_client=api.client(),
+            poll_s=0.01,
+            on_state=seen.append,
+        )
+    assert outcome.state == "Succeeded" and outcome.kind == "TFJob"
+    assert seen == ["Pending", "Created", "Running", "Succeeded"]
+    (created,) = api.created
+    assert created["path"] == "/apis/kubeflow.org/v1/namespaces/medsynth/tfjobs"
+    body = created["body"]
+    assert body["metadata"]["name"] == outcome.name == launcher.job_name(_cfg(), "tfjob")
+    c = body["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "img:1"
+    assert launcher.parse_argv_config(c["args"]) == TrainConfig(
+        **{**_cfg().to_dict(), "strategy": "multiworker", "metrics_port": 9400}
+    )
+    assert not api.deleted
+
+
+def test_launcher_reports_a_failed_job_with_its_message():
+    script = [
+        _cond("Created", "Running"),
+        _cond("Created", "Running", "Failed", message="worker-1 OOMKilled"),
+    ]
+    with FakeKubeApi(script) as api, pytest.raises(MedsynthError, match="failed: worker-1 OOMKilled"):
+        launcher.launch_training_job(
+            _cfg(),
+            "mpijob",
+            workers=2,
+            gpus_per_worker=8,
+            image="img:1",
+            api_client=api.client(),
+            poll_s=0.01,
+        )
+    assert api.created[0]["path"] == "/apis/kubeflow.org/v2beta1/namespaces/medsynth/mpijobs"
+
+
+def test_a_retried_launcher_follows_the_existing_job_and_a_timeout_deletes_it():
+    with FakeKubeApi([_cond("Created", "Running", "Succeeded")], existing=True) as api:
+        outcome = launcher.launch_training_job(
+            _cfg(), "tfjob", workers=2, gpus_per_worker=4, image="i", api_client=api.client(), poll_s=0.01
+        )
+    assert outcome.state == "Succeeded" and not api.created  # 409: adopted, not created twice
+
+    with FakeKubeApi([_cond("Created", "Running")]) as api, pytest.raises(MedsynthError, match="deleted it"):
+        launcher.launch_training_job(
+            _cfg(),
+            "tfjob",
+            workers=2,
+            gpus_per_worker=4,
+            image="i",
+            api_client=api.client(),
+            poll_s=0.01,
+            timeout_s=0.05,
+        )
+    assert api.deleted == [
+        f"/apis/kubeflow.org/v1/namespaces/medsynth/tfjobs/{launcher.job_name(_cfg(), 'tfjob')}"
+    ]
+
+
+def test_launch_step_builds_the_run_dir_in_the_bucket():
+    with FakeKubeApi([_cond("Succeeded")]) as api:
+        (run_dir,) = launcher.launch_step(
+            "tfjob",
+            "gs://b/datasets/phantom/h",
+            "gs://b/medsynth",
+            "run-7",
+            "final",
+            "xception",
+            64,
+            100,
+            32,
+            "imagenet",
+            0,
+            workers=2,
+            gpus_per_worker=2,
+            image="i",
+            api_client=api.client(),
+            poll_s=0.01,
+        )
+    assert run_dir == "gs://b/medsynth/runs/run-7/final"
+    args = api.created[0]["body"]["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
+    assert launcher.parse_argv_config(args).out == run_dir
+
+
+# --- the single-pod KFP task -------------------------------------------------------------------------
+
+
+def test_configure_gpu_task_compiles_into_the_pipeline_spec(tmp_path):
+    from kfp import compiler, dsl
+
+    @dsl.component(base_image="python:3.11")
+    def noop(x: int) -> int:
+        return x
+
+    @dsl.pipeline(name="gpu-check")
+    def pipe(gpus: int = 2):
+        task = noop(x=1)
+        launcher.configure_gpu_task(task, gpus, gpu_type="nvidia-l4", spot=True, credentials_secret="gcs-key")
+
+    out = tmp_path / "p.yaml"
+    compiler.Compiler().compile(pipe, str(out))
+    docs = list(yaml.safe_load_all(out.read_text()))
+    text = json.dumps(docs)
+    container = docs[0]["deploymentSpec"]["executors"]["exec-noop"]["container"]
+    assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in json.dumps(container.get("env", []))
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-noop"]
+    assert platform["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    keys = {t.get("key") for t in platform["tolerations"]}
+    assert keys == {"nvidia.com/gpu", "cloud.google.com/gke-spot"}
+    assert platform["secretAsVolume"][0]["secretName"] == "gcs-key"
+    assert platform["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+    assert "gpus" in text  # the limit follows the pipeline parameter
