@@ -19,7 +19,7 @@ from medsynth.errors import ConfigError
 
 log = logging.getLogger("medsynth")
 
-DEMO_BACKBONES = ["mobilenetv2", "resnet50v2", "xception"]
+DEMO_BACKBONES = ["mobilenetv2", "mobilenet"]
 
 
 @dataclass

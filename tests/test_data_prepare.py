@@ -160,3 +160,30 @@ def test_parallel_map_is_ordered_and_bounded():
         ahead.append(len(pulled) - (k + 1))
     assert out == list(range(40))
     assert max(ahead) <= 2 * 2 * 2 + 2  # window (2 chunks per worker) plus one chunk being cut
+
+
+def test_cli_prepare(tmp_path, capsys):
+    from medsynth.cli import main
+
+    assert (
+        main(
+            [
+                "prepare",
+                "builtin://phantom",
+                "--out",
+                str(tmp_path),
+                "--image-size",
+                str(SIZE),
+                "--phantom-frames",
+                "16",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "dataset ready:" in out and "datasets/phantom/" in out
+    assert main(["prepare", "builtin://nope", "--out", str(tmp_path), "--image-size", str(SIZE)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "builtin://phantom" in err[0]

@@ -2,7 +2,7 @@
 
 Each run is a fresh process (tests/train_worker.py): TensorFlow fixes its devices at start-up, and
 multi-worker runs need one process per worker. The runs train a tiny GAN (32 px, trainable
-MobileNetV2 backbone, width-2 generator) for a few steps on the same prepared phantom data; all
+MobileNet backbone, width-2 generator) for a few steps on the same prepared phantom data; all
 variables of G and D (weights and BN moving statistics) are compared.
 """
 
@@ -47,7 +47,7 @@ def _config(data: str, out: Path, **kw) -> dict:
         batch_size=BATCH,
         seed=11,
         checkpoint_every=STEPS,
-        backbone="mobilenetv2",
+        backbone="mobilenet",
         backbone_weights="none",
         latent_dim=16,
         generator_width=2,

@@ -117,7 +117,7 @@ def _init_worker(reader: Reader | None, limits: Limits) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-@dataclass
+@dataclass(slots=True)
 class Scan:
     index: int
     digest: str  # sha256 of the bytes (or of the listing problem)
@@ -333,7 +333,7 @@ class _Output:
         self.stats.add(frames)
         if split == "train" and len(self.preview) < PREVIEW_FRAMES and loop not in self._preview_loops:
             self._preview_loops.add(loop)
-            self.preview.append(frames[0])
+            self.preview.append(frames[0].copy())  # a copy: a view would keep the whole loop alive
 
     @property
     def total(self) -> int:

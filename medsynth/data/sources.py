@@ -41,7 +41,7 @@ class Limits:
     zip_max_entries: int = 1_000_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     index: int  # position in the sorted listing: the only way messages refer to an input
     rel: str  # relative path or member name; may hold PHI, never logged or written

@@ -193,8 +193,11 @@ def get_extractor(kind: str = "auto", weights: str = "imagenet", *, batch_size: 
     except MedsynthError as exc:
         if kind == "auto" and weights == "imagenet":
             fallback = _random_inception(seed, input_size or RANDOM_SIZE, batch_size)
-            (log or _stderr)(f"FID/KID: InceptionV3 ImageNet weights unavailable ({exc}); using "
-                             f"{fallback.name}, whose values compare only with the same extractor's")
+            note = (f"FID/KID: InceptionV3 ImageNet weights unavailable ({exc}); using "
+                    f"{fallback.name}, whose values compare only with the same extractor's")
+            if log is not None or note not in _NOTED:  # say it once per process, or whenever asked to
+                _NOTED.add(note)
+                (log or _stderr)(note)
             return fallback
         raise
     return _pretrained_inception(str(path), input_size or INCEPTION_SIZE, batch_size)
@@ -216,6 +219,7 @@ def resolve_inception_weights(spec: str, cache_dir: str | None = None) -> Path:
 
 
 _IMAGENET_FAILURE: list[StorageError] = []  # the first failed download in this process, not retried
+_NOTED: set[str] = set()
 
 
 def _keras_imagenet_file() -> Path:

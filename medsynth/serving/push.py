@@ -18,8 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medsynth import storage
 from medsynth.errors import ConfigError, ServingError
-from medsynth.storage import atomic_directory, atomic_write_json, read_json
+from medsynth.serving.export import list_versions
+from medsynth.storage import atomic_directory, atomic_write_json
 
 log = logging.getLogger("medsynth")
 
@@ -51,13 +53,6 @@ class PushDecision:
     def summary(self) -> str:
         verdict = f"pushed as version {self.version}" if self.pushed else "not pushed"
         return f"{verdict}: " + "; ".join(self.reasons)
-
-
-def served_versions(model_root: Path) -> list[int]:
-    """Integer version directories that are complete, newest last (what TF Serving would load)."""
-    if not model_root.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_root.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def infra_validate(model_dir: str | Path, timeout: float = 300.0) -> str | None:
@@ -98,19 +93,19 @@ def push(cfg: PushConfig) -> PushDecision:
 
     if cfg.metric not in PRIMARY_METRICS:
         raise ConfigError(f"unknown gate metric {cfg.metric!r}; choose one of {', '.join(PRIMARY_METRICS)}")
-    model = Path(cfg.model)
-    if not (model / "saved_model.pb").exists():
+    model = storage.fetch(cfg.model, Path(tempfile.gettempdir()) / "medsynth-push-cache")
+    if not (Path(model) / "saved_model.pb").exists():
         raise ServingError(f"--model {cfg.model} is not a SavedModel directory (no saved_model.pb)")
-    new = read_json(cfg.metrics)
+    new = storage.read_json(cfg.metrics)
     new = new.get("metrics", new)
     lower_is_better = PRIMARY_METRICS[cfg.metric] == "lower"
     value = new.get(cfg.metric)
-    model_root = Path(cfg.model_repository) / cfg.model_name
-    versions = served_versions(model_root)
+    model_root = f"{str(cfg.model_repository).rstrip('/')}/{cfg.model_name}"
+    versions = list_versions(model_root)
     served_version = versions[-1] if versions else None
     served: dict[str, Any] = {}
-    if served_version is not None and (model_root / str(served_version) / METRICS_FILE).exists():
-        served = read_json(model_root / str(served_version) / METRICS_FILE)
+    if served_version is not None and storage.exists(f"{model_root}/{served_version}/{METRICS_FILE}"):
+        served = storage.read_json(f"{model_root}/{served_version}/{METRICS_FILE}")
     served_value = served.get(cfg.metric)
 
     reasons: list[str] = []
@@ -145,13 +140,22 @@ def push(cfg: PushConfig) -> PushDecision:
     version = None
     if ok:
         version = (served_version or 0) + 1
-        with atomic_directory(model_root / str(version)) as tmp:
-            shutil.copytree(model, tmp, dirs_exist_ok=True)
-            atomic_write_json(tmp / METRICS_FILE, new)
-        log.info("pushed %s as %s", model, model_root / str(version))
+        target = f"{model_root}/{version}"
+        if storage.is_gcs(target):
+            # No rename on object storage: stage locally, then publish (files first, the marker last).
+            with tempfile.TemporaryDirectory() as tmp:
+                staged = Path(tmp) / str(version)
+                shutil.copytree(model, staged)
+                atomic_write_json(staged / METRICS_FILE, new)
+                storage.publish_dir(staged, target)
+        else:
+            with atomic_directory(target) as tmp:
+                shutil.copytree(model, tmp, dirs_exist_ok=True)
+                atomic_write_json(tmp / METRICS_FILE, new)
+        log.info("pushed %s as %s", cfg.model, target)
     decision = PushDecision(ok, version, cfg.metric, value, served_version, served_value, reasons)
     if cfg.decision_out:
-        atomic_write_json(cfg.decision_out, asdict(decision))
+        storage.write_json(cfg.decision_out, asdict(decision))
     return decision
 
 
