@@ -118,7 +118,9 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from medsynth.evaluate.report import EvaluateConfig, evaluate_run
 
-    cfg = EvaluateConfig(run=args.run, data=args.data, n=args.n, seed=args.seed, out=args.out)
+    cfg = EvaluateConfig(run=args.run, data=args.data, n=args.n, seed=args.seed, out=args.out,
+                         feature_extractor=args.feature_extractor, inception_weights=args.inception_weights,
+                         prdc_k=args.prdc_k)
     metrics = evaluate_run(cfg)
     for k, v in sorted(metrics.items()):
         print(f"{k}: {v}")
@@ -427,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=256)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None, help="where metrics.json and pictures go (default: the run)")
+    s.add_argument("--feature-extractor", default="auto",
+                   help="auto | inceptionv3 | inceptionv3-random (FID/KID/precision/recall feature space)")
+    s.add_argument("--inception-weights", default="imagenet", help="imagenet | PATH | gs://… (InceptionV3)")
+    s.add_argument("--prdc-k", type=int, default=3, help="k of the k-NN manifolds for precision/recall")
 
     s = sub.add_parser("export", help="export the generator as a TF Serving SavedModel")
     s.add_argument("--run", required=True)

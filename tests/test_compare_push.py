@@ -37,7 +37,7 @@ def test_comparison_refuses_what_it_cannot_rank(tmp_path):
         {"backbone": "a", "fid": 1.0, "feature_extractor": "inception"},
         {"backbone": "b", "fid": 2.0, "feature_extractor": "random"},
     ]
-    with pytest.raises(ConfigError, match="feature extractors"):
+    with pytest.raises(ConfigError, match="feature extractor"):
         pick_winner(rows, "fid")
     with pytest.raises(ConfigError, match="criterion"):
         pick_winner(rows, "beauty")

@@ -86,7 +86,7 @@ def test_iterator_checkpoint_resumes_exactly(ds_dir, tmp_path, cache):
 
 def test_augment_changes_images_within_range():
     x = tf.random.stateless_uniform([4, SIZE, SIZE, 1], seed=[1, 2], minval=-1, maxval=1)
-    y = augment_batch(x, tf.constant([0, 0], tf.int64), Augment(noise_std=0.0))
+    y = augment_batch(x, tf.constant([0, 0], tf.int64), Augment(flip_ud=0.5, rotate_deg=5.0, noise_std=0.02))
     assert y.shape == x.shape and float(tf.reduce_min(y)) >= -1 and float(tf.reduce_max(y)) <= 1
     assert not np.allclose(x.numpy(), y.numpy())
     # Switched off, it is the identity.
@@ -147,6 +147,8 @@ def test_resolve_dataset(ds_dir, tmp_path):
         resolve_dataset(str(tmp_path / "missing-data"), SIZE, tmp_path)
     with pytest.raises(DataError, match="builtin://phantom"):
         resolve_dataset("builtin://unknown", SIZE, tmp_path)
+    with pytest.raises(DataError, match="holds a prepared data set"):
+        resolve_dataset(str(ds_dir.parents[1]), SIZE, tmp_path)
     # The same source under the same cache is prepared once.
     again = resolve_dataset("builtin://phantom", SIZE, ds_dir.parents[2], seed=0, phantom_frames=N)
     assert again == ds_dir

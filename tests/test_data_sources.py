@@ -336,5 +336,17 @@ def test_gcs_source_and_output(gcs_bucket, phi_folder, tmp_path, caplog):
     local = resolve_dataset(uri, SIZE, tmp_path / "cache")
     assert load_manifest(local)["hash"] == manifest["hash"]
     assert next(iter(make_dataset(local, batch_size=4))).shape == (4, SIZE, SIZE, 1)
+    # A .zip object is a source too.
+    archive = tmp_path / "frames.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(phi_folder.rglob("*_loop0.dcm")):
+            zf.write(p, p.name)
+    storage.write_bytes(f"{gcs_bucket}/uploads/frames.zip", archive.read_bytes())
+    zipped = prepare(
+        PrepareConfig(
+            source=f"{gcs_bucket}/uploads/frames.zip", out=str(tmp_path / "z"), image_size=SIZE, workers=1
+        )
+    )
+    assert load_manifest(zipped)["frames"] == 16
     with pytest.raises(DataError, match="nothing-here"):
         prepare(PrepareConfig(source=f"{gcs_bucket}/nothing-here", out=str(tmp_path), image_size=SIZE))

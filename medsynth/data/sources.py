@@ -163,6 +163,12 @@ def _folder(root: Path, limits: Limits, scheme: str) -> Listing:
     skipped = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if "manifest.json" in filenames and "shards" in dirnames:
+            # Its preview.png would otherwise become a training frame and its shards "unsupported files".
+            raise DataError(
+                f"source {root} holds a prepared data set in {os.path.relpath(dirpath, root)}; "
+                "give that directory itself as the data set, not as a source to prepare"
+            )
         for fn in filenames:
             full = os.path.join(dirpath, fn)
             rel = os.path.relpath(full, root).replace(os.sep, "/")

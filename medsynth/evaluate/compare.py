@@ -56,7 +56,7 @@ def load_results(run_root: str | Path, backbones: list[str]) -> list[dict[str, A
 
 def pick_winner(rows: list[dict[str, Any]], criterion: str = "swd") -> str:
     """Best by `criterion` in its own direction; collapsed runs only win when every run collapsed."""
-    from medsynth.evaluate.suite import PRIMARY_METRICS
+    from medsynth.evaluate.suite import PRIMARY_METRICS, check_comparable
 
     if criterion not in PRIMARY_METRICS:
         raise ConfigError(
@@ -65,8 +65,8 @@ def pick_winner(rows: list[dict[str, Any]], criterion: str = "swd") -> str:
     usable = [r for r in rows if isinstance(r.get(criterion), (int, float)) and math.isfinite(r[criterion])]
     if not usable:
         raise DataError(f"no run has a finite {criterion}; cannot pick a backbone")
-    if criterion in ("fid", "kid") and len({r.get("feature_extractor") for r in usable}) > 1:
-        raise ConfigError(f"{criterion} values come from different feature extractors and cannot be ranked")
+    for r in usable[1:]:
+        check_comparable(usable[0], r, [criterion])  # feature-space metrics need one extractor
     sign = 1 if PRIMARY_METRICS[criterion] == "lower" else -1
     best = min(usable, key=lambda r: (bool(r.get("collapse")), sign * r[criterion]))
     return best["backbone"]

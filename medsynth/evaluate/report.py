@@ -28,6 +28,8 @@ class EvaluateConfig:
     out: str | None = None
     batch_size: int = 64
     feature_extractor: str = "auto"
+    inception_weights: str = "imagenet"
+    prdc_k: int = 3
 
     def __post_init__(self) -> None:
         from medsynth.errors import ConfigError
@@ -63,9 +65,14 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     )
     real = real_frames(data_dir, split="val", n=cfg.n, seed=cfg.seed)
     fake = generate_frames(generator, len(real), info["latent_dim"], cfg.seed, cfg.batch_size)
-    metrics = compute_metrics(
-        real, fake, MetricsConfig(n=len(real), seed=cfg.seed, feature_extractor=cfg.feature_extractor)
+    metrics_cfg = MetricsConfig(
+        n=len(real),
+        seed=cfg.seed,
+        prdc_k=cfg.prdc_k,
+        feature_extractor=cfg.feature_extractor,
+        inception_weights=cfg.inception_weights,
     )
+    metrics = compute_metrics(real, fake, metrics_cfg)
     metrics.update({"step": info["step"], "backbone": info["backbone"]})
     training = info.get("metrics") or {}
     for k in ("images_per_s", "wall_seconds"):

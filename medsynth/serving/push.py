@@ -89,7 +89,7 @@ def infra_validate(model_dir: str | Path, timeout: float = 300.0) -> str | None:
 
 
 def push(cfg: PushConfig) -> PushDecision:
-    from medsynth.evaluate.suite import PRIMARY_METRICS
+    from medsynth.evaluate.suite import EXTRACTOR_METRICS, PRIMARY_METRICS
 
     if cfg.metric not in PRIMARY_METRICS:
         raise ConfigError(f"unknown gate metric {cfg.metric!r}; choose one of {', '.join(PRIMARY_METRICS)}")
@@ -115,9 +115,10 @@ def push(cfg: PushConfig) -> PushDecision:
         reasons.append(f"new model has no {cfg.metric} in {cfg.metrics}")
     elif served_value is None:
         reasons.append(f"no served version with {cfg.metric} to beat; judged on its own metrics")
-    elif served.get("feature_extractor") != new.get("feature_extractor") and cfg.metric in ("fid", "kid"):
+    elif cfg.metric in EXTRACTOR_METRICS and served.get("feature_extractor") != new.get("feature_extractor"):
         ok = False
-        reasons.append(f"{cfg.metric} of different feature extractors cannot be compared")
+        reasons.append(f"{cfg.metric} of different feature extractors cannot be compared "
+                       f"({new.get('feature_extractor')!r} vs served {served.get('feature_extractor')!r})")
     else:
         better = value < served_value - cfg.margin if lower_is_better else value > served_value + cfg.margin
         word = "beats" if better else "does not beat"
