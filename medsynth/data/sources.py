@@ -27,7 +27,7 @@ BUILTINS = ("phantom",)
 SIDECAR_SUFFIXES = frozenset(
     {".json", ".txt", ".md", ".csv", ".xml", ".yaml", ".yml", ".log", ".html", ".htm", ".ini", ".cfg"}
 )
-SKIP_NAMES = frozenset({"_COMPLETE", "Thumbs.db", ".DS_Store"})
+SKIP_NAMES = frozenset({"_COMPLETE", "Thumbs.db", ".DS_Store", "DICOMDIR"})  # DICOMDIR: a media index
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from medsynth.storage import atomic_write_json, atomic_write_text, read_json
 from medsynth.train.checkpoints import CONFIG_FILE, RunCheckpoints
 from medsynth.train.config import TrainConfig
 from medsynth.train.step import AdversarialStep, sample_latents
-from medsynth.train.strategy import Distribution, horovod_sync_batch_norm, make_distribution
+from medsynth.train.strategy import Distribution, make_distribution, stable_sync_batch_norm
 from medsynth.train.telemetry import Telemetry, read_history
 
 log = logging.getLogger("medsynth")
@@ -279,9 +279,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     xla = resolve_xla(cfg.xla, capability, dist)
     with dist.strategy.scope():
         generator, discriminator = build_models(cfg, policy)
-        if dist.hvd is not None:
-            horovod_sync_batch_norm(generator, dist.hvd)
-            horovod_sync_batch_norm(discriminator, dist.hvd)
+        stable_sync_batch_norm(generator, dist.hvd)
+        stable_sync_batch_norm(discriminator, dist.hvd)
         g_opt = _optimizer(cfg.lr_g, cfg.beta_1, policy)
         d_opt = _optimizer(cfg.lr_d, cfg.beta_1, policy)
         # Built now, not at the first step: a restore then fills the slots at once, and Horovod can

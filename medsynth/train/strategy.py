@@ -230,50 +230,66 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
 
 
-def horovod_sync_batch_norm(model: tf.keras.Model, hvd: Any) -> int:
-    """Make the model's synchronised BN layers average their batch statistics over Horovod ranks.
+def stable_sync_batch_norm(model: tf.keras.Model, hvd: Any = None) -> int:
+    """Give the model's synchronised BN layers float64 batch statistics; returns how many changed.
 
-    Keras' `synchronized=True` all-reduces through the `tf.distribute` replica context, which
-    under Horovod is a single replica; Horovod's own `SyncBatchNormalization` does the same sums
-    with `hvd.allreduce`, but its `_moments` predates the `mask` argument of Keras 2.15. This
-    swaps each synchronised layer's class for a subclass whose statistics come from one grouped
-    Horovod all-reduce of (sum, sum of squares, count) — Keras' own formula. Weights, names and
-    checkpoints are unchanged. Returns how many layers were changed.
+    Keras' synchronised BN (2.15) sums x and x² in float32 and takes E[x²] - E[x]², which cancels
+    where a channel's mean is large against its spread; the statistics then depend on how the
+    batch was summed, and the gradients through them amplify that: measured here, G's gradients
+    differed by 1-5 % between one device and two Mirrored replicas (the loss by 1e-5), and a
+    two-pass float32 variance still by 1-2 %. With the sums in float64 they agree to < 1e-4 (the
+    loss to 1e-6). The sums are reductions of a few values per channel, so float64 costs one cast
+    of the activations, not float64 convolutions. Under `tf.distribute` the sums go through the
+    replica context's all-reduce (differentiable; what Keras uses); under Horovod, whose ranks
+    are each a single replica, through `hvd.allreduce` (what Horovod's SyncBatchNormalization
+    does). Only the class of each layer changes: weights, names and checkpoints stay the same.
     """
     changed = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
         is_bn = isinstance(layer, tf.keras.layers.BatchNormalization)
-        if is_bn and layer.synchronized and not getattr(layer, "_medsynth_horovod", False):
-            layer.__class__ = _horovod_bn_class(type(layer), hvd)
-            layer._medsynth_horovod = True
+        if is_bn and layer.synchronized and not getattr(layer, "_medsynth_stable", False):
+            layer.__class__ = _stable_bn_class(type(layer))
+            layer._medsynth_stable = True
+            layer._medsynth_hvd = hvd
             changed += 1
     return changed
 
 
-_HVD_BN_CLASSES: dict[type, type] = {}
+_BN_CLASSES: dict[type, type] = {}
 
 
-def _horovod_bn_class(base: type, hvd: Any) -> type:
-    if base in _HVD_BN_CLASSES:
-        return _HVD_BN_CLASSES[base]
+def _all_reduce_sum(layer: tf.keras.layers.Layer, t: tf.Tensor) -> tf.Tensor:
+    hvd = getattr(layer, "_medsynth_hvd", None)
+    if hvd is not None:
+        return hvd.allreduce(t, op=hvd.Sum)
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return t
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, t)
+
+
+def _stable_bn_class(base: type) -> type:
+    if base in _BN_CLASSES:
+        return _BN_CLASSES[base]
 
     def _sync_calculate_mean_and_var(self, x, reduction_axes, keep_dims, mask=None):  # noqa: ANN001, ANN202
-        if mask is not None:
-            raise ValueError("masked batch normalisation is not supported under Horovod")
-        y = tf.cast(x, tf.float32) if x.dtype in (tf.float16, tf.bfloat16) else x
-        local_sum = tf.reduce_sum(y, axis=reduction_axes, keepdims=True)
-        local_sq = tf.reduce_sum(tf.square(y), axis=reduction_axes, keepdims=True)
-        count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(y), reduction_axes)), y.dtype)
-        local_count = tf.fill(tf.shape(local_sum), count)
-        total = hvd.allreduce(tf.stack([local_sum, local_sq, local_count]), op=hvd.Sum)
-        mean = total[0] / total[2]
-        variance = total[1] / total[2] - tf.square(mean)
-        if not keep_dims:
-            mean = tf.squeeze(mean, reduction_axes)
-            variance = tf.squeeze(variance, reduction_axes)
-        return tf.cast(mean, x.dtype), tf.cast(variance, x.dtype)
+        if mask is not None:  # not used by medsynth's models; keep Keras' own path for it
+            return base._sync_calculate_mean_and_var(self, x, reduction_axes, keep_dims, mask=mask)
+        with tf.name_scope("moments"):
+            y = tf.cast(x, tf.float64)
+            local_sum = tf.reduce_sum(y, axis=reduction_axes, keepdims=True)
+            local_squares = tf.reduce_sum(tf.square(y), axis=reduction_axes, keepdims=True)
+            count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(y), reduction_axes)), tf.float64)
+            stacked = tf.stack([local_sum, local_squares, tf.fill(tf.shape(local_sum), count)])
+            total = _all_reduce_sum(self, stacked)
+            mean = total[0] / total[2]
+            variance = tf.maximum(total[1] / total[2] - tf.square(mean), 0.0)
+            if not keep_dims:
+                mean = tf.squeeze(mean, reduction_axes)
+                variance = tf.squeeze(variance, reduction_axes)
+            return tf.cast(mean, x.dtype), tf.cast(variance, x.dtype)
 
     methods = {"_sync_calculate_mean_and_var": _sync_calculate_mean_and_var}
-    cls = type(f"Horovod{base.__name__}", (base,), methods)
-    _HVD_BN_CLASSES[base] = cls
+    cls = type(f"Float64Stats{base.__name__}", (base,), methods)
+    _BN_CLASSES[base] = cls
     return cls
