@@ -25,7 +25,7 @@ DEMO_BACKBONES = ["mobilenetv2", "mobilenet"]
 @dataclass
 class DemoConfig:
     pipeline_root: str = "demo-out"
-    image_size: int = 64
+    image_size: int = 32
     steps: int | None = None
     compare_steps: int | None = None
     backbones: list[str] | None = field(default=None)

@@ -26,7 +26,11 @@ from medsynth.errors import ConfigError
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("train_worker.py")
 STEPS, BATCH = 2, 8
-TOL = dict(rtol=1e-4, atol=1e-5)  # Adam amplifies summation-order noise (DESIGN §3)
+# Adam moves each weight by about lr * sign(gradient) in its first steps, so an element whose gradient
+# is ~0 can move either way when summation order changes (DESIGN §3): a few elements may differ by a
+# fraction of lr (2e-4); nearly all must agree to 1e-5.
+TOL = dict(rtol=1e-4, atol=1e-4)
+STRICT, STRICT_SHARE = 1e-5, 0.01
 TIMEOUT = 900
 
 
@@ -94,11 +98,15 @@ def _load(prefix: Path, worker: int = 0) -> tuple[list[np.ndarray], dict]:
 
 def _assert_close(a: list[np.ndarray], b: list[np.ndarray], exact: bool = False) -> None:
     assert len(a) == len(b)
+    off = total = 0
     for i, (x, y) in enumerate(zip(a, b, strict=True)):
         if exact:
             np.testing.assert_array_equal(x, y, err_msg=f"variable {i}")
         else:
             np.testing.assert_allclose(x, y, **TOL, err_msg=f"variable {i}")
+            off += int(np.sum(np.abs(x - y) > STRICT + 1e-4 * np.abs(y)))
+            total += x.size
+    assert off <= STRICT_SHARE * max(total, 1), f"{off} of {total} values differ by more than {STRICT}"
 
 
 @pytest.fixture(scope="module")

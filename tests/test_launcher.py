@@ -349,3 +349,34 @@ def test_configure_gpu_task_compiles_into_the_pipeline_spec(tmp_path):
     assert platform["secretAsVolume"][0]["secretName"] == "gcs-key"
     assert platform["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
     assert "gpus" in text  # the limit follows the pipeline parameter
+
+
+def test_the_launch_component_compiles_into_a_pipeline(tmp_path):
+    from kfp import compiler, dsl
+
+    from components.launch_training_job import launch_training_job
+
+    @dsl.pipeline(name="multi-node")
+    def pipe(workers: int = 2):
+        launch_training_job(
+            kind="mpijob",
+            dataset_dir="gs://b/d",
+            storage_root="gs://b/m",
+            run_id="r",
+            run_name="final",
+            backbone="xception",
+            image_size=256,
+            steps=10,
+            batch_size=64,
+            backbone_weights="imagenet",
+            seed=0,
+            workers=workers,
+            gpus_per_worker=8,
+        )
+
+    out = tmp_path / "p.yaml"
+    compiler.Compiler().compile(pipe, str(out))
+    spec = yaml.safe_load(out.read_text())
+    (executor,) = spec["deploymentSpec"]["executors"].values()
+    assert "launch_step" in " ".join(executor["container"]["command"])
+    assert executor["container"]["image"].endswith("/base:" + __import__("medsynth").__version__)

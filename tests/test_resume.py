@@ -162,8 +162,6 @@ def test_sigkill_at_any_step_then_restart_ends_bitwise_equal(dataset, straight, 
     assert reached < STEPS
     again = _start(_argv(dataset, run), log)
     assert _wait(again, log) == 0, log.read_text()[-3000:]
-    text = log.read_text()
-    assert "resuming from" in text or "steps_this_run" in (run / "metrics.json").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 < metrics["steps_this_run"] < STEPS  # it continued, it did not start over
     _assert_bitwise(_state(run / "checkpoints"), straight)

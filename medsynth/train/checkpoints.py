@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ def pull_checkpoints(remote: str, local_dir: str | Path) -> list[tuple[int, str]
     storage.sync_down(remote, local_dir)
     found = local_checkpoints(local_dir)
     if found:
-        tf.train.update_checkpoint_state(
+        tf.compat.v1.train.update_checkpoint_state(
             str(local_dir), found[-1][1], all_model_checkpoint_paths=[p for _, p in found]
         )
     return found
@@ -77,6 +78,7 @@ class RunCheckpoints:
         keep: int,
         remote: str | None = None,
         write: bool = True,
+        collective: bool = False,
         **objects: Any,
     ) -> None:
         self.dir = Path(run_dir) / "checkpoints"
@@ -84,6 +86,7 @@ class RunCheckpoints:
         self.keep = keep
         self.remote = remote.rstrip("/") if remote else None
         self.write = write
+        self.collective = collective
         if self.remote:
             pulled = pull_checkpoints(self.remote, self.dir)
             if pulled:
@@ -122,6 +125,12 @@ class RunCheckpoints:
     def save(self, step: int) -> str | None:
         """Write a checkpoint (chief only), upload it with its marker last, prune what keep-N drops."""
         if not self.write:
+            if self.collective:  # TF's multi-worker pattern: non-chiefs save too, to a scratch dir
+                scratch = tempfile.mkdtemp(prefix=".worker-ckpt-", dir=self.dir.parent)
+                try:
+                    self.checkpoint.write(str(Path(scratch) / PREFIX))
+                finally:
+                    shutil.rmtree(scratch, ignore_errors=True)
             return None
         atomic_write_json(self.dir / SIGNATURE_FILE, self.signature)
         path = self.manager.save(checkpoint_number=step)

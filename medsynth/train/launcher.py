@@ -424,7 +424,9 @@ def launch_step(
     poll_s: float = 15.0,
 ) -> tuple[str]:
     """What the `launch_training_job` component does: the pipeline's `train` task, on several nodes."""
-    run_dir = "/".join([storage_root.rstrip("/"), "runs", run_id, run_name])
+    from medsynth.pipeline_steps import join
+
+    run_dir = join(storage_root, "runs", run_id, run_name)  # the same place the single-pod step uses
     cfg = TrainConfig(
         data=dataset_dir,
         out=run_dir,

@@ -116,7 +116,9 @@ def resolve_xla(choice: str, capability: tuple[int, int] | None, dist: Distribut
             )
         return False
     if choice == "auto":
-        return capability is not None
+        # On for one GPU. Several replicas all-reduce inside the step (synchronised BN): XLA with
+        # collectives is not verified here, so it stays opt-in (--xla on) for Mirrored/MultiWorker.
+        return capability is not None and dist.replicas == 1
     return choice == "on"
 
 
@@ -232,7 +234,8 @@ class _Outputs:
             return
         for path in sorted(p for p in self.local.rglob("*") if p.is_file()):
             rel = path.relative_to(self.local).as_posix()
-            if rel.split("/", 1)[0] in _OUTPUTS_KEPT_LOCAL or path.name.startswith("."):
+            parts = rel.split("/")
+            if parts[0] in _OUTPUTS_KEPT_LOCAL or any(p.startswith(".") for p in parts):  # temp files
                 continue
             st = path.stat()
             stamp = (st.st_size, st.st_mtime_ns)
@@ -297,6 +300,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         cfg.keep_checkpoints,
         remote=f"{remote}/checkpoints" if remote else None,
         write=chief,
+        # MultiWorkerMirrored: saving reads sync-on-read variables, a collective every worker joins.
+        collective=dist.name == "multiworker",
         step=step_var,
         generator=generator,
         discriminator=discriminator,
@@ -395,8 +400,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                     values = {k: float(v) for k, v in out_values.items()}
                     telemetry.scalars(step, values, bar.rate() * cfg.batch_size)
                 bar.update(1, postfix=_postfix(values, bar.rate() * cfg.batch_size))
-                if chief and (step % cfg.sample_every == 0 or step == cfg.steps):
-                    _write_samples(run_dir, generator, fixed_z, step, telemetry)
+                if step % cfg.sample_every == 0 or step == cfg.steps:
+                    # Every worker runs G: under MultiWorkerMirrored, reading BN's moving statistics
+                    # (sync-on-read variables) is a collective that all workers must join.
+                    _write_samples(run_dir, generator, fixed_z, step, telemetry, chief)
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                     checkpoints.save(step)
                     if chief:
@@ -446,9 +453,11 @@ def _postfix(values: dict[str, float], images_per_s: float) -> str:
 
 
 def _write_samples(
-    run_dir: Path, generator: tf.keras.Model, z: tf.Tensor, step: int, telemetry: Telemetry
+    run_dir: Path, generator: tf.keras.Model, z: tf.Tensor, step: int, telemetry: Telemetry, chief: bool
 ) -> None:
     images = tf.cast(generator(z, training=False), tf.float32).numpy()
+    if not chief:
+        return
     telemetry.samples(step, images)
     save_grid(images, run_dir / "samples" / f"step_{step:06d}.png", title=f"step {step}")
     save_grid(images, run_dir / "samples" / "latest.png", title=f"step {step}")

@@ -191,9 +191,9 @@ class AdversarialStep:
 
     def _agree(self, flag: tf.Tensor) -> tf.Tensor:
         """The largest `flag` of all workers (a SIGTERM seen by any; the newest step any resumed from)."""
-        flag = tf.cast(flag, tf.float32)
+        flag = tf.reshape(tf.cast(flag, tf.float32), [1])
         per_replica = self.strategy.run(lambda: tf.identity(flag))
-        total = self.strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica, axis=None)
+        total = tf.reduce_max(self.strategy.gather(per_replica, axis=0))  # ReduceOp has no MAX
         if self.hvd is not None:
             total = self.hvd.allreduce(total, op=self.hvd.Max)
         return total
