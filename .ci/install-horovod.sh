@@ -14,7 +14,7 @@ if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null || ! command -v 
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++ make
 fi
 # Horovod's setup imports its runtime requirements; with --no-build-isolation they must be present.
-.venv/bin/pip install --quiet cloudpickle psutil pyyaml packaging
+.venv/bin/pip install --quiet "cloudpickle==3.1.3" "psutil==7.2.2" "PyYAML==6.0.4" packaging
 echo "horovod: building 0.28.1 against $("$PY" -c 'import tensorflow as tf; print("tensorflow", tf.__version__)')"
 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \

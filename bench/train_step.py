@@ -97,7 +97,7 @@ def _time(fn, iterator, steps: int) -> float:  # noqa: ANN001
 def bench_size(args: argparse.Namespace, size: int, work: Path) -> dict:
     capability = _gpu_capability()
     policy = resolve_precision(args.mixed_precision, capability)
-    xla = {"on": True, "off": False, "auto": capability is not None}[args.xla]
+    xla = args.xla == "on"  # auto is off: XLA cannot compile the step in TF 2.15 (medsynth.train.loop)
     cfg = TrainConfig(data="-", out="-", image_size=size, batch_size=args.batch, backbone=args.backbone,
                       backbone_weights="none", backbone_mode=args.backbone_mode, latent_dim=100,
                       generator_width=args.width)

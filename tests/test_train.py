@@ -13,7 +13,7 @@ from medsynth.train.step import AdversarialStep, latent_batch
 from medsynth.train.telemetry import read_history
 
 SIZE = 32
-BACKBONE = "mobilenetv2"
+BACKBONE = "mobilenet"  # trainable (weights none): the quickest backbone to trace
 
 
 def _models(seed: int = 0):
@@ -236,3 +236,12 @@ def test_analytic_flops_match_tf_profiler_on_the_generator():
     assert f["step"] == f["d_step"] + f["g_step"] and f["frozen_backbone"] == 0.0
     # the G update costs at least G forward + backward (3x forward) on the batch
     assert f["g_step"] > 3 * 4 * f["g_forward_per_image"]
+
+
+@pytest.mark.slow
+def test_xla_on_is_refused_clearly_where_xla_cannot_compile_the_step(tmp_path):
+    """TF 2.15's XLA has no kernel for UpSampling2D's gradient: a clear ConfigError, not a stack trace."""
+    from medsynth.train.loop import train
+
+    with pytest.raises(ConfigError, match="--xla on: XLA cannot compile .*ResizeNearestNeighborGrad"):
+        train(_cfg(tmp_path, "runs/r/xla", steps=1, xla="on", backbone_mode="frozen"))
