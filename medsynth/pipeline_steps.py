@@ -31,9 +31,11 @@ def local(uri: str) -> Path:
 
 
 def publish_back(local_dir: Path, uri: str) -> None:
-    """Results written next to a fetched copy go back to object storage."""
+    """Results written in a working copy go to where the storage layout says they live."""
     if storage.is_gcs(uri):
         storage.upload_dir(local_dir, uri)
+    elif Path(uri).resolve() != Path(local_dir).resolve():
+        storage.copy_tree(str(local_dir), uri)
 
 
 def _dir(artifact: Any) -> Path:
