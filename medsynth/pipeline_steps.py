@@ -87,6 +87,36 @@ def prepare_step(
     return (str(result),)
 
 
+def task_train_config(
+    dataset_dir: str,
+    storage_root: str,
+    run_id: str,
+    run_name: str,
+    backbone: str,
+    image_size: int,
+    steps: int,
+    batch_size: int,
+    backbone_weights: str,
+    seed: int,
+    strategy: str = "auto",
+) -> Any:
+    """The TrainConfig of a pipeline training task, single pod or multi-node job alike."""
+    from medsynth.train.config import TrainConfig
+
+    return TrainConfig(
+        data=dataset_dir,
+        out=join(storage_root, "runs", run_id, run_name),
+        image_size=image_size,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        backbone=backbone,
+        backbone_weights=backbone_weights,
+        strategy=strategy,
+        checkpoint_every=max(1, min(500, steps // 4 or 1)),
+    )
+
+
 def train_step(
     dataset_dir: str,
     storage_root: str,
@@ -104,22 +134,22 @@ def train_step(
     samples: Any,
 ) -> tuple[str]:
     from medsynth.evaluate.report import report_html
-    from medsynth.train.config import TrainConfig
     from medsynth.train.loop import train
 
-    run_uri = join(storage_root, "runs", run_id, run_name)
-    cfg = TrainConfig(
-        data=dataset_dir,
-        out=run_uri,
-        image_size=image_size,
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
-        backbone=backbone,
-        backbone_weights=backbone_weights,
-        strategy=strategy,
-        checkpoint_every=max(1, min(500, steps // 4 or 1)),
+    cfg = task_train_config(
+        dataset_dir,
+        storage_root,
+        run_id,
+        run_name,
+        backbone,
+        image_size,
+        steps,
+        batch_size,
+        backbone_weights,
+        seed,
+        strategy,
     )
+    run_uri = cfg.out
     result = train(cfg)
     run_dir = Path(result.run_dir) if Path(result.run_dir).is_dir() else local(run_uri)
     out = _dir(model)

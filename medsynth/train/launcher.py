@@ -42,7 +42,10 @@ HOME = "/home/medsynth"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 SPOT_TOLERATION = {
-    "key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule",
+    "key": "cloud.google.com/gke-spot",
+    "operator": "Equal",
+    "value": "true",
+    "effect": "NoSchedule",
 }
 GPU_NODE_LABEL = "cloud.google.com/gke-accelerator"
 LABELS = {"app.kubernetes.io/name": "medsynth-trainer", "app.kubernetes.io/component": "training"}
@@ -103,8 +106,9 @@ def configure_gpu_task(
     for toleration in [GPU_TOLERATION] + ([SPOT_TOLERATION] if spot else []):
         kubernetes.add_toleration(task, **toleration)
     if shm_size:
-        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                                   size_limit=shm_size)
+        kubernetes.empty_dir_mount(
+            task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=shm_size
+        )
     if credentials_secret:
         kubernetes.use_secret_as_volume(task, secret_name=credentials_secret, mount_path=CREDENTIALS_MOUNT)
         task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{CREDENTIALS_MOUNT}/key.json")
@@ -221,8 +225,9 @@ def job_manifest(
         raise ConfigError(
             f"--batch-size {cfg.batch_size} does not split over {ranks} GPUs; use a multiple of {ranks}"
         )
-    cfg = TrainConfig(**{**cfg.to_dict(), "strategy": strategy,
-                         "metrics_port": cfg.metrics_port or METRICS_PORT})
+    cfg = TrainConfig(
+        **{**cfg.to_dict(), "strategy": strategy, "metrics_port": cfg.metrics_port or METRICS_PORT}
+    )
     argv = train_argv(cfg)
     name = name or job_name(cfg, kind)
     labels = {**LABELS, "app.kubernetes.io/part-of": "medsynth"}
@@ -238,13 +243,30 @@ def job_manifest(
             "env": _ENV,
             "resources": _resources(gpus_per_worker),
         }
-        worker = {"replicas": workers, "restartPolicy": "OnFailure",
-                  "template": _gpu_pod("worker", container, gpu_type, spot)}
-        return {"apiVersion": f"{GROUP}/{version}", "kind": "TFJob", "metadata": meta,
-                "spec": {"runPolicy": run_policy, "tfReplicaSpecs": {"Worker": worker}}}
+        worker = {
+            "replicas": workers,
+            "restartPolicy": "OnFailure",
+            "template": _gpu_pod("worker", container, gpu_type, spot),
+        }
+        return {
+            "apiVersion": f"{GROUP}/{version}",
+            "kind": "TFJob",
+            "metadata": meta,
+            "spec": {"runPolicy": run_policy, "tfReplicaSpecs": {"Worker": worker}},
+        }
     launcher_cmd = [
-        "--gloo", "-np", str(ranks), "--hostfile", "/etc/mpi/hostfile", "-p", str(SSH_PORT),
-        "--network-interface", "eth0", "medsynth", "train", *argv,
+        "--gloo",
+        "-np",
+        str(ranks),
+        "--hostfile",
+        "/etc/mpi/hostfile",
+        "-p",
+        str(SSH_PORT),
+        "--network-interface",
+        "eth0",
+        "medsynth",
+        "train",
+        *argv,
     ]
     volumes, mounts = _volumes(None, "1Gi")
     launcher = {
@@ -255,18 +277,22 @@ def job_manifest(
             "spec": {
                 "serviceAccountName": SERVICE_ACCOUNT,
                 "securityContext": _pod_security(),
-                "containers": [{
-                    "name": "launcher",
-                    "image": image,
-                    "command": ["horovodrun"],
-                    "args": launcher_cmd,
-                    # horovodrun forwards the launcher's environment to every rank.
-                    "env": _ENV,
-                    "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
-                                  "limits": {"cpu": "1", "memory": "2Gi"}},
-                    "securityContext": _container_security(),
-                    "volumeMounts": mounts,
-                }],
+                "containers": [
+                    {
+                        "name": "launcher",
+                        "image": image,
+                        "command": ["horovodrun"],
+                        "args": launcher_cmd,
+                        # horovodrun forwards the launcher's environment to every rank.
+                        "env": _ENV,
+                        "resources": {
+                            "requests": {"cpu": "500m", "memory": "1Gi"},
+                            "limits": {"cpu": "1", "memory": "2Gi"},
+                        },
+                        "securityContext": _container_security(),
+                        "volumeMounts": mounts,
+                    }
+                ],
                 "volumes": volumes,
             },
         },
@@ -279,8 +305,11 @@ def job_manifest(
         "ports": [{"name": "ssh", "containerPort": SSH_PORT, "protocol": "TCP"}, *_PORTS],
         "resources": _resources(gpus_per_worker),
     }
-    worker = {"replicas": workers, "restartPolicy": "OnFailure",
-              "template": _gpu_pod("worker", worker_container, gpu_type, spot)}
+    worker = {
+        "replicas": workers,
+        "restartPolicy": "OnFailure",
+        "template": _gpu_pod("worker", worker_container, gpu_type, spot),
+    }
     return {
         "apiVersion": f"{GROUP}/{version}",
         "kind": "MPIJob",
@@ -367,8 +396,16 @@ def launch_training_job(
 
     kind = _kind(kind)
     version, plural, _ = KINDS[kind]
-    body = job_manifest(kind, cfg, workers, gpus_per_worker, image or TRAINER_IMAGE,
-                        namespace=namespace, gpu_type=gpu_type, spot=spot)
+    body = job_manifest(
+        kind,
+        cfg,
+        workers,
+        gpus_per_worker,
+        image or TRAINER_IMAGE,
+        namespace=namespace,
+        gpu_type=gpu_type,
+        spot=spot,
+    )
     name = body["metadata"]["name"]
     api = _api(api_client)
     where = f"{body['kind']} {namespace}/{name}"
@@ -377,8 +414,10 @@ def launch_training_job(
         log.info("created %s", where)
     except ApiException as e:
         if e.status != 409:
-            raise MedsynthError(f"cannot create {where}: HTTP {e.status} {e.reason}; is the "
-                                f"{'MPI' if kind == 'mpijob' else 'Training'} Operator installed?") from e
+            raise MedsynthError(
+                f"cannot create {where}: HTTP {e.status} {e.reason}; is the "
+                f"{'MPI' if kind == 'mpijob' else 'Training'} Operator installed?"
+            ) from e
         log.info("%s exists already (an earlier attempt): following it", where)
     start = time.monotonic()
     transitions: list[str] = []
@@ -424,22 +463,33 @@ def launch_step(
     poll_s: float = 15.0,
 ) -> tuple[str]:
     """What the `launch_training_job` component does: the pipeline's `train` task, on several nodes."""
-    from medsynth.pipeline_steps import join
+    from medsynth.pipeline_steps import task_train_config
 
-    run_dir = join(storage_root, "runs", run_id, run_name)  # the same place the single-pod step uses
-    cfg = TrainConfig(
-        data=dataset_dir,
-        out=run_dir,
-        image_size=image_size,
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
-        backbone=backbone,
-        backbone_weights=backbone_weights,
-        checkpoint_every=max(1, min(500, steps // 4 or 1)),
+    # the same place and settings the single-pod train task uses
+    cfg = task_train_config(
+        dataset_dir,
+        storage_root,
+        run_id,
+        run_name,
+        backbone,
+        image_size,
+        steps,
+        batch_size,
+        backbone_weights,
+        seed,
     )
-    launch_training_job(cfg, kind, workers, gpus_per_worker, image=image or None, namespace=namespace,
-                        gpu_type=gpu_type or None, api_client=api_client, poll_s=poll_s)
+    run_dir = cfg.out
+    launch_training_job(
+        cfg,
+        kind,
+        workers,
+        gpus_per_worker,
+        image=image or None,
+        namespace=namespace,
+        gpu_type=gpu_type or None,
+        api_client=api_client,
+        poll_s=poll_s,
+    )
     return (run_dir,)
 
 
