@@ -27,13 +27,6 @@ def _command(name: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def _not_yet(name: str, issue: str) -> Handler:
-    def run(args: argparse.Namespace) -> int:
-        raise ConfigError(f"`medsynth {name}` is not there yet ({issue})")
-
-    return run
-
-
 # --- demo ---------------------------------------------------------------------------------------
 @_command("demo")
 def _demo(args: argparse.Namespace) -> int:

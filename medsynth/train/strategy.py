@@ -217,19 +217,6 @@ def _horovod(gpus: int | None, physical: list[Any]) -> Distribution:
     )
 
 
-def make_strategy(name: str = "auto", gpus: int | None = None) -> tf.distribute.Strategy:
-    """The `tf.distribute` strategy alone (Horovod runs each rank under a one-device strategy)."""
-    return make_distribution(name, gpus).strategy
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Only the chief writes checkpoints, samples and metrics."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
-
-
 def stable_sync_batch_norm(model: tf.keras.Model, hvd: Any = None) -> int:
     """Give the model's synchronised BN layers float64 batch statistics; returns how many changed.
 
