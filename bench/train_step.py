@@ -8,8 +8,10 @@ D on real and generated frames, then G through D. The reference is written the w
 TensorFlow DCGAN tutorial writes its step — a `tf.function` per model update launched from
 Python, D called separately on real and generated frames, Keras loss objects, `tf.random.normal`
 latents. This project's step (medsynth.train.step.AdversarialStep) runs both updates in one
-function, shows D one concatenated batch, reuses a frozen backbone's features of the real frames
-in the G update, and can be XLA-compiled.
+function on one generated batch: G's forward pass and a frozen backbone's pass over [real; fake]
+serve both updates (G's update adds only backward passes), and it can be XLA-compiled (--xla on).
+GFLOP/s count the FLOPs each step actually runs (medsynth.train.flops.step_flops), so ours does
+fewer per image for the same update.
 
 Timed blocks alternate (ours, reference, ours, …) so that load from other processes hits both;
 the median block counts. FLOPs are counted analytically (medsynth.train.flops) and reported
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import tensorflow as tf  # noqa: E402
 
+from medsynth.models.layers import fuse_batch_norm  # noqa: E402
 from medsynth.train.config import TrainConfig  # noqa: E402
 from medsynth.train.flops import step_flops  # noqa: E402
 from medsynth.train.loop import _gpu_capability, _optimizer, build_models, resolve_precision  # noqa: E402
@@ -105,6 +108,8 @@ def bench_size(args: argparse.Namespace, size: int, work: Path) -> dict:
     models = {name: build_models(cfg, policy) for name in ("ours", "reference")}
     for a, b in zip(models["ours"], models["reference"], strict=True):
         b.set_weights(a.get_weights())
+        for m in (a, b):  # one device: plain fused BN on both sides, as train() and the tutorial use
+            fuse_batch_norm(m)
     opts = {name: (_optimizer(2e-4, 0.5, policy), _optimizer(2e-4, 0.5, policy)) for name in models}
     g, d = models["ours"]
     ours = AdversarialStep(g, d, *opts["ours"], global_batch_size=args.batch, latent_dim=100, seed=0,
@@ -127,8 +132,8 @@ def bench_size(args: argparse.Namespace, size: int, work: Path) -> dict:
             blocks[name].append(args.batch * args.steps / _time(fn, iterator, args.steps))
     load_after = os.getloadavg()[0]
     ips = {k: statistics.median(v) for k, v in blocks.items()}
-    flops_ours = step_flops(*models["ours"], args.batch, d_real_in_g_step=True)
-    flops_ref = step_flops(*models["reference"], args.batch, d_real_in_g_step=False)
+    flops_ours = step_flops(*models["ours"], args.batch, fused=True)
+    flops_ref = step_flops(*models["reference"], args.batch, fused=False)
     row = {
         "size": size,
         "batch": args.batch,

@@ -156,9 +156,12 @@ def _push(args: argparse.Namespace) -> int:
 # --- compile ------------------------------------------------------------------------------------
 @_command("compile")
 def _compile(args: argparse.Namespace) -> int:
+    from medsynth.train.launcher import Placement
     from pipelines.medsynth_train import compile_pipeline
 
-    path = compile_pipeline(args.out, backbones=_csv(args.backbones))
+    placement = Placement(gpu_type=args.gpu_type, spot=args.spot, credentials_secret=args.credentials_secret,
+                          multi_node=args.multi_node)
+    path = compile_pipeline(args.out, backbones=_csv(args.backbones), placement=placement)
     print(f"compiled pipeline: {path}")
     return 0
 
@@ -395,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone-mode", choices=["frozen", "trainable"], default=None)
     s.add_argument("--latent-dim", type=int, default=100)
     s.add_argument("--generator-width", type=int, default=8, help="w in F = 2**level * w (Table 1: 8)")
+    s.add_argument("--r1-gamma", type=float, default=0.0,
+                   help="weight of the R1 penalty on D's gradient at real frames (0: off)")
+    s.add_argument("--lr-g", type=float, default=2e-4, help="generator learning rate (Adam)")
+    s.add_argument("--lr-d", type=float, default=2e-4, help="discriminator learning rate (Adam)")
     s.add_argument("--augment", action="store_true", help="X-ray-plausible augmentation of real frames")
     s.add_argument(
         "--strategy",
@@ -443,6 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compile", help="write the pipeline YAML for the Kubeflow UI")
     s.add_argument("--out", default="pipelines/medsynth_train.yaml")
     s.add_argument("--backbones", default=None, help="comma-separated; default: the 8 of Table 2")
+    s.add_argument("--gpu-type", default=None,
+                   help="GKE accelerator label for a node selector, e.g. nvidia-l4")
+    s.add_argument("--spot", action="store_true", help="let training pods run on spot nodes (they resume)")
+    s.add_argument("--credentials-secret", default=None,
+                   help="secret with a key.json for GCS (default: Workload Identity, no key)")
+    s.add_argument("--multi-node", default=None, metavar="mpijob|tfjob",
+                   help="run the final training as a multi-node MPIJob (Horovod) or TFJob "
+                        "(MultiWorkerMirrored) with the run parameters `workers` and `gpus`")
 
     s = sub.add_parser("serve", help="serve a model repository with TF Serving's REST and gRPC APIs")
     s.add_argument("--model-base-path", "--model_base_path", dest="model_base_path", required=True,

@@ -17,6 +17,7 @@ from kfp import compiler, dsl
 from components.compare import compare
 from components.evaluate import evaluate
 from components.export import export
+from components.launch_training_job import launch_training_job
 from components.prepare import prepare
 from components.push import push
 from components.train import train
@@ -35,10 +36,16 @@ def _task_name(backbone: str) -> str:
     return re.sub(r"[^a-z0-9-]", "-", backbone.lower())
 
 
-def build_pipeline(backbones: Sequence[str] | None = None) -> Callable:
-    """The pipeline function for a fixed list of backbones to compare."""
-    from medsynth.models.backbones import get_backbone
+def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Callable:  # noqa: ANN001
+    """The pipeline function for a fixed list of backbones to compare and a fixed `Placement`.
 
+    The placement (medsynth.train.launcher.Placement: GPU node type, spot nodes, credentials,
+    multi-node final training) shapes the pods' specs, so it is chosen at compile time.
+    """
+    from medsynth.models.backbones import get_backbone
+    from medsynth.train.launcher import Placement
+
+    placement = placement or Placement()
     backbones = list(backbones or default_backbones())
     for b in backbones:
         get_backbone(b)  # unknown names fail at compile time, with the list of valid ones
@@ -61,6 +68,8 @@ def build_pipeline(backbones: Sequence[str] | None = None) -> Callable:
         gate_margin: float = 0.0,
         phantom_frames: int = 4096,
         seed: int = 0,
+        workers: int = 2,
+        namespace: str = "medsynth",
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         data = prepare(
@@ -89,7 +98,7 @@ def build_pipeline(backbones: Sequence[str] | None = None) -> Callable:
                 seed=seed,
             )
             short.set_display_name(f"train-{_task_name(backbone)}").set_caching_options(False)
-            short.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+            placement.on_gpus(short, 1)
             judged = evaluate(
                 run_dir=short.outputs["run_dir"], dataset_dir=dataset_dir, n=eval_frames, seed=seed
             )
@@ -99,7 +108,7 @@ def build_pipeline(backbones: Sequence[str] | None = None) -> Callable:
         ranking = compare(run_root=f"{storage_root}/runs/{run_id}", backbones=backbones, criterion=criterion)
         ranking.set_display_name("compare").after(*evaluations)
 
-        final = train(
+        common = dict(
             dataset_dir=dataset_dir,
             storage_root=storage_root,
             run_id=run_id,
@@ -109,11 +118,21 @@ def build_pipeline(backbones: Sequence[str] | None = None) -> Callable:
             steps=train_steps,
             batch_size=batch_size,
             backbone_weights=backbone_weights,
-            strategy=strategy,
             seed=seed,
         )
+        if placement.multi_node:
+            # `workers` nodes of `gpus` GPUs each, run by the training operator; this task follows it
+            final = launch_training_job(
+                kind=placement.multi_node,
+                workers=workers,
+                gpus_per_worker=gpus,
+                namespace=namespace,
+                gpu_type=placement.gpu_type or "",
+                **common,
+            )
+        else:
+            final = placement.on_gpus(train(strategy=strategy, **common), gpus)
         final.set_display_name("train-final").set_caching_options(False)
-        final.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
         judged = evaluate(run_dir=final.outputs["run_dir"], dataset_dir=dataset_dir, n=eval_frames, seed=seed)
         judged.set_display_name("evaluate-final")
         exported = export(
@@ -133,13 +152,15 @@ def build_pipeline(backbones: Sequence[str] | None = None) -> Callable:
     return medsynth_train
 
 
-def compile_pipeline(out: str | Path = DEFAULT_YAML, backbones: Sequence[str] | None = None) -> Path:
+def compile_pipeline(
+    out: str | Path = DEFAULT_YAML, backbones: Sequence[str] | None = None, placement=None  # noqa: ANN001
+) -> Path:
     """Write the YAML a user uploads in the Kubeflow UI (atomically)."""
     from medsynth.storage import atomic_write_text
 
     out = Path(out)
     tmp = out.with_name(f".{out.name}.compiling.yaml")
-    compiler.Compiler().compile(build_pipeline(backbones), str(tmp))
+    compiler.Compiler().compile(build_pipeline(backbones, placement), str(tmp))
     atomic_write_text(out, tmp.read_text())
     tmp.unlink()
     return out

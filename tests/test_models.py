@@ -331,3 +331,23 @@ def test_summary_with_imagenet_weights_counts_frozen_and_downloads_nothing(monke
     frozen = table.split("this build, backbone frozen")[1].split("the same")[0]
     assert _row(frozen, "discriminator")[1] == 1_024  # only the head on MobileNet's 1,024 features
     assert "The paper reports 256 px with Xception only" in table
+
+
+def test_nearest_upsampling_is_keras_upsampling_with_an_xla_gradient():
+    from medsynth.models.layers import NearestUpSampling2D
+
+    x = tf.random.stateless_normal([2, 3, 5, 4], seed=[1, 2])
+    keras = tf.keras.layers.UpSampling2D(2)(x).numpy()
+    np.testing.assert_array_equal(NearestUpSampling2D(2)(x).numpy(), keras)
+
+    @tf.function(jit_compile=True)
+    def grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(NearestUpSampling2D(2)(x) * tf.range(10.0)[None, None, :, None])
+        return tape.gradient(y, x)
+
+    # each input pixel's gradient is the sum of the weights of the 2x2 block it was copied to
+    w = np.arange(10.0)[None, None, :, None] * np.ones([2, 6, 10, 4])  # the output is 6 x 10
+    expected = w.reshape(2, 3, 2, 5, 2, 4).sum(axis=(2, 4))
+    np.testing.assert_allclose(grad(x).numpy(), expected)

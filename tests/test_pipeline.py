@@ -19,7 +19,7 @@ def spec(tmp_path_factory):
     from pipelines.medsynth_train import compile_pipeline
 
     out = compile_pipeline(tmp_path_factory.mktemp("c") / "p.yaml", backbones=["mobilenetv2", "xception"])
-    return yaml.safe_load(out.read_text())
+    return next(yaml.safe_load_all(out.read_text()))  # the pipeline spec; the platform spec follows
 
 
 def test_compiled_pipeline_has_the_dag_of_design(spec):
@@ -75,6 +75,44 @@ def test_components_run_on_project_images_without_runtime_installs(spec):
     assert gpu and all(e["container"]["resources"]["accelerator"]["resourceCount"] for e in gpu)
 
 
+def test_training_tasks_run_on_gpu_nodes_with_the_compiled_placement(tmp_path):
+    from medsynth.train.launcher import Placement
+    from pipelines.medsynth_train import compile_pipeline
+
+    placement = Placement(gpu_type="nvidia-l4", spot=True, credentials_secret="gcs-key")
+    out = compile_pipeline(tmp_path / "p.yaml", backbones=["mobilenetv2"], placement=placement)
+    spec, platform = yaml.safe_load_all(out.read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    trains = {k for k in spec["deploymentSpec"]["executors"] if k.startswith("exec-train")}
+    assert trains == {"exec-train", "exec-train-2"} and set(executors) == trains  # only training on GPUs
+    for e in executors.values():
+        assert e["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+        assert {t["key"] for t in e["tolerations"]} == {"nvidia.com/gpu", "cloud.google.com/gke-spot"}
+        assert e["secretAsVolume"][0]["secretName"] == "gcs-key"
+
+
+def test_multi_node_variant_launches_the_final_training_as_a_job(tmp_path):
+    from medsynth.train.launcher import Placement
+    from pipelines.medsynth_train import compile_pipeline
+
+    placement = Placement(multi_node="tfjob")
+    out = compile_pipeline(tmp_path / "p.yaml", backbones=["mobilenetv2"], placement=placement)
+    spec = next(yaml.safe_load_all(out.read_text()))
+    by_name = {t["taskInfo"]["name"]: t for t in spec["root"]["dag"]["tasks"].values()}
+    final = by_name["train-final"]
+    assert final["componentRef"]["name"] == "comp-launch-training-job"
+    params = final["inputs"]["parameters"]
+    assert params["kind"]["runtimeValue"]["constant"] == "tfjob"
+    assert params["workers"]["componentInputParameter"] == "workers"
+    assert params["gpus_per_worker"]["componentInputParameter"] == "gpus"
+    assert params["backbone"]["taskOutputParameter"]["outputParameterKey"] == "winner"
+    # what follows reads the job's run directory, as it reads the single-pod task's
+    run_dir = by_name["evaluate-final"]["inputs"]["parameters"]["run_dir"]["taskOutputParameter"]
+    assert run_dir["producerTask"] == "launch-training-job"
+    with pytest.raises(ConfigError, match="mpijob, tfjob"):
+        Placement(multi_node="slurm")
+
+
 def test_committed_yaml_is_current():
     """pipelines/medsynth_train.yaml is what users upload; regenerate it with `medsynth compile`."""
     from pipelines.medsynth_train import compile_pipeline
@@ -85,7 +123,8 @@ def test_committed_yaml_is_current():
     assert committed.exists(), "run `medsynth compile`"
     fresh = compile_pipeline(Path(os.environ.get("TMPDIR", "/tmp")) / f"medsynth-{os.getpid()}.yaml")
     try:
-        assert yaml.safe_load(fresh.read_text()) == yaml.safe_load(committed.read_text()), (
+        docs = list(yaml.safe_load_all(committed.read_text()))
+        assert list(yaml.safe_load_all(fresh.read_text())) == docs, (
             "pipelines/medsynth_train.yaml is stale: run `make compile` and commit it"
         )
     finally:

@@ -31,7 +31,7 @@ import math
 import tensorflow as tf
 
 from medsynth.errors import ConfigError
-from medsynth.models.layers import NORMALIZATIONS, normalization, spectral_norm
+from medsynth.models.layers import NORMALIZATIONS, NearestUpSampling2D, normalization, spectral_norm
 
 MIN_SIZE, MAX_SIZE = 8, 1024
 BASE = 4  # the projected latent is a BASE x BASE map; each level doubles it
@@ -114,7 +114,7 @@ def build_generator(
         f = 2**level * width
         p = f"level{level}"
         c0 = conv(x, f, 3, f"{p}_conv")
-        a = norm_act(layers.UpSampling2D(2, name=f"{p}_upsample")(c0), f"{p}_upsample")
+        a = norm_act(NearestUpSampling2D(2, name=f"{p}_upsample")(c0), f"{p}_upsample")
         c1 = conv(c0, 2 * f, 1, f"{p}_conv1")
         b = deconv(c1, f, 3, f"{p}_deconv1")
         c2 = conv(c1, 2 * f, 1, f"{p}_conv2")

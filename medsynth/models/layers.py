@@ -39,6 +39,27 @@ class AdaptiveGroupNormalization(tfa.layers.GroupNormalization):
         super().build(input_shape)
 
 
+class NearestUpSampling2D(tf.keras.layers.UpSampling2D):
+    """UpSampling2D (nearest, channels last) as broadcast and reshape: the same numbers.
+
+    Its gradient is then a sum that XLA compiles (TF 2.15 has no XLA kernel for
+    ResizeNearestNeighborGrad, so with Keras' layer no step that trains G can be jit-compiled)
+    and that can be differentiated again (gradient penalties).
+    """
+
+    def __init__(self, size: int | tuple[int, int] = (2, 2), **kwargs) -> None:  # noqa: ANN003
+        super().__init__(size=size, **kwargs)
+        if self.interpolation != "nearest" or self.data_format != "channels_last":
+            raise ConfigError("NearestUpSampling2D is nearest-neighbour and channels-last only")
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        fh, fw = self.size
+        _, h, w, c = inputs.shape
+        n = tf.shape(inputs)[0]
+        x = tf.broadcast_to(inputs[:, :, None, :, None, :], [n, h, fh, w, fw, c])
+        return tf.reshape(x, [n, h * fh, w * fw, c])
+
+
 def normalization(kind: str, name: str | None = None) -> tf.keras.layers.Layer:
     """A fresh normalisation layer of `kind` ("batch", "instance" or "group").
 
@@ -74,4 +95,23 @@ def synchronize_batch_norm(model: tf.keras.Model) -> int:
             layer.synchronized = True
             layer.fused = False
             changed += 1
+    return changed
+
+
+def fuse_batch_norm(model: tf.keras.Model) -> int:
+    """Turn `model`'s synchronised BN layers back into plain ones, fused where the input is NHWC.
+
+    For one replica: there is nothing to synchronise, but a synchronised layer still runs as
+    separate moment, normalise and update ops, where a fused layer runs one FusedBatchNormV3
+    kernel (oneDNN on CPU, cuDNN on GPU). Same weights and statistics; returns how many changed.
+    """
+    changed = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not (isinstance(layer, tf.keras.layers.BatchNormalization) and layer.synchronized):
+            continue
+        layer.synchronized = False
+        spec = layer.input_spec
+        if spec is not None and spec.ndim == 4 and layer.axis == [3] and layer._fused_can_be_used():
+            layer.fused, layer._data_format = True, "NHWC"
+        changed += 1
     return changed

@@ -36,6 +36,7 @@ class TrainConfig:
     lr_d: float = 2e-4
     beta_1: float = 0.5
     label_smoothing: float = 0.1
+    r1_gamma: float = 0.0
     augment: bool = False
     strategy: str = "auto"
     metrics_port: int | None = None
@@ -74,6 +75,7 @@ class TrainConfig:
             0.0 <= self.label_smoothing < 0.5,
             f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}",
         )
+        need(self.r1_gamma >= 0, f"--r1-gamma must be >= 0, got {self.r1_gamma}")
         if self.sample_every is None:
             self.sample_every = max(1, min(self.checkpoint_every, max(self.steps // 10, 1)))
         from medsynth.models.backbones import get_backbone

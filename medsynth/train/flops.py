@@ -76,12 +76,13 @@ def _backward(rows: list[LayerFlops], weights: bool, to_input: bool) -> float:
 
 
 def step_flops(generator: tf.keras.Model, discriminator: tf.keras.Model, batch: int,
-               d_real_in_g_step: bool = True) -> dict[str, float]:
+               fused: bool = True) -> dict[str, float]:
     """FLOPs of one D update then one G update on a global batch of `batch` real frames.
 
-    `d_real_in_g_step`: the G update runs D on [real; fake] (this project: D's batch statistics
-    always see both) rather than on fake frames alone; with a frozen backbone the real frames'
-    features are reused from the D update, so only D's head sees them again (negligible).
+    `fused`: this project's step (medsynth.train.step): one G forward pass serves both updates,
+    and a frozen backbone's one pass over [real; fake] too, so G's update adds only backward
+    passes; a learning backbone sees the real frames once more (forward only) for the head's
+    batch. Otherwise the reference: two independent updates, each with its own forward passes.
     """
     g, d = model_flops(generator), model_flops(discriminator)
     g_fwd = sum(r.flops for r in g)
@@ -89,13 +90,15 @@ def step_flops(generator: tf.keras.Model, discriminator: tf.keras.Model, batch: 
     d_trainable_fwd = sum(r.flops for r in d if r.trainable)
     frozen = d_trainable_fwd < 0.01 * d_fwd
     d_step = batch * g_fwd + 2 * batch * d_fwd + 2 * batch * _backward(d, weights=True, to_input=False)
-    g_d_batch = 2 * batch if (d_real_in_g_step and not frozen) else batch
-    g_step = (
-        batch * g_fwd
-        + g_d_batch * d_fwd
-        + g_d_batch * _backward(d, weights=False, to_input=True)
-        + batch * _backward(g, weights=True, to_input=False)
-    )
+    d_to_input = _backward(d, weights=False, to_input=True)
+    backward = batch * (d_to_input + _backward(g, weights=True, to_input=False))
+    if not fused:
+        forward = batch * g_fwd + batch * d_fwd
+    elif frozen:
+        forward = 0.0
+    else:
+        forward = 2 * batch * d_fwd
+    g_step = forward + backward
     return {
         "g_forward_per_image": g_fwd,
         "d_forward_per_image": d_fwd,

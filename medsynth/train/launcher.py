@@ -67,6 +67,9 @@ _FLAGS = {
     "backbone_mode": "--backbone-mode",
     "latent_dim": "--latent-dim",
     "generator_width": "--generator-width",
+    "r1_gamma": "--r1-gamma",
+    "lr_g": "--lr-g",
+    "lr_d": "--lr-d",
     "augment": "--augment",
     "strategy": "--strategy",
     "gpus": "--gpus",
@@ -79,6 +82,33 @@ _FLAGS = {
 
 
 # --------------------------------------------------------------------------------- one pod: the KFP task
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the pipeline's training runs: fixed at compile time, since it shapes the pods' specs.
+
+    `gpu_type` (GKE accelerator label) becomes a node selector, `spot` a toleration for spot nodes,
+    `credentials_secret` a mounted service-account key (leave it None under Workload Identity);
+    `multi_node` ("mpijob" or "tfjob") runs the final training as a multi-node job that the
+    pipeline launches and follows instead of in the task's own pod.
+    """
+
+    gpu_type: str | None = None
+    spot: bool = False
+    credentials_secret: str | None = None
+    multi_node: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.multi_node is not None and self.multi_node not in KINDS:
+            raise ConfigError(
+                f"unknown multi-node job kind {self.multi_node!r}; use one of: {', '.join(KINDS)}"
+            )
+
+    def on_gpus(self, task: Any, gpus: Any) -> Any:
+        return configure_gpu_task(
+            task, gpus, gpu_type=self.gpu_type, spot=self.spot, credentials_secret=self.credentials_secret
+        )
 
 
 def configure_gpu_task(

@@ -2,10 +2,13 @@
 
 Written once for every strategy: each replica draws its slice of the *global*
 latent batch from a stateless seed (so one device and N replicas see the same
-numbers, and a resumed run draws what the uninterrupted one would have), and D
-always sees real and generated frames in one batch, so that its batch
-normalisation (the paper's head, and a trainable backbone) cannot tell them
-apart by batch statistics alone.
+numbers, and a resumed run draws what the uninterrupted one would have).
+
+D sees real and generated frames in one batch. The paper's head,
+BN(center=False, scale=False) → Dense(1, no bias), needs that: on a batch of
+one kind it would standardise the features to zero mean, and D's mean logit
+would be 0 for real and generated frames alike (measured: with a learning
+MobileNetV2 fed separate batches, D stayed at D(x) = D(G(z)) = 0.5).
 """
 
 from __future__ import annotations
@@ -30,28 +33,27 @@ def sample_latents(seed: int, n: int, latent_dim: int) -> tf.Tensor:
     return latent_batch(seed, tf.constant(SAMPLE_STREAM, tf.int64), 0, n, latent_dim)
 
 
-def split_frozen_discriminator(discriminator: tf.keras.Model) -> tuple[tf.keras.Model, tf.keras.Model] | None:
-    """(features, head) sharing D's layers when D's backbone is frozen, else None.
+@dataclass(frozen=True)
+class SplitDiscriminator:
+    """D as `features` (frames → pooled backbone features), then `head` (→ logits); D's own layers."""
 
-    `features` maps frames to the pooled backbone features (layer "features" of
-    medsynth.models.discriminator), `head` maps those to logits; together they are D.
-    """
-    from medsynth.models.discriminator import backbone_of
+    features: tf.keras.Model
+    head: tf.keras.Model
+    frozen: bool  # only the head learns: the features are a fixed function of the frames
 
+
+def split_discriminator(discriminator: tf.keras.Model) -> SplitDiscriminator | None:
+    """D of medsynth.models.discriminator cut at its pooled features (layer "features"), else None."""
     try:
-        backbone = backbone_of(discriminator)
         pooled = discriminator.get_layer("features")
         norm, logit = discriminator.get_layer("head_norm"), discriminator.get_layer("logit")
     except ValueError:
         return None
-    if backbone.trainable:
-        return None
     features = tf.keras.Model(discriminator.inputs, pooled.output, name="d_features")
     x = tf.keras.Input(shape=pooled.output.shape[1:], dtype=pooled.output.dtype)
     head = tf.keras.Model(x, logit(norm(x)), name="d_head")
-    if {id(v) for v in head.trainable_variables} != {id(v) for v in discriminator.trainable_variables}:
-        return None  # something besides the head learns: D must run whole
-    return features, head
+    frozen = {id(v) for v in head.trainable_variables} == {id(v) for v in discriminator.trainable_variables}
+    return SplitDiscriminator(features, head, frozen)
 
 
 @dataclass
@@ -65,20 +67,21 @@ class AdversarialStep:
     seed: int
     label_smoothing: float = 0.0
     strategy: tf.distribute.Strategy | None = None
+    r1_gamma: float = 0.0  # weight of the R1 penalty on D's gradient at real frames (0: off)
     hvd: Any = None  # horovod.tensorflow when each process is one Horovod rank
     jit_compile: bool = False  # XLA-compile the per-replica update
 
     def __post_init__(self) -> None:
         self.strategy = self.strategy or tf.distribute.get_strategy()
-        self._split = split_frozen_discriminator(self.discriminator)
+        self._split = split_discriminator(self.discriminator)
         both = self._both
         if self.jit_compile:
-            # Keras' pattern: the per-replica step is compiled, the strategy runs it on every replica.
+            # Keras' pattern: the per-replica update is compiled, the strategy runs it on every replica.
             both = tf.function(self._both, jit_compile=True, reduce_retracing=True)
         self._replica_step = both
         self.train_step = tf.function(self._train_step, reduce_retracing=True)
-        self.d_step = tf.function(self._distributed(self._d_update), reduce_retracing=True)
-        self.g_step = tf.function(self._distributed(self._g_update), reduce_retracing=True)
+        self.d_step = tf.function(self._distributed(self._d_update, 0), reduce_retracing=True)
+        self.g_step = tf.function(self._distributed(self._g_update, 1), reduce_retracing=True)
         self.agree = tf.function(self._agree, reduce_retracing=True)
 
     # --- per replica -----------------------------------------------------------------------------
@@ -89,8 +92,8 @@ class AdversarialStep:
             rid = rid + self.hvd.rank()
         return rid
 
-    def _my_latents(self, step: tf.Tensor, stream: int, local: tf.Tensor) -> tf.Tensor:
-        z = latent_batch(self.seed, step, stream, self.global_batch_size, self.latent_dim)
+    def _my_latents(self, z: tf.Tensor, local: tf.Tensor) -> tf.Tensor:
+        """This replica's slice of the global latent batch `z`."""
         start = self._replica_id() * local
         return z[start : start + local]
 
@@ -100,66 +103,106 @@ class AdversarialStep:
             return tape
         return self.hvd.DistributedGradientTape(tape, op=self.hvd.Sum)
 
-    def _discriminate(self, real: tf.Tensor, fake: tf.Tensor, real_features: tf.Tensor | None = None):  # noqa: ANN202
-        """D's logits of [real; fake] in one batch, and the real frames' backbone features when frozen.
+    def _discriminate(self, real: tf.Tensor, fake: tf.Tensor) -> tf.Tensor:
+        """D's logits of [real; fake], one batch."""
+        return self.discriminator(tf.concat([real, tf.cast(fake, real.dtype)], 0), training=True)
 
-        A frozen backbone is a fixed function (inference-mode BN, no gradient), so the real frames'
-        features from the D update are the ones the G update needs: computed once per step.
-        """
-        fake = tf.cast(fake, real.dtype)
-        if self._split is None:
-            return self.discriminator(tf.concat([real, fake], 0), training=True), None
-        features, head = self._split
-        if real_features is None:
-            both = features(tf.concat([real, fake], 0), training=True)
-            real_features = tf.stop_gradient(both[: tf.shape(real)[0]])
-            fake_features = both[tf.shape(real)[0] :]
-        else:
-            fake_features = features(fake, training=True)
-        return head(tf.concat([real_features, fake_features], 0), training=True), real_features
+    def _d_update(self, real: tf.Tensor, z: tf.Tensor) -> dict[str, tf.Tensor]:
+        z = self._my_latents(z, tf.shape(real)[0])
+        return self._d_update_on(real, self.generator(z, training=True))
 
-    def _d_update(self, real: tf.Tensor, step: tf.Tensor) -> dict[str, tf.Tensor]:
-        out, _ = self._d_update_with_features(real, step)
-        return out
-
-    def _d_update_with_features(self, real: tf.Tensor, step: tf.Tensor):  # noqa: ANN202
+    def _d_update_on(
+        self, real: tf.Tensor, fake: tf.Tensor, features: tf.Tensor | None = None
+    ) -> dict[str, tf.Tensor]:
+        """D's update on `real` and generated `fake` (or, frozen backbone, their pooled `features`)."""
         local = tf.shape(real)[0]
-        z = self._my_latents(step, 0, local)
-        fake = tf.stop_gradient(self.generator(z, training=True))
+        fake = tf.stop_gradient(fake)
         with tf.GradientTape() as tape:
-            logits, real_features = self._discriminate(real, fake)
-            real_logits, fake_logits = logits[:local], logits[local:]
+            with tf.GradientTape(watch_accessed_variables=False) as at_real:
+                at_real.watch(real)
+                if features is None:
+                    logits = self._discriminate(real, fake)
+                else:
+                    logits = self._split.head(tf.stop_gradient(features), training=True)
+                real_logits, fake_logits = logits[:local], logits[local:]
+                real_sum = tf.reduce_sum(tf.cast(real_logits, tf.float32))
             loss = discriminator_loss(real_logits, fake_logits, self.global_batch_size, self.label_smoothing)
-            scaled = self._scale(self.d_optimizer, loss)
+            penalty = self._r1(at_real, real_sum, real) if self.r1_gamma > 0 else tf.constant(0.0)
+            scaled = self._scale(self.d_optimizer, loss + penalty)
         grads = self._tape(tape).gradient(scaled, self.discriminator.trainable_variables)
         grads = self._unscale(self.d_optimizer, grads)
         self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_variables, strict=True))
         n = float(self.global_batch_size)
-        out = {
+        return {
             "d_loss": loss,
+            "r1_penalty": penalty,
             "d_real": tf.reduce_sum(tf.sigmoid(tf.cast(real_logits, tf.float32))) / n,
             "d_fake": tf.reduce_sum(tf.sigmoid(tf.cast(fake_logits, tf.float32))) / n,
         }
-        return out, real_features
 
-    def _g_update(
-        self, real: tf.Tensor, step: tf.Tensor, real_features: tf.Tensor | None = None
-    ) -> dict[str, tf.Tensor]:
-        local = tf.shape(real)[0]
-        z = self._my_latents(step, 1, local)
+    def _r1(self, tape: tf.GradientTape, real_sum: tf.Tensor, real: tf.Tensor) -> tf.Tensor:
+        """γ/2 · E‖∇ₓD(x)‖² at real frames (Mescheder et al. 2018, StyleGAN2).
+
+        The usual remedy when D overpowers G (StyleGAN2 uses γ ≈ 0.0002·size²/batch). Off by
+        default: measured here, it did not let a MobileNetV2 trained from scratch teach G the
+        phantom within 400 steps at 32 px (γ 0.01–10), and it doubles D's backward cost.
+        """
+        grad = tape.gradient(real_sum, real)
+        if grad is None:  # a frozen backbone: D's input gradient at real frames is not traced
+            return tf.constant(0.0)
+        per_example = tf.reduce_sum(tf.square(tf.cast(grad, tf.float32)), axis=[1, 2, 3])
+        penalty = 0.5 * self.r1_gamma * per_example
+        return tf.nn.compute_average_loss(penalty, global_batch_size=self.global_batch_size)
+
+    def _g_update(self, real: tf.Tensor, z: tf.Tensor) -> dict[str, tf.Tensor]:
+        z = self._my_latents(z, tf.shape(real)[0])
         with tf.GradientTape() as tape:
-            fake = self.generator(z, training=True)
-            logits, _ = self._discriminate(real, fake, real_features)
-            loss = generator_loss(logits[local:], self.global_batch_size)
-            scaled = self._scale(self.g_optimizer, loss)
+            loss = self._g_loss(real, self.generator(z, training=True))
+        return self._apply_g(tape, loss)
+
+    def _g_loss(self, real: tf.Tensor, fake: tf.Tensor, features: tf.Tensor | None = None) -> tf.Tensor:
+        """G's loss on D's logits of `fake`, with D's batch [real; fake] as in D's update.
+
+        `features`: a frozen backbone's features of [real; fake] from this step's one pass.
+        """
+        local = tf.shape(real)[0]
+        if features is None:
+            logits = self._discriminate(real, fake)
+        else:
+            features = tf.concat([tf.stop_gradient(features[:local]), features[local:]], 0)
+            logits = self._split.head(features, training=True)
+        return generator_loss(logits[local:], self.global_batch_size)
+
+    def _apply_g(self, tape: tf.GradientTape, loss: tf.Tensor) -> dict[str, tf.Tensor]:
+        scaled = self._scale(self.g_optimizer, loss)
         grads = self._tape(tape).gradient(scaled, self.generator.trainable_variables)
         grads = self._unscale(self.g_optimizer, grads)
         self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables, strict=True))
         return {"g_loss": loss}
 
-    def _both(self, real: tf.Tensor, step: tf.Tensor) -> dict[str, tf.Tensor]:
-        out, real_features = self._d_update_with_features(real, step)
-        out.update(self._g_update(real, step, real_features))
+    def _both(self, real: tf.Tensor, z: tf.Tensor) -> dict[str, tf.Tensor]:
+        """D's update, then G's through the updated D, on one generated batch.
+
+        G has not changed between the two updates, so one forward pass of G serves both (the
+        alternating updates of the paper with one noise batch per step, as in the DCGAN
+        tutorial). With a frozen backbone the backbone's features of real and generated frames
+        are also unchanged by D's update (only the head learns): the backbone runs once per
+        frame and step, and G's gradient flows back through the activations kept from then.
+        """
+        z = self._my_latents(z, tf.shape(real)[0])
+        with tf.GradientTape() as tape:
+            fake = self.generator(z, training=True)
+            features = None
+            if self._split is not None and self._split.frozen:
+                # two passes: in one over [real; fake], G's backward would run over both halves
+                with tape.stop_recording():
+                    real_features = self._split.features(real, training=True)
+                fake_features = self._split.features(tf.cast(fake, real.dtype), training=True)
+                features = tf.concat([real_features, fake_features], 0)
+            with tape.stop_recording():
+                out = self._d_update_on(real, fake, features)
+            loss = self._g_loss(real, fake, features)
+        out.update(self._apply_g(tape, loss))
         return out
 
     @staticmethod
@@ -171,9 +214,12 @@ class AdversarialStep:
         return opt.get_unscaled_gradients(grads) if hasattr(opt, "get_unscaled_gradients") else grads
 
     # --- across replicas -------------------------------------------------------------------------
-    def _distributed(self, fn):  # noqa: ANN001, ANN202 - a tf.function body
+    def _distributed(self, fn, stream: int):  # noqa: ANN001, ANN202 - a tf.function body
         def run(real, step):  # noqa: ANN001, ANN202
-            per_replica = self.strategy.run(fn, args=(real, step))
+            # Drawn outside the replicas' (possibly XLA-compiled) functions: XLA's stateless
+            # generators give other numbers than TF's for the same seed.
+            z = latent_batch(self.seed, step, stream, self.global_batch_size, self.latent_dim)
+            per_replica = self.strategy.run(fn, args=(real, z))
             out = {
                 k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                 for k, v in per_replica.items()
@@ -187,7 +233,7 @@ class AdversarialStep:
         return run
 
     def _train_step(self, real: tf.Tensor, step: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._distributed(self._replica_step)(real, step)
+        return self._distributed(self._replica_step, 0)(real, step)
 
     def _agree(self, flag: tf.Tensor) -> tf.Tensor:
         """The largest `flag` of all workers (a SIGTERM seen by any; the newest step any resumed from)."""
