@@ -400,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--generator-width", type=int, default=8, help="w in F = 2**level * w (Table 1: 8)")
     s.add_argument("--r1-gamma", type=float, default=0.0,
                    help="weight of the R1 penalty on D's gradient at real frames (0: off)")
+    s.add_argument("--batch-norm", default="auto", choices=["auto", "fused", "synchronized"],
+                   help="auto: fused kernels on one replica, synchronised float64 statistics on several "
+                        "(synchronized on one replica reproduces a multi-replica run's numbers)")
     s.add_argument("--lr-g", type=float, default=2e-4, help="generator learning rate (Adam)")
     s.add_argument("--lr-d", type=float, default=2e-4, help="discriminator learning rate (Adam)")
     s.add_argument("--augment", action="store_true", help="X-ray-plausible augmentation of real frames")

@@ -113,7 +113,10 @@ def _assert_close(a: list[np.ndarray], b: list[np.ndarray], exact: bool = False)
 def one_device(dataset, tmp_path_factory) -> list[np.ndarray]:
     """The reference: one device, the same global batch."""
     tmp = tmp_path_factory.mktemp("one")
-    _finish(_start(_config(dataset, tmp / "runs/r/one", strategy="one"), tmp / "one"))
+    # synchronised BN on one replica too: the fused kernel's variance differs in the last bits,
+    # which Adam amplifies past the tolerance (the default on one replica is fused, for speed)
+    cfg = _config(dataset, tmp / "runs/r/one", strategy="one", batch_norm="synchronized")
+    _finish(_start(cfg, tmp / "one"))
     weights, info = _load(tmp / "one")
     assert info["settings"]["replicas"] == 1 and info["step"] == STEPS
     return weights

@@ -351,3 +351,24 @@ def test_nearest_upsampling_is_keras_upsampling_with_an_xla_gradient():
     w = np.arange(10.0)[None, None, :, None] * np.ones([2, 6, 10, 4])  # the output is 6 x 10
     expected = w.reshape(2, 3, 2, 5, 2, 4).sum(axis=(2, 4))
     np.testing.assert_allclose(grad(x).numpy(), expected)
+
+
+def test_fuse_batch_norm_keeps_the_numbers_and_runs_one_fused_kernel():
+    """One replica: synchronised BN's separate ops become FusedBatchNormV3 (what train() uses there)."""
+    from medsynth.models.generator import build_generator
+    from medsynth.models.layers import fuse_batch_norm
+
+    tf.keras.utils.set_random_seed(0)
+    g = build_generator(32, latent_dim=16, width=2)
+    z = tf.random.stateless_normal([4, 16], seed=[3, 4])
+
+    def norm_ops():
+        fn = tf.function(lambda t: g(t, training=True)).get_concrete_function(z)
+        return {op.type for op in fn.graph.get_operations()}
+
+    before = g(z, training=True).numpy()
+    assert "FusedBatchNormV3" not in norm_ops()
+    assert fuse_batch_norm(g) == sum(isinstance(x, tf.keras.layers.BatchNormalization) for x in g.layers)
+    assert "FusedBatchNormV3" in norm_ops()
+    np.testing.assert_allclose(g(z, training=True).numpy(), before, atol=1e-3)
+    assert fuse_batch_norm(g) == 0  # nothing synchronised is left

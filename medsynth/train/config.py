@@ -13,6 +13,8 @@ STRATEGIES = ("auto", "one", "mirrored", "multiworker", "horovod")
 # auto: bfloat16 on Ampere and newer GPUs, float16 on older ones, off on CPU
 PRECISIONS = ("auto", "off", "float16", "bfloat16")
 SWITCHES = ("auto", "on", "off")  # auto: on for GPUs, off on CPU
+# auto: fused with one replica, synchronised (float64 statistics) with several
+BATCH_NORMS = ("auto", "fused", "synchronized")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class TrainConfig:
     gpus: int | None = None  # None: all visible
     mixed_precision: str = "auto"
     xla: str = "auto"
+    batch_norm: str = "auto"
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -69,6 +72,10 @@ class TrainConfig:
             f"unknown --mixed-precision {self.mixed_precision!r}; choose one of {', '.join(PRECISIONS)}",
         )
         need(self.xla in SWITCHES, f"unknown --xla {self.xla!r}; choose one of {', '.join(SWITCHES)}")
+        need(
+            self.batch_norm in BATCH_NORMS,
+            f"unknown --batch-norm {self.batch_norm!r}; choose one of {', '.join(BATCH_NORMS)}",
+        )
         need(self.gpus is None or self.gpus >= 0, f"--gpus must be >= 0, got {self.gpus}")
         need(self.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
         need(

@@ -68,6 +68,7 @@ _FLAGS = {
     "latent_dim": "--latent-dim",
     "generator_width": "--generator-width",
     "r1_gamma": "--r1-gamma",
+    "batch_norm": "--batch-norm",
     "lr_g": "--lr-g",
     "lr_d": "--lr-d",
     "augment": "--augment",

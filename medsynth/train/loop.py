@@ -109,7 +109,9 @@ def resolve_precision(choice: str, capability: tuple[int, int] | None) -> str:
     return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
 
 
-def resolve_xla(choice: str, capability: tuple[int, int] | None, dist: Distribution) -> bool:
+def resolve_xla(
+    choice: str, capability: tuple[int, int] | None, dist: Distribution, deterministic: bool = False
+) -> bool:
     if dist.hvd is not None:
         if choice == "on":
             raise ConfigError(
@@ -122,7 +124,8 @@ def resolve_xla(choice: str, capability: tuple[int, int] | None, dist: Distribut
         # is for; off on CPUs, where TF's own kernels are oneDNN's and XLA's are not (bench/).
         # The whole step compiles (CPU-checked in tests) since G's up-sampling is a broadcast
         # (medsynth.models.layers.NearestUpSampling2D), not ResizeNearestNeighbor.
-        return capability is not None
+        # With op determinism XLA refuses MaxPool's gradient (ResNet, Xception, Inception): off.
+        return capability is not None and not deterministic
     return choice == "on"
 
 
@@ -283,11 +286,16 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     capability = _gpu_capability()
     policy = resolve_precision(cfg.mixed_precision, capability)
-    xla = resolve_xla(cfg.xla, capability, dist)
+    xla = resolve_xla(cfg.xla, capability, dist, cfg.deterministic)
     with dist.strategy.scope():
         generator, discriminator = build_models(cfg, policy)
+        synchronized = cfg.batch_norm == "synchronized" or (
+            cfg.batch_norm == "auto" and (dist.replicas > 1 or dist.hvd is not None)
+        )
+        if cfg.batch_norm == "fused" and not synchronized and (dist.replicas > 1 or dist.hvd is not None):
+            log.warning("--batch-norm fused with %d replicas: each normalises its own slice", dist.replicas)
         for model in (generator, discriminator):
-            if dist.replicas > 1 or dist.hvd is not None:
+            if synchronized:
                 stable_sync_batch_norm(model, dist.hvd)
             else:
                 fuse_batch_norm(model)  # one replica: nothing to synchronise, and fused BN is faster
@@ -397,6 +405,13 @@ def train(cfg: TrainConfig) -> TrainResult:
                 t1 = time.perf_counter()
                 try:
                     out_values = adversarial.train_step(real, tf.constant(step, tf.int64))
+                except tf.errors.UnimplementedError as e:
+                    if xla and "deterministic XLA" in str(e):
+                        raise ConfigError(
+                            "--xla on: XLA has no deterministic gradient for an op of this backbone "
+                            f"({cfg.backbone}: MaxPool) and training runs with op determinism; use --xla off"
+                        ) from e
+                    raise
                 except tf.errors.InvalidArgumentError as e:
                     if xla and "unsupported operations" in str(e):
                         ops = re.findall(r"_JIT: (\w+)", str(e)) or ["an op without an XLA kernel"]
