@@ -33,17 +33,12 @@ def sample_latents(seed: int, n: int, latent_dim: int) -> tf.Tensor:
     return latent_batch(seed, tf.constant(SAMPLE_STREAM, tf.int64), 0, n, latent_dim)
 
 
-@dataclass(frozen=True)
-class SplitDiscriminator:
-    """D as `features` (frames → pooled backbone features), then `head` (→ logits); D's own layers."""
+def split_frozen_discriminator(discriminator: tf.keras.Model) -> tuple[tf.keras.Model, tf.keras.Model] | None:
+    """(features, head) sharing D's layers when only D's head learns, else None.
 
-    features: tf.keras.Model
-    head: tf.keras.Model
-    frozen: bool  # only the head learns: the features are a fixed function of the frames
-
-
-def split_discriminator(discriminator: tf.keras.Model) -> SplitDiscriminator | None:
-    """D of medsynth.models.discriminator cut at its pooled features (layer "features"), else None."""
+    `features` maps frames to the pooled backbone features (layer "features" of
+    medsynth.models.discriminator), `head` maps those to logits; together they are D.
+    """
     try:
         pooled = discriminator.get_layer("features")
         norm, logit = discriminator.get_layer("head_norm"), discriminator.get_layer("logit")
@@ -52,8 +47,9 @@ def split_discriminator(discriminator: tf.keras.Model) -> SplitDiscriminator | N
     features = tf.keras.Model(discriminator.inputs, pooled.output, name="d_features")
     x = tf.keras.Input(shape=pooled.output.shape[1:], dtype=pooled.output.dtype)
     head = tf.keras.Model(x, logit(norm(x)), name="d_head")
-    frozen = {id(v) for v in head.trainable_variables} == {id(v) for v in discriminator.trainable_variables}
-    return SplitDiscriminator(features, head, frozen)
+    if {id(v) for v in head.trainable_variables} != {id(v) for v in discriminator.trainable_variables}:
+        return None  # the backbone learns too: D must run whole
+    return features, head
 
 
 @dataclass
@@ -73,7 +69,7 @@ class AdversarialStep:
 
     def __post_init__(self) -> None:
         self.strategy = self.strategy or tf.distribute.get_strategy()
-        self._split = split_discriminator(self.discriminator)
+        self._split = split_frozen_discriminator(self.discriminator)
         both = self._both
         if self.jit_compile:
             # Keras' pattern: the per-replica update is compiled, the strategy runs it on every replica.
@@ -123,7 +119,7 @@ class AdversarialStep:
                 if features is None:
                     logits = self._discriminate(real, fake)
                 else:
-                    logits = self._split.head(tf.stop_gradient(features), training=True)
+                    logits = self._split[1](tf.stop_gradient(features), training=True)
                 real_logits, fake_logits = logits[:local], logits[local:]
                 real_sum = tf.reduce_sum(tf.cast(real_logits, tf.float32))
             loss = discriminator_loss(real_logits, fake_logits, self.global_batch_size, self.label_smoothing)
@@ -170,7 +166,7 @@ class AdversarialStep:
             logits = self._discriminate(real, fake)
         else:
             features = tf.concat([tf.stop_gradient(features[:local]), features[local:]], 0)
-            logits = self._split.head(features, training=True)
+            logits = self._split[1](features, training=True)
         return generator_loss(logits[local:], self.global_batch_size)
 
     def _apply_g(self, tape: tf.GradientTape, loss: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -193,11 +189,11 @@ class AdversarialStep:
         with tf.GradientTape() as tape:
             fake = self.generator(z, training=True)
             features = None
-            if self._split is not None and self._split.frozen:
+            if self._split is not None:
                 # two passes: in one over [real; fake], G's backward would run over both halves
                 with tape.stop_recording():
-                    real_features = self._split.features(real, training=True)
-                fake_features = self._split.features(tf.cast(fake, real.dtype), training=True)
+                    real_features = self._split[0](real, training=True)
+                fake_features = self._split[0](tf.cast(fake, real.dtype), training=True)
                 features = tf.concat([real_features, fake_features], 0)
             with tape.stop_recording():
                 out = self._d_update_on(real, fake, features)
