@@ -10,6 +10,9 @@ Python, D called separately on real and generated frames, Keras loss objects, `t
 latents. This project's step (medsynth.train.step.AdversarialStep) runs both updates in one
 function on one generated batch: G's forward pass and a frozen backbone's pass over [real; fake]
 serve both updates (G's update adds only backward passes), and it can be XLA-compiled (--xla on).
+Its backbone's 1x1 convolutions take their input gradient as a forward convolution
+(medsynth.models.layers.use_pointwise_gradients); the reference runs Keras' own layers, as the
+tutorial would (same weights, same numbers).
 GFLOP/s count the FLOPs each step actually runs (medsynth.train.flops.step_flops), so ours does
 fewer per image for the same update.
 
@@ -35,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import tensorflow as tf  # noqa: E402
 
-from medsynth.models.layers import fuse_batch_norm  # noqa: E402
+from medsynth.models.layers import PointwiseConv2D, PointwiseSeparableConv2D, fuse_batch_norm  # noqa: E402
 from medsynth.train.config import TrainConfig  # noqa: E402
 from medsynth.train.flops import step_flops  # noqa: E402
 from medsynth.train.loop import _gpu_capability, _optimizer, build_models, resolve_precision  # noqa: E402
@@ -79,6 +82,14 @@ def reference_step(generator, discriminator, g_opt, d_opt, batch: int, latent_di
     return train_step
 
 
+def stock_convolutions(model: tf.keras.Model) -> None:
+    """The reference runs Keras' own layers: undo medsynth.models.layers.use_pointwise_gradients."""
+    stock = {PointwiseConv2D: tf.keras.layers.Conv2D,
+             PointwiseSeparableConv2D: tf.keras.layers.SeparableConv2D}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        layer.__class__ = stock.get(type(layer), type(layer))
+
+
 def _dataset(size: int, batch: int, work: Path) -> tf.data.Dataset:
     from medsynth.data.input import make_dataset
     from medsynth.data.prepare import PrepareConfig, prepare
@@ -108,6 +119,7 @@ def bench_size(args: argparse.Namespace, size: int, work: Path) -> dict:
     models = {name: build_models(cfg, policy) for name in ("ours", "reference")}
     for a, b in zip(models["ours"], models["reference"], strict=True):
         b.set_weights(a.get_weights())
+        stock_convolutions(b)
         for m in (a, b):  # one device: plain fused BN on both sides, as train() and the tutorial use
             fuse_batch_norm(m)
     opts = {name: (_optimizer(2e-4, 0.5, policy), _optimizer(2e-4, 0.5, policy)) for name in models}

@@ -419,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto | off | float16 | bfloat16 (auto: bfloat16 on Ampere+, float16 on older GPUs, off on CPU)",
     )
     s.add_argument("--xla", default="auto", help="auto | on | off: XLA-compile the step (auto: on for GPUs)")
+    s.add_argument(
+        "--deterministic",
+        default="auto",
+        help="auto | on | off: op determinism, for bitwise-exact resume (auto: on for CPUs, off on GPUs, "
+        "where it would keep XLA and the fastest cuDNN kernels off)",
+    )
     s.add_argument("--keep-checkpoints", type=int, default=3, help="newest N kept, locally and in the bucket")
     s.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
     s.add_argument(

@@ -372,3 +372,53 @@ def test_fuse_batch_norm_keeps_the_numbers_and_runs_one_fused_kernel():
     assert "FusedBatchNormV3" in norm_ops()
     np.testing.assert_allclose(g(z, training=True).numpy(), before, atol=1e-3)
     assert fuse_batch_norm(g) == 0  # nothing synchronised is left
+
+
+@pytest.mark.parametrize(
+    "strides,padding,size", [(1, "same", 7), (2, "same", 7), (2, "valid", 8), (2, "same", 8)]
+)
+def test_pointwise_convolutions_keep_the_numbers_and_the_gradients(strides, padding, size):
+    """1x1 Conv2D and SeparableConv2D switched to `pointwise_conv`: same outputs, same gradients."""
+    from medsynth.models.layers import PointwiseConv2D, PointwiseSeparableConv2D, use_pointwise_gradients
+
+    def net() -> tf.keras.Model:
+        x = inp = tf.keras.Input((size, size, 5))
+        x = tf.keras.layers.Conv2D(6, 3, padding="same", name="c3")(x)  # not 1x1: left alone
+        x = tf.keras.layers.Conv2D(7, 1, strides=strides, padding=padding, name="c1")(x)
+        x = tf.keras.layers.SeparableConv2D(4, 3, padding="same", use_bias=False, name="sep")(x)
+        return tf.keras.Model(inp, x)
+
+    tf.keras.utils.set_random_seed(3)
+    stock, fast = net(), net()
+    fast.set_weights(stock.get_weights())
+    assert use_pointwise_gradients(fast) == 2
+    assert type(fast.get_layer("c1")) is PointwiseConv2D
+    assert type(fast.get_layer("sep")) is PointwiseSeparableConv2D
+    assert type(fast.get_layer("c3")) is tf.keras.layers.Conv2D
+    x = tf.random.stateless_normal([3, size, size, 5], [1, 2])
+
+    def run(model: tf.keras.Model) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = model(x)
+            loss = tf.reduce_sum(y * tf.random.stateless_normal(tf.shape(y), [3, 4]))
+        return y, tape.gradient(loss, [x, *model.trainable_variables])
+
+    (y0, g0), (y1, g1) = run(stock), run(fast)
+    np.testing.assert_allclose(y1.numpy(), y0.numpy(), rtol=1e-5, atol=1e-5)
+    assert len(g0) == len(g1) == 7  # x, c3 kernel+bias, c1 kernel+bias, sep depthwise+pointwise
+    for a, b in zip(g0, g1, strict=True):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-4)
+    # the gradient runs as forward convolutions: no Conv2DBackpropInput for the 1x1 layer
+    graph = tf.function(lambda: run(fast)[1]).get_concrete_function().graph
+    backprop = [op.name for op in graph.get_operations() if op.type == "Conv2DBackpropInput"]
+    assert len(backprop) == 1 and "c3" in backprop[0], backprop
+
+
+def test_backbones_are_built_with_pointwise_gradients():
+    from medsynth.models.layers import PointwiseConv2D, PointwiseSeparableConv2D
+
+    net = build_backbone("xception", 71, "none")
+    kinds = {type(layer) for layer in net.layers}
+    assert PointwiseSeparableConv2D in kinds and PointwiseConv2D in kinds
+    assert tf.keras.layers.SeparableConv2D not in kinds

@@ -43,7 +43,7 @@ class TrainConfig:
     strategy: str = "auto"
     metrics_port: int | None = None
     pushgateway: str | None = None  # host:port of a Prometheus Pushgateway; pushed to at the end
-    deterministic: bool = True
+    deterministic: str = "auto"  # op determinism; auto: on for CPUs (exact resume), off on GPUs (XLA)
     log_every: int = 10
     gpus: int | None = None  # None: all visible
     mixed_precision: str = "auto"
@@ -72,6 +72,10 @@ class TrainConfig:
             f"unknown --mixed-precision {self.mixed_precision!r}; choose one of {', '.join(PRECISIONS)}",
         )
         need(self.xla in SWITCHES, f"unknown --xla {self.xla!r}; choose one of {', '.join(SWITCHES)}")
+        need(
+            self.deterministic in SWITCHES,
+            f"unknown --deterministic {self.deterministic!r}; choose one of {', '.join(SWITCHES)}",
+        )
         need(
             self.batch_norm in BATCH_NORMS,
             f"unknown --batch-norm {self.batch_norm!r}; choose one of {', '.join(BATCH_NORMS)}",

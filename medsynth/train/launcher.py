@@ -76,6 +76,7 @@ _FLAGS = {
     "gpus": "--gpus",
     "mixed_precision": "--mixed-precision",
     "xla": "--xla",
+    "deterministic": "--deterministic",
     "metrics_port": "--metrics-port",
     "pushgateway": "--pushgateway",
     "log_every": "--log-every",

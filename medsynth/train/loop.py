@@ -109,6 +109,18 @@ def resolve_precision(choice: str, capability: tuple[int, int] | None) -> str:
     return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
 
 
+def resolve_determinism(choice: str, capability: tuple[int, int] | None) -> bool:
+    """Op determinism: bitwise-exact resume on CPUs; off on GPUs, where it would keep XLA off.
+
+    XLA has no deterministic MaxPool gradient (ResNet, Inception, Xception), and cuDNN's
+    deterministic kernels are the slower ones: a GPU run trades bitwise resume (it still resumes
+    at the saved step, with the saved data and RNG state) for speed, unless `--deterministic on`.
+    """
+    if choice == "auto":
+        return capability is None
+    return choice == "on"
+
+
 def resolve_xla(
     choice: str, capability: tuple[int, int] | None, dist: Distribution, deterministic: bool = False
 ) -> bool:
@@ -257,7 +269,9 @@ class _Outputs:
 def train(cfg: TrainConfig) -> TrainResult:
     from medsynth.data.input import load_manifest, resolve_dataset
 
-    if cfg.deterministic:
+    capability = _gpu_capability()
+    deterministic = resolve_determinism(cfg.deterministic, capability)
+    if deterministic:
         tf.config.experimental.enable_op_determinism()
     # Strategies set up devices and collectives: before any other TensorFlow op runs.
     dist = make_distribution(cfg.strategy, cfg.gpus)
@@ -284,9 +298,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             f"--data {cfg.data} holds {manifest['image_size']} px frames, not --image-size {cfg.image_size}"
         )
 
-    capability = _gpu_capability()
     policy = resolve_precision(cfg.mixed_precision, capability)
-    xla = resolve_xla(cfg.xla, capability, dist, cfg.deterministic)
+    xla = resolve_xla(cfg.xla, capability, dist, deterministic)
     with dist.strategy.scope():
         generator, discriminator = build_models(cfg, policy)
         synchronized = cfg.batch_norm == "synchronized" or (
