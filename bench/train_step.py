@@ -10,8 +10,8 @@ Python, D called separately on real and generated frames, Keras loss objects, `t
 latents. This project's step (medsynth.train.step.AdversarialStep) runs both updates in one
 function on one generated batch: G's forward pass and a frozen backbone's pass over [real; fake]
 serve both updates (G's update adds only backward passes), and it can be XLA-compiled (--xla on).
-Its backbone's 1x1 convolutions take their input gradient as a forward convolution
-(medsynth.models.layers.use_pointwise_gradients); the reference runs Keras' own layers, as the
+Its convolutions take their input gradient as a forward convolution
+(medsynth.models.layers.use_forward_gradients); the reference runs Keras' own layers, as the
 tutorial would (same weights, same numbers).
 GFLOP/s count the FLOPs each step actually runs (medsynth.train.flops.step_flops), so ours does
 fewer per image for the same update.
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import tensorflow as tf  # noqa: E402
 
-from medsynth.models.layers import PointwiseConv2D, PointwiseSeparableConv2D, fuse_batch_norm  # noqa: E402
+from medsynth.models.layers import ForwardGradientConv2D, ForwardGradientSeparableConv2D, fuse_batch_norm  # noqa: E402
 from medsynth.train.config import TrainConfig  # noqa: E402
 from medsynth.train.flops import step_flops  # noqa: E402
 from medsynth.train.loop import _gpu_capability, _optimizer, build_models, resolve_precision  # noqa: E402
@@ -83,9 +83,9 @@ def reference_step(generator, discriminator, g_opt, d_opt, batch: int, latent_di
 
 
 def stock_convolutions(model: tf.keras.Model) -> None:
-    """The reference runs Keras' own layers: undo medsynth.models.layers.use_pointwise_gradients."""
-    stock = {PointwiseConv2D: tf.keras.layers.Conv2D,
-             PointwiseSeparableConv2D: tf.keras.layers.SeparableConv2D}
+    """The reference runs Keras' own layers: undo medsynth.models.layers.use_forward_gradients."""
+    stock = {ForwardGradientConv2D: tf.keras.layers.Conv2D,
+             ForwardGradientSeparableConv2D: tf.keras.layers.SeparableConv2D}
     for layer in model._flatten_layers(include_self=False, recursive=True):
         layer.__class__ = stock.get(type(layer), type(layer))
 

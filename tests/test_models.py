@@ -79,7 +79,9 @@ def test_generator_follows_table1_at_256px_and_has_the_reconstructed_counts():
     }
     for name, (cls, filters, kernel, strides) in expected.items():
         layer = g.get_layer(name)
-        assert type(layer) is cls and layer.padding == "same"
+        transposed = isinstance(layer, tf.keras.layers.Conv2DTranspose)
+        assert isinstance(layer, cls) and transposed == (cls is tf.keras.layers.Conv2DTranspose)
+        assert layer.padding == "same"
         assert (layer.filters, layer.kernel_size, layer.strides) == (filters, kernel, strides)
     assert g.get_layer("level6_upsample").size == (2, 2)
     assert g.get_layer("level6_concat").output_shape == (None, 8, 8, 3 * 512)
@@ -377,24 +379,32 @@ def test_fuse_batch_norm_keeps_the_numbers_and_runs_one_fused_kernel():
 @pytest.mark.parametrize(
     "strides,padding,size", [(1, "same", 7), (2, "same", 7), (2, "valid", 8), (2, "same", 8)]
 )
-def test_pointwise_convolutions_keep_the_numbers_and_the_gradients(strides, padding, size):
-    """1x1 Conv2D and SeparableConv2D switched to `pointwise_conv`: same outputs, same gradients."""
-    from medsynth.models.layers import PointwiseConv2D, PointwiseSeparableConv2D, use_pointwise_gradients
+def test_forward_gradient_convolutions_keep_the_numbers_and_the_gradients(strides, padding, size):
+    """Conv2D (1x1 any stride, odd kernels stride-1 SAME) and SeparableConv2D switched to
+    `forward_gradient_conv`: same outputs, same gradients; other convolutions left alone."""
+    from medsynth.models.layers import (
+        ForwardGradientConv2D,
+        ForwardGradientSeparableConv2D,
+        use_forward_gradients,
+    )
 
     def net() -> tf.keras.Model:
         x = inp = tf.keras.Input((size, size, 5))
-        x = tf.keras.layers.Conv2D(6, 3, padding="same", name="c3")(x)  # not 1x1: left alone
+        x = tf.keras.layers.Conv2D(6, 3, padding="same", name="c3")(x)
         x = tf.keras.layers.Conv2D(7, 1, strides=strides, padding=padding, name="c1")(x)
         x = tf.keras.layers.SeparableConv2D(4, 3, padding="same", use_bias=False, name="sep")(x)
+        x = tf.keras.layers.Conv2D(3, 5, padding="same", use_bias=False, name="c5")(x)
+        x = tf.keras.layers.Conv2D(2, 3, strides=2, padding="same", name="c3s2")(x)  # not covered
         return tf.keras.Model(inp, x)
 
     tf.keras.utils.set_random_seed(3)
     stock, fast = net(), net()
     fast.set_weights(stock.get_weights())
-    assert use_pointwise_gradients(fast) == 2
-    assert type(fast.get_layer("c1")) is PointwiseConv2D
-    assert type(fast.get_layer("sep")) is PointwiseSeparableConv2D
-    assert type(fast.get_layer("c3")) is tf.keras.layers.Conv2D
+    assert use_forward_gradients(fast) == 4
+    for name in ("c3", "c1", "c5"):
+        assert type(fast.get_layer(name)) is ForwardGradientConv2D
+    assert type(fast.get_layer("sep")) is ForwardGradientSeparableConv2D
+    assert type(fast.get_layer("c3s2")) is tf.keras.layers.Conv2D
     x = tf.random.stateless_normal([3, size, size, 5], [1, 2])
 
     def run(model: tf.keras.Model) -> tuple[tf.Tensor, list[tf.Tensor]]:
@@ -406,19 +416,23 @@ def test_pointwise_convolutions_keep_the_numbers_and_the_gradients(strides, padd
 
     (y0, g0), (y1, g1) = run(stock), run(fast)
     np.testing.assert_allclose(y1.numpy(), y0.numpy(), rtol=1e-5, atol=1e-5)
-    assert len(g0) == len(g1) == 7  # x, c3 kernel+bias, c1 kernel+bias, sep depthwise+pointwise
+    assert len(g0) == len(g1) == 10  # x; c3, c1: kernel+bias; sep: 2 kernels; c5: kernel; c3s2: kernel+bias
     for a, b in zip(g0, g1, strict=True):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-4)
-    # the gradient runs as forward convolutions: no Conv2DBackpropInput for the 1x1 layer
+    # the input gradients run as forward convolutions: only the uncovered layer keeps Conv2DBackpropInput
     graph = tf.function(lambda: run(fast)[1]).get_concrete_function().graph
     backprop = [op.name for op in graph.get_operations() if op.type == "Conv2DBackpropInput"]
-    assert len(backprop) == 1 and "c3" in backprop[0], backprop
+    assert len(backprop) == 1 and "c3s2" in backprop[0], backprop
 
 
-def test_backbones_are_built_with_pointwise_gradients():
-    from medsynth.models.layers import PointwiseConv2D, PointwiseSeparableConv2D
+def test_backbones_and_the_generator_are_built_with_forward_gradients():
+    from medsynth.models.layers import ForwardGradientConv2D, ForwardGradientSeparableConv2D
 
     net = build_backbone("xception", 71, "none")
     kinds = {type(layer) for layer in net.layers}
-    assert PointwiseSeparableConv2D in kinds and PointwiseConv2D in kinds
+    assert ForwardGradientSeparableConv2D in kinds and ForwardGradientConv2D in kinds
     assert tf.keras.layers.SeparableConv2D not in kinds
+    g = build_generator(32, latent_dim=8, width=2)
+    convs = [layer for layer in g.layers if isinstance(layer, tf.keras.layers.Conv2D)
+             and not isinstance(layer, tf.keras.layers.Conv2DTranspose)]
+    assert convs and all(type(layer) is ForwardGradientConv2D for layer in convs)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from medsynth.errors import ConfigError
-from medsynth.models.layers import use_pointwise_gradients
+from medsynth.models.layers import use_forward_gradients
 
 apps = tf.keras.applications
 
@@ -100,9 +100,9 @@ def normalize_weights(weights: str | os.PathLike | None) -> str:
 def build_backbone(name: str, input_size: int, weights: str | os.PathLike | None) -> tf.keras.Model:
     """`name`'s network without its classifier, for RGB inputs of `input_size` x `input_size`.
 
-    Its output is the last feature map [n, h, w, feature_dim]; the caller pools it. Its 1x1
-    convolutions compute their input gradient as a forward convolution (`use_pointwise_gradients`:
-    G's gradient runs back through the whole backbone every step, frozen or not).
+    Its output is the last feature map [n, h, w, feature_dim]; the caller pools it. Its 1x1 and
+    stride-1 SAME convolutions compute their input gradient as a forward convolution
+    (`use_forward_gradients`: G's gradient runs back through the whole backbone every step).
     """
     spec = get_backbone(name)
     weights = normalize_weights(weights)
@@ -113,7 +113,7 @@ def build_backbone(name: str, input_size: int, weights: str | os.PathLike | None
 
     def construct(w: str | None) -> tf.keras.Model:
         net = spec.constructor(include_top=False, weights=w, input_shape=(input_size, input_size, 3))
-        use_pointwise_gradients(net)
+        use_forward_gradients(net)
         return net
 
     if weights == "none":

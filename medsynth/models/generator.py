@@ -31,7 +31,13 @@ import math
 import tensorflow as tf
 
 from medsynth.errors import ConfigError
-from medsynth.models.layers import NORMALIZATIONS, NearestUpSampling2D, normalization, spectral_norm
+from medsynth.models.layers import (
+    NORMALIZATIONS,
+    NearestUpSampling2D,
+    normalization,
+    spectral_norm,
+    use_forward_gradients,
+)
 
 MIN_SIZE, MAX_SIZE = 8, 1024
 BASE = 4  # the projected latent is a BASE x BASE map; each level doubles it
@@ -125,4 +131,6 @@ def build_generator(
     images = weighted(
         layers.Conv2D(1, 3, padding="same", use_bias=False, activation="tanh", name="to_image")
     )(x)
-    return tf.keras.Model(z, images, name="generator")
+    generator = tf.keras.Model(z, images, name="generator")
+    use_forward_gradients(generator)  # its stride-1 convolutions' input gradients as forward convolutions
+    return generator

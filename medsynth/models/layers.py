@@ -117,61 +117,73 @@ def fuse_batch_norm(model: tf.keras.Model) -> int:
     return changed
 
 
-# --- 1x1 convolutions with a fast input gradient ----------------------------------------------------
+# --- convolutions whose input gradient runs as a forward convolution -----------------------------
 @tf.custom_gradient
-def pointwise_conv(x: tf.Tensor, kernel: tf.Tensor):  # noqa: ANN201 - (output, gradient function)
-    """A 1x1, stride-1 convolution whose input gradient is itself a 1x1 convolution.
+def forward_gradient_conv(x: tf.Tensor, kernel: tf.Tensor):  # noqa: ANN201 - (output, gradient function)
+    """A stride-1 SAME convolution with an odd kernel, whose input gradient is a forward convolution.
 
-    TF 2.15's CPU kernel for Conv2DBackpropInput is slow on small maps with many channels,
-    the exit flow of the backbones (Xception's block14 at 3x3 x 1536 → 2048: 249 ms against
-    35 ms for the same FLOPs as a forward convolution with the transposed kernel, measured on
-    this project's 2 cores). For a 1x1 kernel ∂L/∂x = ∂L/∂y · Wᵀ exactly, so it runs as that
-    forward convolution; ∂L/∂W is the matrix product xᵀ · ∂L/∂y (pruned when W is frozen).
+    TF 2.15's CPU kernel for Conv2DBackpropInput is slow: 249 ms for Xception's block14
+    pointwise layer (3x3 maps, 1536 → 2048 channels, batch 16) and 97 ms for G's last 3x3
+    layer at 128 px (24 → 1), where the same FLOPs as a forward convolution take 35 ms and
+    19 ms (measured on this project's 2 cores). For stride 1 and SAME padding with an odd
+    kernel, ∂L/∂x is exactly the convolution of ∂L/∂y with the kernel flipped in space and
+    transposed in channels, so it runs as that. ∂L/∂W: a matrix product for 1x1 kernels, TF's
+    own kernel otherwise (pruned when W is frozen).
     """
-    y = tf.nn.conv2d(x, kernel, 1, "VALID")
+    y = tf.nn.conv2d(x, kernel, 1, "SAME")
+    kh, kw, cin, cout = kernel.shape
 
     def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        dx = tf.nn.conv2d(dy, tf.transpose(kernel, [0, 1, 3, 2]), 1, "VALID")
-        cin, cout = kernel.shape[2], kernel.shape[3]
-        dk = tf.matmul(tf.reshape(x, [-1, cin]), tf.reshape(dy, [-1, cout]), transpose_a=True)
-        return dx, tf.reshape(dk, tf.shape(kernel))
+        flipped = kernel if (kh, kw) == (1, 1) else tf.reverse(kernel, [0, 1])
+        dx = tf.nn.conv2d(dy, tf.transpose(flipped, [0, 1, 3, 2]), 1, "SAME")
+        if (kh, kw) == (1, 1):
+            dk = tf.matmul(tf.reshape(x, [-1, cin]), tf.reshape(dy, [-1, cout]), transpose_a=True)
+            dk = tf.reshape(dk, tf.shape(kernel))
+        else:
+            dk = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(kernel), out_backprop=dy,
+                                                 strides=[1, 1, 1, 1], padding="SAME")
+        return dx, dk
 
     return y, grad
 
 
-def _pointwise_strided(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, int]) -> tf.Tensor:
-    # A strided 1x1 convolution reads every s-th pixel from the first, with SAME or VALID padding.
-    if tuple(strides) != (1, 1):
-        x = x[:, :: strides[0], :: strides[1], :]
-    return pointwise_conv(x, kernel)
+def _covered(kernel_size: tuple[int, int], strides: tuple[int, int], padding: str) -> bool:
+    """Convolutions `forward_gradient_conv` computes: 1x1 with any stride and padding (a strided
+    1x1 convolution reads every s-th pixel from the first), or odd kernels, stride 1, SAME."""
+    if tuple(kernel_size) == (1, 1):
+        return padding in ("same", "valid")
+    odd = all(k % 2 == 1 for k in kernel_size)
+    return odd and tuple(strides) == (1, 1) and padding == "same"
 
 
 @tf.keras.saving.register_keras_serializable(package="medsynth")
-class PointwiseConv2D(tf.keras.layers.Conv2D):
-    """Conv2D with a 1x1 kernel computed by `pointwise_conv` (same variables, same numbers)."""
+class ForwardGradientConv2D(tf.keras.layers.Conv2D):
+    """Conv2D computed by `forward_gradient_conv` (same variables, same numbers)."""
 
     def convolution_op(self, inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-        return _pointwise_strided(inputs, tf.cast(kernel, inputs.dtype), self.strides)
+        if tuple(self.strides) != (1, 1):  # 1x1 only (see _covered)
+            inputs = inputs[:, :: self.strides[0], :: self.strides[1], :]
+        return forward_gradient_conv(inputs, tf.cast(kernel, inputs.dtype))
 
 
 @tf.keras.saving.register_keras_serializable(package="medsynth")
-class PointwiseSeparableConv2D(tf.keras.layers.SeparableConv2D):
-    """SeparableConv2D whose pointwise half is `pointwise_conv` (what tf.nn.separable_conv2d does)."""
+class ForwardGradientSeparableConv2D(tf.keras.layers.SeparableConv2D):
+    """SeparableConv2D whose pointwise half is `forward_gradient_conv` (what tf.nn.separable_conv2d does)."""
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         x = tf.nn.depthwise_conv2d(inputs, self.depthwise_kernel, (1, *self.strides, 1),
                                    self.padding.upper(), dilations=self.dilation_rate)
-        x = pointwise_conv(x, tf.cast(self.pointwise_kernel, x.dtype))
+        x = forward_gradient_conv(x, tf.cast(self.pointwise_kernel, x.dtype))
         if self.use_bias:
             x = tf.nn.bias_add(x, self.bias)
         return self.activation(x) if self.activation is not None else x
 
 
-def use_pointwise_gradients(model: tf.keras.Model) -> int:
-    """Switch `model`'s 1x1 convolutions to `pointwise_conv`, in place; returns how many changed.
+def use_forward_gradients(model: tf.keras.Model) -> int:
+    """Switch `model`'s convolutions that `forward_gradient_conv` covers to it, in place.
 
-    For networks built by keras.applications (the backbones): their layers keep their
-    variables, names and checkpoints; only the classes change, as in `synchronize_batch_norm`.
+    Returns how many layers changed. Their variables, names and checkpoints stay; only the
+    classes change, as in `synchronize_batch_norm` (so it works on keras.applications networks).
     """
     changed = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
@@ -180,10 +192,10 @@ def use_pointwise_gradients(model: tf.keras.Model) -> int:
         if layer.data_format != "channels_last" or tuple(layer.dilation_rate) != (1, 1):
             continue
         if type(layer) is tf.keras.layers.Conv2D:
-            if tuple(layer.kernel_size) != (1, 1) or layer.groups != 1 or layer.padding == "causal":
+            if layer.groups != 1 or not _covered(layer.kernel_size, layer.strides, layer.padding):
                 continue
-            layer.__class__ = PointwiseConv2D
+            layer.__class__ = ForwardGradientConv2D
         else:
-            layer.__class__ = PointwiseSeparableConv2D
+            layer.__class__ = ForwardGradientSeparableConv2D
         changed += 1
     return changed
