@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import tensorflow as tf  # noqa: E402
 
-from medsynth.models.layers import ForwardGradientConv2D, ForwardGradientSeparableConv2D, fuse_batch_norm  # noqa: E402
+from medsynth.models.layers import FORWARD_GRADIENT_LAYERS, fuse_batch_norm  # noqa: E402
 from medsynth.train.config import TrainConfig  # noqa: E402
 from medsynth.train.flops import step_flops  # noqa: E402
 from medsynth.train.loop import _gpu_capability, _optimizer, build_models, resolve_precision  # noqa: E402
@@ -84,8 +84,7 @@ def reference_step(generator, discriminator, g_opt, d_opt, batch: int, latent_di
 
 def stock_convolutions(model: tf.keras.Model) -> None:
     """The reference runs Keras' own layers: undo medsynth.models.layers.use_forward_gradients."""
-    stock = {ForwardGradientConv2D: tf.keras.layers.Conv2D,
-             ForwardGradientSeparableConv2D: tf.keras.layers.SeparableConv2D}
+    stock = {fast: keras for keras, fast in FORWARD_GRADIENT_LAYERS.items()}
     for layer in model._flatten_layers(include_self=False, recursive=True):
         layer.__class__ = stock.get(type(layer), type(layer))
 

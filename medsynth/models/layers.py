@@ -132,11 +132,12 @@ def forward_gradient_conv(x: tf.Tensor, kernel: tf.Tensor):  # noqa: ANN201 - (o
     """
     y = tf.nn.conv2d(x, kernel, 1, "SAME")
     kh, kw, cin, cout = kernel.shape
+    pointwise = (kh, kw) == (1, 1)
 
     def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        flipped = kernel if (kh, kw) == (1, 1) else tf.reverse(kernel, [0, 1])
+        flipped = kernel if pointwise else tf.reverse(kernel, [0, 1])
         dx = tf.nn.conv2d(dy, tf.transpose(flipped, [0, 1, 3, 2]), 1, "SAME")
-        if (kh, kw) == (1, 1):
+        if pointwise:
             dk = tf.matmul(tf.reshape(x, [-1, cin]), tf.reshape(dy, [-1, cout]), transpose_a=True)
             dk = tf.reshape(dk, tf.shape(kernel))
         else:
@@ -179,6 +180,13 @@ class ForwardGradientSeparableConv2D(tf.keras.layers.SeparableConv2D):
         return self.activation(x) if self.activation is not None else x
 
 
+# Keras' layer → the one computed by `forward_gradient_conv` (same variables and config).
+FORWARD_GRADIENT_LAYERS = {
+    tf.keras.layers.Conv2D: ForwardGradientConv2D,
+    tf.keras.layers.SeparableConv2D: ForwardGradientSeparableConv2D,
+}
+
+
 def use_forward_gradients(model: tf.keras.Model) -> int:
     """Switch `model`'s convolutions that `forward_gradient_conv` covers to it, in place.
 
@@ -187,15 +195,13 @@ def use_forward_gradients(model: tf.keras.Model) -> int:
     """
     changed = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if type(layer) not in (tf.keras.layers.Conv2D, tf.keras.layers.SeparableConv2D):
+        fast = FORWARD_GRADIENT_LAYERS.get(type(layer))
+        if fast is None or layer.data_format != "channels_last" or tuple(layer.dilation_rate) != (1, 1):
             continue
-        if layer.data_format != "channels_last" or tuple(layer.dilation_rate) != (1, 1):
+        if fast is ForwardGradientConv2D and (
+            layer.groups != 1 or not _covered(layer.kernel_size, layer.strides, layer.padding)
+        ):
             continue
-        if type(layer) is tf.keras.layers.Conv2D:
-            if layer.groups != 1 or not _covered(layer.kernel_size, layer.strides, layer.padding):
-                continue
-            layer.__class__ = ForwardGradientConv2D
-        else:
-            layer.__class__ = ForwardGradientSeparableConv2D
+        layer.__class__ = fast
         changed += 1
     return changed

@@ -302,10 +302,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     xla = resolve_xla(cfg.xla, capability, dist, deterministic)
     with dist.strategy.scope():
         generator, discriminator = build_models(cfg, policy)
-        synchronized = cfg.batch_norm == "synchronized" or (
-            cfg.batch_norm == "auto" and (dist.replicas > 1 or dist.hvd is not None)
-        )
-        if cfg.batch_norm == "fused" and not synchronized and (dist.replicas > 1 or dist.hvd is not None):
+        several = dist.replicas > 1 or dist.hvd is not None
+        synchronized = cfg.batch_norm == "synchronized" or (cfg.batch_norm == "auto" and several)
+        if cfg.batch_norm == "fused" and several:
             log.warning("--batch-norm fused with %d replicas: each normalises its own slice", dist.replicas)
         for model in (generator, discriminator):
             if synchronized:
