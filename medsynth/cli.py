@@ -398,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone-mode", choices=["frozen", "trainable"], default=None)
     s.add_argument("--latent-dim", type=int, default=100)
     s.add_argument("--generator-width", type=int, default=8, help="w in F = 2**level * w (Table 1: 8)")
+    s.add_argument("--generator-upsampling", default="resize", choices=["resize", "transpose"],
+                   help="Table 1's transposed convolutions as written (transpose) or as nearest "
+                        "up-sampling + convolution with the same weights (resize: no checkerboard)")
     s.add_argument("--r1-gamma", type=float, default=0.0,
                    help="weight of the R1 penalty on D's gradient at real frames (0: off)")
     s.add_argument("--batch-norm", default="auto", choices=["auto", "fused", "synchronized"],

@@ -5,6 +5,12 @@ UI runs here task by task in subprocesses of the current virtualenv
 (SubprocessRunner, use_venv=False: nothing is pip-installed per task), with a
 local folder standing in for the bucket and weights=none for the backbones
 (ImageNet weights cannot be downloaded here).
+
+The comparison pits MobileNetV2 (Table 2, the cheapest paper backbone to train on a CPU) against
+the `convnet` baseline: without ImageNet weights a Table-2 backbone learns from scratch and, at
+32 px in minutes, does not teach G the phantom (measured: noise), so the baseline is what wins
+and trains the final model. With ImageNet weights (a cluster, `backbone_weights=imagenet`) the
+pipeline compares the paper's eight.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from medsynth.errors import ConfigError
 
 log = logging.getLogger("medsynth")
 
-DEMO_BACKBONES = ["mobilenetv2", "mobilenet"]
+DEMO_BACKBONES = ["convnet", "mobilenetv2"]
 
 
 @dataclass
@@ -44,7 +50,7 @@ class DemoConfig:
             raise ConfigError(
                 f"--image-size {self.image_size} is too large for a CPU demo; use 32, 64 or 128"
             )
-        self.steps = 600 if self.steps is None else self.steps
+        self.steps = 1500 if self.steps is None else self.steps
         self.compare_steps = 60 if self.compare_steps is None else self.compare_steps
         self.batch_size = self.batch_size or 16
         for name in ("steps", "compare_steps"):

@@ -59,6 +59,24 @@ def test_shapes_range_and_content(ds_dir, cache):
         assert len({f.tobytes() for f in epoch}) == len(epoch)
 
 
+def test_shuffle_mixes_the_whole_split():
+    # A batch must not be a run of neighbouring frames (one cine loop): TF's RandomIndexShuffle, used
+    # before, mapped stream positions 0..7 of 464 to 253, 252, 255, 254, 445, 248, 251, 250.
+    n = 464
+    frames = data_input._epoch_permutations(tf.range(3 * n, dtype=tf.int64), n, 0).numpy()
+    epochs = frames.reshape(3, n)
+    assert all(sorted(e) == list(range(n)) for e in epochs)  # each epoch a permutation
+    assert not np.array_equal(epochs[0], epochs[1])  # a new one every epoch
+    # Neighbouring positions land on unrelated frames: a uniform permutation's mean |step| is ~n/3.
+    assert np.abs(np.diff(epochs[0])).mean() > n / 4
+    assert abs(np.corrcoef(np.arange(n), epochs[0])[0, 1]) < 0.2
+    # A batch spanning an epoch boundary takes each side from its own epoch's permutation.
+    batch = data_input._epoch_permutations(tf.range(n - 4, n + 4, dtype=tf.int64), n, 0).numpy()
+    np.testing.assert_array_equal(batch, np.concatenate([epochs[0][-4:], epochs[1][:4]]))
+    other = data_input._epoch_permutations(tf.range(n, dtype=tf.int64), n, 1).numpy()
+    assert not np.array_equal(other, epochs[0])  # and another per seed
+
+
 @pytest.mark.parametrize("cache", [True, False], ids=["memory", "streaming"])
 def test_deterministic_per_seed(ds_dir, cache):
     a = _take(make_dataset(ds_dir, batch_size=8, seed=1, augment=True, cache=cache), 6)

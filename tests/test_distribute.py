@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("train_worker.py")
 STEPS, BATCH = 2, 8
 # Adam moves each weight by about lr * sign(gradient) in its first steps, so an element whose gradient
-# is ~0 can move either way when summation order changes (DESIGN §3): a few elements may differ by a
-# fraction of lr (2e-4); nearly all must agree to 1e-5.
-TOL = dict(rtol=1e-4, atol=1e-4)
+# is ~0 can move either way when summation order changes (DESIGN §3): a few elements may differ by up
+# to 2 lr per step (measured: 1.6e-4 for one of 4,096 after 2 steps); nearly all must agree to 1e-5.
+LR = 2e-4  # TrainConfig's default for both optimizers
+TOL = dict(rtol=1e-4, atol=2 * LR * STEPS)
 STRICT, STRICT_SHARE = 1e-5, 0.01
 TIMEOUT = 900
 

@@ -86,6 +86,16 @@ def test_generator_follows_table1_at_256px_and_has_the_reconstructed_counts():
     assert g.get_layer("level6_upsample").size == (2, 2)
     assert g.get_layer("level6_concat").output_shape == (None, 8, 8, 3 * 512)
 
+    # Resize-convolutions instead (Odena et al. 2016): the same weights, no transposed layer.
+    r = build_generator(256, upsampling="resize")
+    assert count_params(r) == count_params(g) and r.output_shape == g.output_shape
+    assert not any(isinstance(la, tf.keras.layers.Conv2DTranspose) for la in r.layers)
+    for name in ("level6_deconv1", "level6_deconv2"):
+        assert r.get_layer(name).kernel.shape.num_elements() == g.get_layer(name).kernel.shape.num_elements()
+        assert r.get_layer(f"{name}_resize").output_shape == (None, 8, 8, 1024)
+    with pytest.raises(ConfigError, match="unknown up-sampling 'bilinear'; use one of: resize, transpose"):
+        build_generator(32, upsampling="bilinear")
+
 
 @pytest.mark.parametrize("size", [100, 4, 2048, 0, -8, 96])
 def test_generator_refuses_sizes_it_cannot_make(size):
@@ -215,6 +225,50 @@ def test_xception_frozen_at_256px_is_the_papers_discriminator(caplog):
     assert len(grads) == 1 and np.isfinite(grads[0].numpy()).all()
     np.testing.assert_array_equal(backbone_bn.moving_mean.numpy(), before)
     assert not np.allclose(d.get_layer("head_norm").moving_mean.numpy(), head_before)
+
+
+def test_convnet_baseline_is_a_dcgan_discriminator_outside_table2(caplog):
+    assert "convnet" not in backbone_names() and backbone_names(baseline=True)[-1] == "convnet"
+    spec = get_backbone("ConvNet")
+    assert not spec.in_table2 and spec.imagenet_params is None
+    # Asked for ImageNet weights (the pipeline's one weights parameter), it learns from scratch.
+    with caplog.at_level(logging.INFO, logger="medsynth"):
+        d = build_discriminator(32, "convnet", weights="imagenet")
+    assert "no ImageNet weights" in caplog.text
+    net = backbone_of(d)
+    assert net.trainable and net.output_shape == (None, 4, 4, 257)  # 3 stride-2 convs + stddev channel
+    assert not any(isinstance(la, tf.keras.layers.BatchNormalization) for la in d._flatten_layers())
+    # DCGAN's head: the 4x4x257 map flattened into one logit with a bias, every weight trainable.
+    assert d.get_layer("logit").kernel.shape == (4 * 4 * 257, 1) and d.get_layer("logit").use_bias
+    assert count_params(d).non_trainable == 0
+    expected = (3 * 16 * 64 + 64) + (64 * 16 * 128 + 128) + (128 * 16 * 256 + 256) + 4 * 4 * 257 + 1
+    assert count_params(d).trainable == expected
+    frames = tf.random.stateless_uniform((2, 32, 32, 1), seed=(2, 3), minval=-1, maxval=1)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(d(frames, training=True))
+    grads = tape.gradient(loss, d.trainable_variables)
+    assert all(np.isfinite(g.numpy()).all() and np.abs(g.numpy()).sum() > 0 for g in grads)
+    # Small frames are resized up to its 16 px minimum; build_backbone refuses ImageNet weights.
+    assert backbone_of(build_discriminator(8, "convnet", weights="none")).input_shape == (None, 16, 16, 3)
+    with pytest.raises(ConfigError, match="convnet has no ImageNet weights"):
+        build_backbone("convnet", 32, "imagenet")
+
+
+@pytest.mark.parametrize("half", [8, 6, 3])
+def test_minibatch_stddev_never_mixes_real_and_generated_frames(half):
+    from medsynth.models.layers import MinibatchStddev
+
+    real = tf.ones([half, 4, 4, 2]) * 0.5  # identical frames: no spread within any real group
+    fake = tf.random.stateless_normal([half, 4, 4, 2], seed=(7, half))
+    out = MinibatchStddev()(tf.concat([real, fake], 0)).numpy()
+    assert out.shape == (2 * half, 4, 4, 3)
+    np.testing.assert_array_equal(out[..., :2], tf.concat([real, fake], 0).numpy())
+    spread = out[:, 0, 0, 2]
+    assert np.allclose(spread[:half], 1e-4, atol=1e-4)  # sqrt(0 + 1e-8): real groups hold only reals
+    assert (spread[half:] > 0.3).all()  # generated groups see their spread
+    g = {8: 4, 6: 3, 3: 3}[half]  # the largest group <= 4 dividing the half
+    per_group = spread[half:].reshape(-1, g)
+    assert np.allclose(per_group, per_group[:, :1]) and len(np.unique(per_group[:, 0])) == half // g
 
 
 def test_resolve_mode():

@@ -178,6 +178,8 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     train(_cfg(tmp_path, "runs/r/a", steps=2))
     with pytest.raises(CheckpointError, match="another model"):
         train(_cfg(tmp_path, "runs/r/a", steps=4, generator_width=4))
+    with pytest.raises(CheckpointError, match="another model"):  # same weights, other layers
+        train(_cfg(tmp_path, "runs/r/a", steps=4, generator_upsampling="transpose"))
 
 
 @pytest.mark.parametrize(
@@ -189,6 +191,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         ({"strategy": "magic"}, "--strategy"),
         ({"batch_size": 0}, "--batch-size"),
         ({"deterministic": "yes"}, "--deterministic"),
+        ({"generator_upsampling": "bilinear"}, "--generator-upsampling must be one of resize, transpose"),
     ],
 )
 def test_bad_config_is_refused_with_the_flag_named(tmp_path, kw, match):

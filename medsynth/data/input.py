@@ -2,7 +2,7 @@
 
 `make_dataset` has two modes (see its docstring), both deterministic per seed:
 - in memory (the usual case): the split's frames are loaded once; batch b holds frames
-  `index_shuffle(i mod N, seed=(seed, epoch))` for its element indices i — a full new permutation each
+  `perm_(seed, epoch)[i mod N]` for its element indices i — a full new permutation each
   epoch — gathered, scaled to [-1, 1] and augmented on whole batches. Every batch is a pure function
   of its index, so iterator checkpoints are symbolic (~1 KB) and `skip_batches` resumes for free.
 - streaming (splits larger than `memory_budget()`): shard files → parallel deterministic interleave →
@@ -171,7 +171,7 @@ def make_dataset(
 
     Two modes, chosen by size:
     - in memory (`cache=True` and the split fits in `memory_budget()`): the split's frames are loaded
-      once; element i of the stream is frame `index_shuffle(i mod N, seed=(seed, epoch))` — a full,
+      once; element i of the stream is frame `perm_(seed, epoch)[i mod N]` — a full,
       different permutation every epoch, a pure function of i. The iterator's checkpoint is then
       symbolic: a position, ~1 KB, not the images (a `cache()`+`shuffle()` iterator checkpoint holds
       the cache and the shuffle buffer, i.e. the data set, in every checkpoint).
@@ -224,16 +224,10 @@ def make_dataset(
         start = pipeline_id + pipelines * per_batch * int(skip_batches)
         ds = tf.data.Dataset.range(start, stop, pipelines).batch(per_batch, drop_remainder=True)
 
-        def lookup(idx):
-            if shuffle:
-                seeds = tf.stack(
-                    [tf.fill(tf.shape(idx), tf.constant(seed, tf.int64)), idx // n, tf.zeros_like(idx)],
-                    axis=1,
-                )
-                idx = tf.raw_ops.RandomIndexShuffle(index=idx % n, seed=seeds, max_index=n - 1)
-            else:
-                idx = idx % n
-            return transform(tf.gather(images, idx), tf.stack([tf.constant(seed, tf.int64), idx[0]]))
+        def lookup(position):
+            idx = _epoch_permutations(position, n, seed) if shuffle else position % n
+            # Augmentation is keyed by the stream position (a frame recurs every epoch).
+            return transform(tf.gather(images, idx), tf.stack([tf.constant(seed, tf.int64), position[0]]))
 
         ds = ds.map(lookup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         options.experimental_symbolic_checkpoint = True
@@ -276,6 +270,29 @@ def make_dataset(
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _epoch_permutations(idx, n, seed: int):
+    """Frame of each stream position in `idx` (increasing): position i is frame perm_e[i mod n], where
+    perm_e is a full uniform permutation of the split drawn from (seed, e) for epoch e = i // n.
+
+    Not `RandomIndexShuffle`: on small ranges it hardly mixes (positions 0..7 of 464 map to
+    253, 252, 255, 254, 445, 248, 251, 250), so a batch held consecutive frames of one cine loop —
+    near-identical images, which a GAN's discriminator and batch norm take as the real distribution.
+    """
+    import tensorflow as tf
+
+    epochs = idx // n
+    first = epochs[0]
+    count = tf.cast(epochs[-1] - first + 1, tf.int32)  # epochs this batch spans: 1 or 2 unless batch > n
+    frames = tf.range(n, dtype=tf.int64)
+    seed = tf.constant(seed, tf.int64)
+    perms = tf.map_fn(
+        lambda e: tf.random.experimental.stateless_shuffle(frames, seed=tf.stack([seed, e])),
+        first + tf.range(count, dtype=tf.int64),
+        fn_output_signature=tf.int64,
+    )
+    return tf.gather_nd(perms, tf.stack([epochs - first, idx % n], axis=1))
 
 
 def _load_split(files: list[str], size: int, dtype, frames: int) -> np.ndarray:

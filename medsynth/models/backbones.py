@@ -1,4 +1,5 @@
-"""The eight ImageNet feature extractors of the paper's Table 2, as discriminator backbones.
+"""The eight ImageNet feature extractors of the paper's Table 2, as discriminator backbones, and one
+baseline that is not in the paper: `convnet`, the small strided ConvNet of the DCGAN tutorials.
 
 Each entry knows how to build its keras.applications network without the
 classifier, the smallest input it accepts, and how to turn the generator's
@@ -9,6 +10,16 @@ ResNet50/101, [-1, 1] for the rest).
 Weights are "imagenet" (keras downloads them by name into ~/.keras), "none"
 (random) or a path to a weights file saved from the same backbone (for
 machines without internet: save them once where there is, copy the file).
+
+Why `convnet`: the paper's method is transfer learning — a *pretrained* backbone. Without ImageNet
+weights (none can be downloaded on the demo's machines) a Table-2 network learns from scratch, and
+at 32–64 px that is measured to fail: MobileNetV2 or MobileNet from scratch, trainable, reduce a
+32 px frame to one 1x1 feature vector through ~50 batch-normalised layers, separate real from
+generated within ~50 steps, and their input gradients lead G to noise (600 steps; the README lists
+the variants tried). Three strided convolutions keep a 4x4 map, have no batch norm and learn as
+fast as G does: measured at 32 px, G draws the X-ray background in 250 steps and catheter- and
+vessel-like curves by 500–1,500 (a few minutes on a CPU). It is the demo's baseline, what the
+backbone comparison measures the Table-2 networks against there; it has no ImageNet weights.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from medsynth.errors import ConfigError
-from medsynth.models.layers import use_forward_gradients
+from medsynth.models.layers import MinibatchStddev, use_forward_gradients
 
 apps = tf.keras.applications
 
@@ -34,11 +45,16 @@ class BackboneSpec:
     constructor: Callable[..., tf.keras.Model]
     preprocess: Callable[[tf.Tensor], tf.Tensor]  # keras' preprocess_input: 0–255 RGB → network input
     feature_dim: int  # channels of the last feature map = length of the pooled feature vector
-    imagenet_params: int  # Table 2, with the classifier
-    size_mb: int  # Table 2
-    top1: float  # Table 2
-    top5: float  # Table 2
+    imagenet_params: int | None  # Table 2, with the classifier (None: not in Table 2, no ImageNet weights)
+    size_mb: int | None  # Table 2
+    top1: float | None  # Table 2
+    top5: float | None  # Table 2
     min_size: int = 32  # smallest input side keras.applications accepts
+    head: str = "paper"  # "paper": GAP → BN → Dense(1) (Table 3); "dcgan": Flatten → Dense(1) with bias
+
+    @property
+    def in_table2(self) -> bool:
+        return self.imagenet_params is not None
 
     def input_size(self, image_size: int) -> int:
         """Side of the backbone's input for frames of `image_size` px (smaller frames are resized up)."""
@@ -65,12 +81,40 @@ _SPECS = (
     BackboneSpec("xception", "Xception", apps.Xception, apps.xception.preprocess_input,
                  2048, 22_910_480, 88, 0.790, 0.945, min_size=71),
 )
-BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
 
 
-def backbone_names() -> list[str]:
-    """The registry keys, in the order of Table 2."""
-    return list(BACKBONES)
+def conv_net(include_top: bool = False, weights: str | None = None,
+             input_shape: tuple[int, int, int] = (32, 32, 3)) -> tf.keras.Model:
+    """The DCGAN tutorials' discriminator trunk: 3 x (Conv 4x4 / 2 → LeakyReLU 0.2), 64-128-256 filters,
+    then ProGAN's minibatch standard deviation (measured at 32 px: without it every sample was the
+    same frame by step 1,800; with it G still drifts towards few modes, more slowly).
+
+    keras.applications' signature, so the registry builds it like the others; no batch norm (a
+    discriminator's batch statistics couple real and generated frames), biases on.
+    """
+    if include_top or weights is not None:
+        raise ConfigError("convnet has no classifier and no published weights (use none or a file)")
+    layers = tf.keras.layers
+    x = inputs = tf.keras.Input(shape=input_shape)
+    for i, filters in enumerate((64, 128, 256), start=1):
+        x = layers.Conv2D(filters, 4, strides=2, padding="same", name=f"conv{i}")(x)
+        x = layers.LeakyReLU(0.2, name=f"conv{i}_lrelu")(x)
+    x = MinibatchStddev(name="minibatch_stddev")(x)
+    return tf.keras.Model(inputs, x, name="convnet")
+
+
+def _unit_range(x: tf.Tensor) -> tf.Tensor:
+    return x / 127.5 - 1.0
+
+
+BASELINE = BackboneSpec("convnet", "ConvNet (DCGAN baseline, not in Table 2)", conv_net, _unit_range,
+                        257, None, None, None, None, min_size=16, head="dcgan")
+BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in (*_SPECS, BASELINE)}
+
+
+def backbone_names(baseline: bool = False) -> list[str]:
+    """The paper's backbones in the order of Table 2 (and, with `baseline`, the convnet after them)."""
+    return [s.name for s in BACKBONES.values() if baseline or s.in_table2]
 
 
 def _key(name: str) -> str:
@@ -119,6 +163,8 @@ def build_backbone(name: str, input_size: int, weights: str | os.PathLike | None
     if weights == "none":
         return construct(None)
     if weights == "imagenet":
+        if not spec.in_table2:
+            raise ConfigError(f"backbone {spec.name} has no ImageNet weights; use none or a weights file")
         try:
             return construct("imagenet")  # keras' own download, cached in ~/.keras/models
         except Exception as e:  # keras raises a bare Exception("URL fetch failure …")

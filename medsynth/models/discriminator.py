@@ -6,6 +6,8 @@
       → GlobalAveragePooling2D → BatchNormalization(center=False, scale=False) → Dense(1, no bias)
       → logits [n, 1]   (no sigmoid: the loss takes logits)
 
+The `convnet` baseline (not in the paper) has DCGAN's head instead: Flatten → Dense(1) with a bias.
+
 With Xception at 256 px and a frozen backbone this is 20,867,624 weights of
 which 2,048 are trainable, exactly the paper's Table 3 (the head's BN adds
 4,096 non-trainable moving statistics; the usual GAP → Dense(1) head would
@@ -77,6 +79,10 @@ def build_discriminator(
     check_image_size(image_size)
     spec = get_backbone(backbone)
     weights = normalize_weights(weights)
+    if weights == "imagenet" and not spec.in_table2:
+        # A pipeline compares backbones under one weights parameter; the baseline has none to load.
+        log.info("discriminator %s: no ImageNet weights exist for it, so it learns from scratch", spec.name)
+        weights = "none"
     resolved = resolve_mode(weights, mode)
     if mode is None:
         log.info("discriminator %s: %s", spec.name, mode_reason(weights, mode))
@@ -101,6 +107,10 @@ def discriminator_from_backbone(
         # are those of the global batch, so N devices compute what one would.
         synchronize_batch_norm(net)
         x = net(x)
+    if spec.head == "dcgan":  # the baseline keeps its feature map's layout, as DCGAN's D does
+        x = tf.keras.layers.Flatten(name="features")(x)
+        logits = tf.keras.layers.Dense(1, name="logit")(x)
+        return tf.keras.Model(images, logits, name="discriminator")
     x = tf.keras.layers.GlobalAveragePooling2D(name="features")(x)
     x = tf.keras.layers.BatchNormalization(center=False, scale=False, synchronized=True, name="head_norm")(x)
     logits = tf.keras.layers.Dense(1, use_bias=False, name="logit")(x)

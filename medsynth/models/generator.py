@@ -40,6 +40,7 @@ from medsynth.models.layers import (
 )
 
 MIN_SIZE, MAX_SIZE = 8, 1024
+UPSAMPLINGS = ("resize", "transpose")
 BASE = 4  # the projected latent is a BASE x BASE map; each level doubles it
 
 
@@ -70,6 +71,7 @@ def build_generator(
     width: int = 8,
     norm: str = "batch",
     spectral: bool = False,
+    upsampling: str = "transpose",
 ) -> tf.keras.Model:
     """The generator: z float32 [n, latent_dim] → images [n, S, S, 1] in [-1, 1].
 
@@ -83,6 +85,9 @@ def build_generator(
         raise ConfigError(f"latent_dim ({latent_dim}) and width ({width}) must be positive integers")
     if norm not in NORMALIZATIONS:
         raise ConfigError(f"unknown normalisation {norm!r}; use one of: {', '.join(NORMALIZATIONS)}")
+    upsampling = str(upsampling).lower()
+    if upsampling not in UPSAMPLINGS:
+        raise ConfigError(f"unknown up-sampling {upsampling!r}; use one of: {', '.join(UPSAMPLINGS)}")
     layers = tf.keras.layers
 
     def weighted(layer: tf.keras.layers.Layer) -> tf.keras.layers.Layer:
@@ -97,10 +102,14 @@ def build_generator(
         return norm_act(x, name)
 
     def deconv(x: tf.Tensor, filters: int, kernel: int, name: str) -> tf.Tensor:
-        x = weighted(
-            layers.Conv2DTranspose(filters, kernel, strides=2, padding="same", use_bias=False, name=name)
-        )(x)
-        return norm_act(x, name)
+        if upsampling == "resize":
+            x = NearestUpSampling2D(2, name=f"{name}_resize")(x)
+            layer = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=name)
+        else:
+            layer = layers.Conv2DTranspose(
+                filters, kernel, strides=2, padding="same", use_bias=False, name=name
+            )
+        return norm_act(weighted(layer)(x), name)
 
     z = tf.keras.Input(shape=(latent_dim,), dtype=tf.float32, name="z")
 

@@ -60,6 +60,40 @@ class NearestUpSampling2D(tf.keras.layers.UpSampling2D):
         return tf.reshape(x, [n, h * fh, w * fw, c])
 
 
+@tf.keras.saving.register_keras_serializable(package="medsynth")
+class MinibatchStddev(tf.keras.layers.Layer):
+    """ProGAN's minibatch standard deviation (Karras et al. 2018): one more channel holding how much
+    the frames of a small group differ, so D sees a collapsed generator (every sample alike).
+
+    Groups are `group_size` *consecutive* frames, at most 4 and dividing half the batch: D's batch is
+    [real; fake] with equal halves, so no group mixes real and generated frames (ProGAN's strided
+    groups would).
+    """
+
+    def __init__(self, group_size: int = 4, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.group_size = int(group_size)
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        shape = tf.shape(x)
+        half = shape[0] // 2
+        g = tf.constant(1)
+        for size in range(2, self.group_size + 1):
+            g = tf.where(tf.equal(half % size, 0), size, g)  # the largest size <= group_size dividing half
+        groups = tf.reshape(tf.cast(x, tf.float32), tf.concat([[-1, g], shape[1:]], 0))
+        spread = tf.sqrt(tf.math.reduce_variance(groups, axis=1) + 1e-8)  # [n / g, h, w, c]
+        spread = tf.repeat(tf.reduce_mean(spread, axis=[1, 2, 3]), g)  # one number per frame
+        channel = tf.cast(spread, x.dtype)[:, None, None, None]
+        channel = tf.broadcast_to(channel, tf.concat([shape[:3], [1]], 0))
+        return tf.concat([x, channel], -1)
+
+    def compute_output_shape(self, input_shape):  # noqa: ANN001, ANN201
+        return tf.TensorShape(input_shape)[:-1].concatenate([input_shape[-1] + 1])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "group_size": self.group_size}
+
+
 def normalization(kind: str, name: str | None = None) -> tf.keras.layers.Layer:
     """A fresh normalisation layer of `kind` ("batch", "instance" or "group").
 

@@ -30,6 +30,7 @@ import tensorflow as tf
 from medsynth import storage
 from medsynth.errors import CheckpointError
 from medsynth.storage import atomic_write_json, read_json
+from medsynth.train.config import generator_options
 
 CONFIG_FILE = "config.json"
 SIGNATURE_FILE = "model.json"
@@ -180,12 +181,7 @@ def load_generator(run_dir: str | Path) -> tuple[tf.keras.Model, dict[str, Any]]
 
     text = str(run_dir).rstrip("/")
     cfg = load_run_config(text)
-    generator = build_generator(
-        cfg["image_size"],
-        latent_dim=cfg["latent_dim"],
-        width=cfg["generator_width"],
-        norm=cfg["generator_norm"],
-    )
+    generator = build_generator(cfg["image_size"], **generator_options(cfg))
     if storage.is_gcs(text):
         found = pull_checkpoints(f"{text}/checkpoints", _local_run_dir(text) / "checkpoints")
         latest = found[-1][1] if found else None

@@ -67,6 +67,7 @@ _FLAGS = {
     "backbone_mode": "--backbone-mode",
     "latent_dim": "--latent-dim",
     "generator_width": "--generator-width",
+    "generator_upsampling": "--generator-upsampling",
     "r1_gamma": "--r1-gamma",
     "batch_norm": "--batch-norm",
     "lr_g": "--lr-g",

@@ -40,7 +40,7 @@ from medsynth.models.summary import count_params
 from medsynth.progress import Progress
 from medsynth.storage import atomic_write_json, atomic_write_text, read_json
 from medsynth.train.checkpoints import CONFIG_FILE, RunCheckpoints
-from medsynth.train.config import TrainConfig
+from medsynth.train.config import TrainConfig, generator_options
 from medsynth.train.step import AdversarialStep, sample_latents
 from medsynth.train.strategy import Distribution, make_distribution, stable_sync_batch_norm
 from medsynth.train.telemetry import Telemetry, read_history
@@ -156,9 +156,7 @@ def build_models(cfg: TrainConfig, policy: str = "float32") -> tuple[tf.keras.Mo
     previous = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy(policy)
     try:
-        generator = build_generator(
-            cfg.image_size, latent_dim=cfg.latent_dim, width=cfg.generator_width, norm=cfg.generator_norm
-        )
+        generator = build_generator(cfg.image_size, **generator_options(cfg.to_dict()))
         discriminator = build_discriminator(
             cfg.image_size, backbone=cfg.backbone, weights=cfg.backbone_weights, mode=cfg.backbone_mode
         )
