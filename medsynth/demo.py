@@ -52,7 +52,7 @@ class DemoConfig:
             raise ConfigError(
                 f"--image-size {self.image_size} is too large for a CPU demo; use 32, 64 or 128"
             )
-        self.steps = 1500 if self.steps is None else self.steps
+        self.steps = 2000 if self.steps is None else self.steps
         self.compare_steps = 60 if self.compare_steps is None else self.compare_steps
         self.batch_size = self.batch_size or 16
         for name in ("steps", "compare_steps"):

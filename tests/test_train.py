@@ -192,6 +192,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         ({"batch_size": 0}, "--batch-size"),
         ({"deterministic": "yes"}, "--deterministic"),
         ({"generator_upsampling": "bilinear"}, "--generator-upsampling must be one of resize, transpose"),
+        ({"d_augment": "translation,rotate"}, "--d-augment transformation 'rotate'"),
     ],
 )
 def test_bad_config_is_refused_with_the_flag_named(tmp_path, kw, match):

@@ -43,6 +43,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     r1_gamma: float = 0.0
     augment: bool = False
+    d_augment: str | None = None  # DiffAugment of everything D sees; None: medsynth.train.augment's default
     strategy: str = "auto"
     metrics_port: int | None = None
     pushgateway: str | None = None  # host:port of a Prometheus Pushgateway; pushed to at the end
@@ -90,6 +91,11 @@ class TrainConfig:
             f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}",
         )
         need(self.r1_gamma >= 0, f"--r1-gamma must be >= 0, got {self.r1_gamma}")
+        from medsynth.train.augment import DEFAULT_POLICY, parse_policy
+
+        if self.d_augment is None:
+            self.d_augment = DEFAULT_POLICY
+        parse_policy(self.d_augment)  # unknown transformation: ConfigError naming it
         from medsynth.models.generator import UPSAMPLINGS
 
         need(

@@ -73,6 +73,7 @@ _FLAGS = {
     "lr_g": "--lr-g",
     "lr_d": "--lr-d",
     "augment": "--augment",
+    "d_augment": "--d-augment",
     "strategy": "--strategy",
     "gpus": "--gpus",
     "mixed_precision": "--mixed-precision",

@@ -39,6 +39,7 @@ from medsynth.models.layers import fuse_batch_norm
 from medsynth.models.summary import count_params
 from medsynth.progress import Progress
 from medsynth.storage import atomic_write_json, atomic_write_text, read_json
+from medsynth.train.augment import parse_policy
 from medsynth.train.checkpoints import CONFIG_FILE, RunCheckpoints
 from medsynth.train.config import TrainConfig, generator_options
 from medsynth.train.step import AdversarialStep, sample_latents
@@ -348,6 +349,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         hvd=dist.hvd,
         jit_compile=xla,
         r1_gamma=cfg.r1_gamma,
+        augment=parse_policy(cfg.d_augment),
     )
     start = int(step_var.numpy())
     if dist.workers > 1:

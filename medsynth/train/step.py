@@ -18,6 +18,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from medsynth.train.augment import UNIFORMS, diff_augment
 from medsynth.train.loss import discriminator_loss, generator_loss
 
 SAMPLE_STREAM = 2**31 - 1  # seed stream of the fixed latent batch used for sample grids
@@ -27,6 +28,13 @@ def latent_batch(seed: int, step: tf.Tensor, stream: int, n: int, latent_dim: in
     """The global latent batch of (seed, step, stream): same numbers on any number of replicas."""
     key = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64) * 2 + stream])
     return tf.random.stateless_normal([n, latent_dim], seed=key)
+
+
+def augment_uniforms(seed: int, step: tf.Tensor, stream: int, n: int, on: bool = True) -> tf.Tensor:
+    """DiffAugment's numbers for one step [2 updates, 2·n frames ([real; fake]), UNIFORMS]
+    (none when `on` is False): like the latents, the same on any number of replicas."""
+    key = tf.stack([tf.cast(seed, tf.int64) + 2**31, tf.cast(step, tf.int64) * 2 + stream])
+    return tf.random.stateless_uniform([2, 2 * n, UNIFORMS if on else 0], seed=key)
 
 
 def sample_latents(seed: int, n: int, latent_dim: int) -> tf.Tensor:
@@ -66,6 +74,7 @@ class AdversarialStep:
     r1_gamma: float = 0.0  # weight of the R1 penalty on D's gradient at real frames (0: off)
     hvd: Any = None  # horovod.tensorflow when each process is one Horovod rank
     jit_compile: bool = False  # XLA-compile the per-replica update
+    augment: tuple[str, ...] = ()  # DiffAugment transformations of D's inputs (medsynth.train.augment)
 
     def __post_init__(self) -> None:
         self.strategy = self.strategy or tf.distribute.get_strategy()
@@ -93,22 +102,31 @@ class AdversarialStep:
         start = self._replica_id() * local
         return z[start : start + local]
 
+    def _my_uniforms(self, u: tf.Tensor, local: tf.Tensor) -> tf.Tensor:
+        """This replica's rows of the global augmentation numbers `u` [2, 2·global, ·]: its real
+        frames' rows, then its generated frames' (each update's D batch is [real; fake])."""
+        start = self._replica_id() * local
+        fake = self.global_batch_size + start
+        return tf.concat([u[:, start : start + local], u[:, fake : fake + local]], 1)
+
     def _tape(self, tape: tf.GradientTape) -> tf.GradientTape:
         """Under Horovod the tape sums gradients over ranks (losses are already / global batch)."""
         if self.hvd is None:
             return tape
         return self.hvd.DistributedGradientTape(tape, op=self.hvd.Sum)
 
-    def _discriminate(self, real: tf.Tensor, fake: tf.Tensor) -> tf.Tensor:
-        """D's logits of [real; fake], one batch."""
-        return self.discriminator(tf.concat([real, tf.cast(fake, real.dtype)], 0), training=True)
+    def _discriminate(self, real: tf.Tensor, fake: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+        """D's logits of [real; fake], one batch, augmented with the numbers `u` (one row per frame)."""
+        frames = tf.concat([real, tf.cast(fake, real.dtype)], 0)
+        return self.discriminator(diff_augment(frames, u, self.augment), training=True)
 
-    def _d_update(self, real: tf.Tensor, z: tf.Tensor) -> dict[str, tf.Tensor]:
-        z = self._my_latents(z, tf.shape(real)[0])
-        return self._d_update_on(real, self.generator(z, training=True))
+    def _d_update(self, real: tf.Tensor, z: tf.Tensor, u: tf.Tensor) -> dict[str, tf.Tensor]:
+        local = tf.shape(real)[0]
+        z, u = self._my_latents(z, local), self._my_uniforms(u, local)
+        return self._d_update_on(real, self.generator(z, training=True), u[0])
 
     def _d_update_on(
-        self, real: tf.Tensor, fake: tf.Tensor, features: tf.Tensor | None = None
+        self, real: tf.Tensor, fake: tf.Tensor, u: tf.Tensor, features: tf.Tensor | None = None
     ) -> dict[str, tf.Tensor]:
         """D's update on `real` and generated `fake` (or, frozen backbone, their pooled `features`)."""
         local = tf.shape(real)[0]
@@ -117,7 +135,7 @@ class AdversarialStep:
             with tf.GradientTape(watch_accessed_variables=False) as at_real:
                 at_real.watch(real)
                 if features is None:
-                    logits = self._discriminate(real, fake)
+                    logits = self._discriminate(real, fake, u)
                 else:
                     logits = self._split[1](tf.stop_gradient(features), training=True)
                 real_logits, fake_logits = logits[:local], logits[local:]
@@ -150,20 +168,23 @@ class AdversarialStep:
         penalty = 0.5 * self.r1_gamma * per_example
         return tf.nn.compute_average_loss(penalty, global_batch_size=self.global_batch_size)
 
-    def _g_update(self, real: tf.Tensor, z: tf.Tensor) -> dict[str, tf.Tensor]:
-        z = self._my_latents(z, tf.shape(real)[0])
+    def _g_update(self, real: tf.Tensor, z: tf.Tensor, u: tf.Tensor) -> dict[str, tf.Tensor]:
+        local = tf.shape(real)[0]
+        z, u = self._my_latents(z, local), self._my_uniforms(u, local)
         with tf.GradientTape() as tape:
-            loss = self._g_loss(real, self.generator(z, training=True))
+            loss = self._g_loss(real, self.generator(z, training=True), u[1])
         return self._apply_g(tape, loss)
 
-    def _g_loss(self, real: tf.Tensor, fake: tf.Tensor, features: tf.Tensor | None = None) -> tf.Tensor:
+    def _g_loss(
+        self, real: tf.Tensor, fake: tf.Tensor, u: tf.Tensor, features: tf.Tensor | None = None
+    ) -> tf.Tensor:
         """G's loss on D's logits of `fake`, with D's batch [real; fake] as in D's update.
 
         `features`: a frozen backbone's features of [real; fake] from this step's one pass.
         """
         local = tf.shape(real)[0]
         if features is None:
-            logits = self._discriminate(real, fake)
+            logits = self._discriminate(real, fake, u)
         else:
             features = tf.concat([tf.stop_gradient(features[:local]), features[local:]], 0)
             logits = self._split[1](features, training=True)
@@ -176,28 +197,32 @@ class AdversarialStep:
         self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables, strict=True))
         return {"g_loss": loss}
 
-    def _both(self, real: tf.Tensor, z: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _both(self, real: tf.Tensor, z: tf.Tensor, u: tf.Tensor) -> dict[str, tf.Tensor]:
         """D's update, then G's through the updated D, on one generated batch.
 
         G has not changed between the two updates, so one forward pass of G serves both (the
         alternating updates of the paper with one noise batch per step, as in the DCGAN
         tutorial). With a frozen backbone the backbone's features of real and generated frames
         are also unchanged by D's update (only the head learns): the backbone runs once per
-        frame and step, and G's gradient flows back through the activations kept from then.
+        frame and step, and G's gradient flows back through the activations kept from then
+        (augmented once, for both updates).
         """
-        z = self._my_latents(z, tf.shape(real)[0])
+        local = tf.shape(real)[0]
+        z, u = self._my_latents(z, local), self._my_uniforms(u, local)
         with tf.GradientTape() as tape:
             fake = self.generator(z, training=True)
             features = None
             if self._split is not None:
                 # two passes: in one over [real; fake], G's backward would run over both halves
                 with tape.stop_recording():
-                    real_features = self._split[0](real, training=True)
-                fake_features = self._split[0](tf.cast(fake, real.dtype), training=True)
+                    aug_real = diff_augment(real, u[0, :local], self.augment)
+                    real_features = self._split[0](aug_real, training=True)
+                aug_fake = diff_augment(tf.cast(fake, real.dtype), u[0, local:], self.augment)
+                fake_features = self._split[0](aug_fake, training=True)
                 features = tf.concat([real_features, fake_features], 0)
             with tape.stop_recording():
-                out = self._d_update_on(real, fake, features)
-            loss = self._g_loss(real, fake, features)
+                out = self._d_update_on(real, fake, u[0], features)
+            loss = self._g_loss(real, fake, u[1], features)
         out.update(self._apply_g(tape, loss))
         return out
 
@@ -215,7 +240,8 @@ class AdversarialStep:
             # Drawn outside the replicas' (possibly XLA-compiled) functions: XLA's stateless
             # generators give other numbers than TF's for the same seed.
             z = latent_batch(self.seed, step, stream, self.global_batch_size, self.latent_dim)
-            per_replica = self.strategy.run(fn, args=(real, z))
+            u = augment_uniforms(self.seed, step, stream, self.global_batch_size, bool(self.augment))
+            per_replica = self.strategy.run(fn, args=(real, z, u))
             out = {
                 k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                 for k, v in per_replica.items()
