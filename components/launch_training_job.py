@@ -29,6 +29,7 @@ def launch_training_job(
     gpus_per_worker: int,
     namespace: str = "medsynth",
     gpu_type: str = "",
+    d_augment: str = "auto",
 ) -> NamedTuple("LaunchOutputs", run_dir=str):
     from medsynth.train.launcher import launch_step
 
@@ -48,4 +49,5 @@ def launch_training_job(
         gpus_per_worker,
         namespace=namespace,
         gpu_type=gpu_type,
+        d_augment=d_augment,
     )

@@ -409,9 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr-g", type=float, default=2e-4, help="generator learning rate (Adam)")
     s.add_argument("--lr-d", type=float, default=2e-4, help="discriminator learning rate (Adam)")
     s.add_argument("--augment", action="store_true", help="X-ray-plausible augmentation of real frames")
-    s.add_argument("--d-augment", default=None,
-                   help="DiffAugment of every frame D sees, real and generated: 'none' or a comma list "
-                        "of brightness, contrast, translation, cutout (default: all four)")
+    s.add_argument("--d-augment", default="auto",
+                   help="DiffAugment of every frame D sees, real and generated: auto (all four), none, "
+                        "or a comma list of brightness, contrast, translation, cutout")
     s.add_argument(
         "--strategy",
         default="auto",

@@ -99,6 +99,7 @@ def task_train_config(
     backbone_weights: str,
     seed: int,
     strategy: str = "auto",
+    d_augment: str = "auto",
 ) -> Any:
     """The TrainConfig of a pipeline training task, single pod or multi-node job alike."""
     from medsynth.train.config import TrainConfig
@@ -113,6 +114,7 @@ def task_train_config(
         backbone=backbone,
         backbone_weights=backbone_weights,
         strategy=strategy,
+        d_augment=d_augment,
         checkpoint_every=max(1, min(500, steps // 4 or 1)),
     )
 
@@ -129,6 +131,7 @@ def train_step(
     backbone_weights: str,
     strategy: str,
     seed: int,
+    d_augment: str,
     model: Any,
     metrics: Any,
     samples: Any,
@@ -148,6 +151,7 @@ def train_step(
         backbone_weights,
         seed,
         strategy,
+        d_augment,
     )
     run_uri = cfg.out
     result = train(cfg)

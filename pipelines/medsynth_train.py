@@ -59,6 +59,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
         batch_size: int = 16,
         backbone_weights: str = "imagenet",
         strategy: str = "auto",
+        d_augment: str = "auto",
         gpus: int = 1,
         storage_root: str = "gs://YOUR_BUCKET/medsynth",
         model_repository: str = "gs://YOUR_BUCKET/models",
@@ -96,6 +97,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
                 backbone_weights=backbone_weights,
                 strategy=strategy,
                 seed=seed,
+                d_augment=d_augment,
             )
             short.set_display_name(f"train-{_task_name(backbone)}").set_caching_options(False)
             placement.on_gpus(short, 1)
@@ -119,6 +121,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
             batch_size=batch_size,
             backbone_weights=backbone_weights,
             seed=seed,
+            d_augment=d_augment,
         )
         if placement.multi_node:
             # `workers` nodes of `gpus` GPUs each, run by the training operator; this task follows it

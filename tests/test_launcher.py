@@ -312,12 +312,14 @@ def test_launch_step_builds_the_run_dir_in_the_bucket():
             image="i",
             api_client=api.client(),
             poll_s=0.01,
+            d_augment="translation",
         )
     assert run_dir == "gs://b/medsynth/runs/run-7/final"
     args = api.created[0]["body"]["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0][
         "args"
     ]
-    assert launcher.parse_argv_config(args).out == run_dir
+    cfg = launcher.parse_argv_config(args)
+    assert cfg.out == run_dir and cfg.d_augment == "translation"  # the pipeline's setting reaches the pods
 
 
 # --- the single-pod KFP task -------------------------------------------------------------------------

@@ -52,6 +52,7 @@ def test_compiled_pipeline_has_the_dag_of_design(spec):
         "batch_size",
         "backbone_weights",
         "strategy",
+        "d_augment",
         "gpus",
         "model_repository",
         "model_name",
@@ -60,6 +61,12 @@ def test_compiled_pipeline_has_the_dag_of_design(spec):
         assert p in params, p
     assert params["dataset_uri"]["defaultValue"] == "builtin://phantom"
     assert params["backbone_weights"]["defaultValue"] == "imagenet"
+    assert params["d_augment"]["defaultValue"] == "auto"
+    # every training task gets it from the pipeline's parameter
+    trains = [t for t in by_name.values() if t["componentRef"]["name"].startswith("comp-train")]
+    assert len(trains) == 3 and all(
+        t["inputs"]["parameters"]["d_augment"]["componentInputParameter"] == "d_augment" for t in trains
+    )
 
 
 def test_components_run_on_project_images_without_runtime_installs(spec):
@@ -105,6 +112,7 @@ def test_multi_node_variant_launches_the_final_training_as_a_job(tmp_path):
     assert params["kind"]["runtimeValue"]["constant"] == "tfjob"
     assert params["workers"]["componentInputParameter"] == "workers"
     assert params["gpus_per_worker"]["componentInputParameter"] == "gpus"
+    assert params["d_augment"]["componentInputParameter"] == "d_augment"
     assert params["backbone"]["taskOutputParameter"]["outputParameterKey"] == "winner"
     # what follows reads the job's run directory, as it reads the single-pod task's
     run_dir = by_name["evaluate-final"]["inputs"]["parameters"]["run_dir"]["taskOutputParameter"]

@@ -29,15 +29,16 @@ TRANSLATION, CUTOUT = 1 / 8, 1 / 2  # the paper's ratios of the image side
 
 
 def parse_policy(policy: str) -> tuple[str, ...]:
-    """The transformations named in `policy` ("none", "" or a comma list of POLICIES)."""
+    """The transformations named in `policy` ("none", "" or a comma list of POLICIES; TrainConfig
+    turns "auto" into DEFAULT_POLICY)."""
     names = tuple(p.strip().lower() for p in str(policy).split(",") if p.strip())
     if names in ((), ("none",)):
         return ()
     unknown = [n for n in names if n not in POLICIES]
     if unknown:
         raise ConfigError(
-            f"unknown --d-augment transformation {', '.join(map(repr, unknown))}; use 'none' or a "
-            f"comma list of: {', '.join(POLICIES)}"
+            f"unknown --d-augment transformation {', '.join(map(repr, unknown))}; use 'auto', 'none' "
+            f"or a comma list of: {', '.join(POLICIES)}"
         )
     return names
 

@@ -43,7 +43,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     r1_gamma: float = 0.0
     augment: bool = False
-    d_augment: str | None = None  # DiffAugment of everything D sees; None: medsynth.train.augment's default
+    d_augment: str = "auto"  # DiffAugment of everything D sees; auto: medsynth.train.augment's default
     strategy: str = "auto"
     metrics_port: int | None = None
     pushgateway: str | None = None  # host:port of a Prometheus Pushgateway; pushed to at the end
@@ -93,7 +93,7 @@ class TrainConfig:
         need(self.r1_gamma >= 0, f"--r1-gamma must be >= 0, got {self.r1_gamma}")
         from medsynth.train.augment import DEFAULT_POLICY, parse_policy
 
-        if self.d_augment is None:
+        if self.d_augment is None or str(self.d_augment).strip().lower() == "auto":
             self.d_augment = DEFAULT_POLICY
         parse_policy(self.d_augment)  # unknown transformation: ConfigError naming it
         from medsynth.models.generator import UPSAMPLINGS

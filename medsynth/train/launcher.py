@@ -495,6 +495,7 @@ def launch_step(
     image: str = "",
     api_client: Any | None = None,
     poll_s: float = 15.0,
+    d_augment: str = "auto",
 ) -> tuple[str]:
     """What the `launch_training_job` component does: the pipeline's `train` task, on several nodes."""
     from medsynth.pipeline_steps import task_train_config
@@ -511,6 +512,7 @@ def launch_step(
         batch_size,
         backbone_weights,
         seed,
+        d_augment=d_augment,
     )
     run_dir = cfg.out
     launch_training_job(
