@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tensorflow as tf  # noqa: E402
 
 from medsynth.models.layers import FORWARD_GRADIENT_LAYERS, fuse_batch_norm  # noqa: E402
+from medsynth.train.augment import parse_policy  # noqa: E402
 from medsynth.train.config import TrainConfig  # noqa: E402
 from medsynth.train.flops import step_flops  # noqa: E402
 from medsynth.train.loop import _gpu_capability, _optimizer, build_models, resolve_precision  # noqa: E402
@@ -123,8 +124,9 @@ def bench_size(args: argparse.Namespace, size: int, work: Path) -> dict:
             fuse_batch_norm(m)
     opts = {name: (_optimizer(2e-4, 0.5, policy), _optimizer(2e-4, 0.5, policy)) for name in models}
     g, d = models["ours"]
+    # ours is the training step as `medsynth train` runs it, D's augmentation (--d-augment) included
     ours = AdversarialStep(g, d, *opts["ours"], global_batch_size=args.batch, latent_dim=100, seed=0,
-                           jit_compile=xla).train_step
+                           jit_compile=xla, augment=parse_policy(cfg.d_augment)).train_step
     ref_step = reference_step(*models["reference"], *opts["reference"], args.batch, 100)
 
     def reference(images, step):  # noqa: ANN001, ANN202

@@ -37,8 +37,8 @@ class Augment:
     themselves plausible frames are on — left-right flips (LAO and RAO projections mirror each other)
     and mild brightness/contrast (dose and display differ between acquisitions). Up-down flips (the
     catheter enters from one side), small rotations and quantum noise are available but off: they
-    leak, and belong in the training step applied to reals and fakes alike (DiffAugment/ADA style),
-    where `augment_batch` can run on the accelerator. Amounts are in units of the [-1, 1] image range.
+    leak. What transforms reals and fakes alike, inside the training step, is DiffAugment
+    (`medsynth.train.augment`, `--d-augment`). Amounts are in units of the [-1, 1] image range.
     Measured on 2 CPU cores at 256 px: ~5,000 images/s with the defaults, ~300 with rotation and noise.
     """
 

@@ -61,6 +61,11 @@ def diff_augment(x: tf.Tensor, u: tf.Tensor, policy: tuple[str, ...]) -> tf.Tens
     return x
 
 
+def _part(side: tf.Tensor, ratio: float) -> tf.Tensor:
+    """round(side · ratio) in pixels."""
+    return tf.cast(tf.cast(side, tf.float32) * ratio + 0.5, tf.int32)
+
+
 def _offsets(u: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
     """Integer shifts in [-shift, shift] from uniforms."""
     n = 2 * shift + 1
@@ -70,9 +75,7 @@ def _offsets(u: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
 def _translate(x: tf.Tensor, uy: tf.Tensor, ux: tf.Tensor) -> tf.Tensor:
     """Shift each frame by up to 1/8 of its side; what comes in is 0 (mid-grey), as in the paper."""
     h, w = tf.shape(x)[1], tf.shape(x)[2]
-    sy = tf.cast(tf.cast(h, tf.float32) * TRANSLATION + 0.5, tf.int32)
-    sx = tf.cast(tf.cast(w, tf.float32) * TRANSLATION + 0.5, tf.int32)
-    dy, dx = _offsets(uy, sy), _offsets(ux, sx)
+    dy, dx = _offsets(uy, _part(h, TRANSLATION)), _offsets(ux, _part(w, TRANSLATION))
     # source row/column of every output pixel; out of the frame → the zero row/column padded at 0
     rows = tf.range(h)[None, :] - dy[:, None] + 1
     cols = tf.range(w)[None, :] - dx[:, None] + 1
@@ -86,8 +89,7 @@ def _translate(x: tf.Tensor, uy: tf.Tensor, ux: tf.Tensor) -> tf.Tensor:
 def _cutout(x: tf.Tensor, uy: tf.Tensor, ux: tf.Tensor) -> tf.Tensor:
     """Set a square of half the side, centred anywhere in the frame, to 0 (mid-grey)."""
     h, w = tf.shape(x)[1], tf.shape(x)[2]
-    ch = tf.cast(tf.cast(h, tf.float32) * CUTOUT + 0.5, tf.int32)
-    cw = tf.cast(tf.cast(w, tf.float32) * CUTOUT + 0.5, tf.int32)
+    ch, cw = _part(h, CUTOUT), _part(w, CUTOUT)
     cy = tf.cast(tf.floor(tf.cast(uy, tf.float32) * tf.cast(h, tf.float32)), tf.int32)
     cx = tf.cast(tf.floor(tf.cast(ux, tf.float32) * tf.cast(w, tf.float32)), tf.int32)
     ys = tf.range(h)[None, :] - (cy[:, None] - ch // 2)
