@@ -18,8 +18,10 @@ fewer per image for the same update.
 
 Timed blocks alternate (ours, reference, ours, …) so that load from other processes hits both;
 the median block counts. FLOPs are counted analytically (medsynth.train.flops) and reported
-as GFLOP/s and as a share of the peak given by --peak-gflops (this CPU: 157 fp32, DESIGN §3; on
-a GPU pass its dense bf16/fp16 peak for MFU).
+as GFLOP/s and as a share of this CPU's fp32 peak, measured in the same run by bench/cpu_peak.py
+(FMA chains on every core: 79 GFLOP/s on the 2 cores here, which retire one 256-bit FMA per
+cycle), and of the nominal 157 GFLOP/s DESIGN §3 assumes (two per cycle). On a GPU pass its
+dense bf16/fp16 peak with --peak-gflops for MFU.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cpu_peak  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from medsynth.models.layers import FORWARD_GRADIENT_LAYERS, fuse_batch_norm  # noqa: E402
@@ -44,6 +48,8 @@ from medsynth.train.config import TrainConfig  # noqa: E402
 from medsynth.train.flops import step_flops  # noqa: E402
 from medsynth.train.loop import _gpu_capability, _optimizer, build_models, resolve_precision  # noqa: E402
 from medsynth.train.step import AdversarialStep  # noqa: E402
+
+NOMINAL_CPU_PEAK = 157.0  # DESIGN §3: 2 Zen-3 cores at two 256-bit FMAs per cycle; shown beside the measured
 
 
 def reference_step(generator, discriminator, g_opt, d_opt, batch: int, latent_dim: int):  # noqa: ANN001, ANN201
@@ -168,6 +174,7 @@ def bench_size(args: argparse.Namespace, size: int, work: Path) -> dict:
     }
     row["ours_share_of_peak"] = row["ours_gflops"] / args.peak_gflops
     row["reference_share_of_peak"] = row["reference_gflops"] / args.peak_gflops
+    row["ours_share_of_nominal"] = row["ours_gflops"] / NOMINAL_CPU_PEAK
     return row
 
 
@@ -183,14 +190,21 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--xla", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--mixed-precision", default="auto", choices=["auto", "off", "float16", "bfloat16"])
-    p.add_argument("--peak-gflops", type=float, default=157.0, help="fp32 peak of this CPU (DESIGN §3)")
+    p.add_argument("--peak-gflops", type=float, default=None,
+                   help="peak to divide by (default on a CPU: measured by bench/cpu_peak.py in this run; "
+                        "on a GPU: required, its dense bf16/fp16 peak)")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args()
     if args.batch < 1 or args.steps < 1 or args.rounds < 1:
         p.error("--batch, --steps and --rounds must be >= 1")
     gpus = tf.config.list_physical_devices("GPU")
     device = tf.config.experimental.get_device_details(gpus[0]).get("device_name") if gpus else "CPU"
-    print(f"device: {device}; {os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.2f}", flush=True)
+    if args.peak_gflops is None:
+        if gpus:
+            p.error("on a GPU pass --peak-gflops (its dense peak at the precision used)")
+        args.peak_gflops = cpu_peak.measure()["gflops"]
+    print(f"device: {device}; {os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.2f}; "
+          f"peak {args.peak_gflops:.1f} GFLOP/s ({'given' if gpus else 'measured FMA chains'})", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
         for size in args.sizes:
@@ -202,14 +216,17 @@ def main() -> int:
                 f"XLA {'on' if row['xla'] else 'off'}: ours {row['ours_images_per_s']:.1f} img/s, "
                 f"reference {row['reference_images_per_s']:.1f} img/s, ratio {row['ratio']:.2f}x | "
                 f"ours {row['ours_gflops']:.1f} GFLOP/s = {100 * row['ours_share_of_peak']:.1f}% of "
-                f"{args.peak_gflops:g}, reference {row['reference_gflops']:.1f} GFLOP/s = "
-                f"{100 * row['reference_share_of_peak']:.1f}% | {row['gflop_per_step_ours']:.1f} / "
+                f"{args.peak_gflops:.1f}, reference {row['reference_gflops']:.1f} GFLOP/s = "
+                f"{100 * row['reference_share_of_peak']:.1f}% (ours "
+                f"{100 * row['ours_share_of_nominal']:.1f}% of the nominal {NOMINAL_CPU_PEAK:g}) | "
+                f"{row['gflop_per_step_ours']:.1f} / "
                 f"{row['gflop_per_step_reference']:.1f} GFLOP per step | load {row['load_before']:.2f} -> "
                 f"{row['load_after']:.2f}",
                 flush=True,
             )
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+        out = {"device": device, "peak_gflops": args.peak_gflops, "rows": rows}
+        Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
 
