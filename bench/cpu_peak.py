@@ -9,7 +9,7 @@ the cores do: a C kernel (compiled here with the system's `cc -O2 -march=native`
 independent vector accumulators per thread in registers, each updated by `a = a * x + y`, one
 thread per core, and counts 2 FLOPs per lane per update. Twelve chains hide the FMA latency of
 current x86 and Arm cores (4-5 cycles, up to two pipes); the accumulators start distinct, so the
-compiler cannot merge them (it did, and reported 2.7x the real figure, when they started equal).
+compiler cannot merge them (it did, and reported 2.4-2.8x the real figure, when they started equal).
 """
 
 from __future__ import annotations
