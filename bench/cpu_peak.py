@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 CHAINS = 12
+MAX_THREADS = 256  # the kernel's per-thread arrays
 KERNEL = r"""
 #include <pthread.h>
 #include <stdio.h>
@@ -54,8 +55,8 @@ static void *chains(void *arg) {
 int main(int argc, char **argv) {
   int threads = atoi(argv[1]);
   updates = atol(argv[2]);
-  pthread_t t[256];
-  float out[256][16] = {{0}};
+  pthread_t t[MAX_THREADS];
+  float out[MAX_THREADS][16] = {{0}};
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   for (int i = 0; i < threads; i++) { out[i][0] = i; pthread_create(&t[i], 0, chains, out[i]); }
@@ -75,9 +76,11 @@ def build(work: Path) -> Path:
     if not cc:
         raise RuntimeError("no C compiler (cc/gcc) to measure the CPU peak; pass --peak-gflops instead")
     src, exe = work / "peak.c", work / "peak"
-    src.write_text(KERNEL.replace("CHAINS", str(CHAINS)))
-    subprocess.run([cc, "-O2", "-march=native", "-ffp-contract=fast", "-pthread", str(src), "-o", str(exe)],
-                   check=True, capture_output=True, text=True)
+    src.write_text(KERNEL.replace("MAX_THREADS", str(MAX_THREADS)).replace("CHAINS", str(CHAINS)))
+    flags = ["-O2", "-march=native", "-ffp-contract=fast", "-pthread"]
+    done = subprocess.run([cc, *flags, str(src), "-o", str(exe)], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{cc} could not build the CPU-peak kernel: {done.stderr.strip()[-500:]}")
     return exe
 
 
@@ -91,7 +94,9 @@ def run(exe: Path, threads: int, updates: int) -> dict:
 
 def measure(threads: int | None = None, updates: int = 100_000_000, repeats: int = 3) -> dict:
     """Best of `repeats` runs of the kernel on `threads` threads (default: every core)."""
-    threads = threads or os.cpu_count() or 1
+    threads = (os.cpu_count() or 1) if threads is None else threads
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"--threads must be between 1 and {MAX_THREADS}, got {threads}")
     with tempfile.TemporaryDirectory(prefix="cpu-peak-") as work:
         exe = build(Path(work))
         runs = [run(exe, threads, updates) for _ in range(repeats)]
@@ -103,8 +108,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=None, help="default: every core")
     args = p.parse_args()
+    try:
+        every = measure(args.threads)
+    except ValueError as e:
+        p.error(str(e))
     one = measure(1)
-    every = measure(args.threads)
     print(f"fp32 FMA peak: {one['gflops']:.1f} GFLOP/s on 1 thread, {every['gflops']:.1f} GFLOP/s on "
           f"{every['threads']} ({every['vector_lanes']} lanes, {CHAINS} chains per thread)")
     return 0

@@ -30,4 +30,3 @@ def test_kernel_does_the_flops_it_counts(tmp_path: Path) -> None:
     assert out["check"] == pytest.approx(out["lanes"] * a.sum(), rel=1e-4)
     # and a different number of updates gives a different sum: the loop is not folded away
     assert cpu_peak.run(exe, threads=1, updates=updates * 4)["check"] != pytest.approx(out["check"], rel=1e-4)
-

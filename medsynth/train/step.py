@@ -24,16 +24,21 @@ from medsynth.train.loss import discriminator_loss, generator_loss
 SAMPLE_STREAM = 2**31 - 1  # seed stream of the fixed latent batch used for sample grids
 
 
+def _step_key(seed: int, step: tf.Tensor, stream: int, family: int = 0) -> tf.Tensor:
+    """Stateless seed of one step's random numbers: a function of (seed, step, stream) alone, so
+    any number of replicas, and a resumed run, draw the same ones; `family` keeps kinds apart."""
+    return tf.stack([tf.cast(seed, tf.int64) + family, tf.cast(step, tf.int64) * 2 + stream])
+
+
 def latent_batch(seed: int, step: tf.Tensor, stream: int, n: int, latent_dim: int) -> tf.Tensor:
     """The global latent batch of (seed, step, stream): same numbers on any number of replicas."""
-    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64) * 2 + stream])
-    return tf.random.stateless_normal([n, latent_dim], seed=key)
+    return tf.random.stateless_normal([n, latent_dim], seed=_step_key(seed, step, stream))
 
 
 def augment_uniforms(seed: int, step: tf.Tensor, stream: int, n: int, on: bool = True) -> tf.Tensor:
     """DiffAugment's numbers for one step [2 updates, 2·n frames ([real; fake]), UNIFORMS]
     (none when `on` is False): like the latents, the same on any number of replicas."""
-    key = tf.stack([tf.cast(seed, tf.int64) + 2**31, tf.cast(step, tf.int64) * 2 + stream])
+    key = _step_key(seed, step, stream, family=2**31)
     return tf.random.stateless_uniform([2, 2 * n, UNIFORMS if on else 0], seed=key)
 
 
