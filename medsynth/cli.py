@@ -66,6 +66,7 @@ def _summary(args: argparse.Namespace) -> int:
             backbone=args.backbone,
             backbone_weights=args.backbone_weights,
             backbone_mode=args.backbone_mode,
+            head=args.d_head,
         )
     )
     return 0
@@ -368,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone", default="xception")
     s.add_argument("--backbone-weights", default="none", help="imagenet | none | PATH")
     s.add_argument("--backbone-mode", choices=["frozen", "trainable"], default=None)
+    s.add_argument("--d-head", default="auto", help="auto | paper | projected (both are printed)")
 
     s = sub.add_parser("prepare", help="de-identify, decode, split and shard a data set")
     s.add_argument("source", help="folder, .zip, gs://bucket/prefix or builtin://phantom")
@@ -396,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone", default="xception")
     s.add_argument("--backbone-weights", default="imagenet", help="imagenet | none | PATH")
     s.add_argument("--backbone-mode", choices=["frozen", "trainable"], default=None)
+    s.add_argument("--d-head", default="auto",
+                   help="auto | paper | projected: D's head on the backbone (paper: Table 3's GAP → BN → "
+                        "Dense; projected: Projected GAN's multi-scale heads on fixed features)")
+    s.add_argument("--loss", default="auto",
+                   help="auto | bce | hinge (auto: hinge for the projected head, the paper's BCE otherwise)")
+    s.add_argument("--beta-1", type=float, default=0.5, help="Adam's beta_1 for both networks")
     s.add_argument("--latent-dim", type=int, default=100)
     s.add_argument("--generator-width", type=int, default=8, help="w in F = 2**level * w (Table 1: 8)")
     s.add_argument("--generator-upsampling", default="resize", choices=["resize", "transpose"],

