@@ -107,7 +107,7 @@ def _lite_preprocess(x: tf.Tensor) -> tf.Tensor:
 # its deepest tapped stage would be 2x2.
 LITE0 = BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0 (Projected GAN's, not in Table 2)",
                      _efficientnet_lite0, _lite_preprocess, 1280, 4_694_024, None, None, None,
-                     min_size=128, table2=False,
+                     min_size=64, table2=False,
                      stages=("stage2_out", "stage3_out", "stage5_out", "stage7_out"))
 
 

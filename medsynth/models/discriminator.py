@@ -56,7 +56,7 @@ HEADS = ("auto", "paper", "projected")  # auto: the backbone's own (paper; DCGAN
 # found the fixed counts best at every resolution) down to a map of 8 px or less, then 4x4 logits.
 MIX_CHANNELS = (64, 128, 256, 512)
 NOMINAL_SIDES = (128, 64, 32, 16)
-SCALE_CHANNELS = {64: 64, 32: 128, 16: 256, 8: 512}
+SCALE_CHANNELS = {64: 64, 32: 128, 16: 256, 8: 256}
 
 def resolve_head(backbone: str, head: str | None) -> str:
     """The head to build: `head`, or the backbone's own for auto/None."""
