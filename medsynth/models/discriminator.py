@@ -47,7 +47,8 @@ from medsynth.models.layers import spectral_norm, synchronize_batch_norm
 log = logging.getLogger("medsynth")
 
 MODES = ("frozen", "trainable")
-HEADS = ("auto", "paper", "projected")  # auto: the backbone's own (paper; DCGAN's for convnet)
+# auto: the backbone's own (the paper's; DCGAN's for convnet; Projected GAN's for EfficientNet-Lite0)
+HEADS = ("auto", "paper", "projected")
 # Channels the fixed random mixing gives the four taps (Projected GAN's 64·2^i, capped for CPUs),
 # and the width of each per-scale discriminator's layer that outputs a map of a given side.
 # Projected GAN's projector and per-scale discriminators (its pg_modules), sized as there: the taps'

@@ -70,7 +70,7 @@ def summary_table(
 
     generator = build_generator(image_size)
     net = build_backbone(spec.name, spec.input_size(image_size), "none")
-    own_head = "paper" if head == "projected" else head  # Table 3's head is always counted
+    own_head = "paper" if head == "projected" else head  # Table 3's (or DCGAN's) head is always counted
     discriminator = discriminator_from_backbone(image_size, spec, net, mode, own_head)
     g = count_params(generator)
     d = {mode: count_params(discriminator)}

@@ -95,6 +95,7 @@ class AdversarialStep:
     def __post_init__(self) -> None:
         self.strategy = self.strategy or tf.distribute.get_strategy()
         self._split = split_frozen_discriminator(self.discriminator)
+        self._separate = self._split is not None and self._split[1].name == "d_head"
         both = self._both
         if self.jit_compile:
             # Keras' pattern: the per-replica update is compiled, the strategy runs it on every replica.
@@ -153,7 +154,7 @@ class AdversarialStep:
                 if features is None:
                     logits = self._discriminate(real, fake, u)
                 else:
-                    logits = self._split[1](tf.nest.map_structure(tf.stop_gradient, features), training=True)
+                    logits = self._head(tf.nest.map_structure(tf.stop_gradient, features), local)
                 real_logits, fake_logits = logits[:local], logits[local:]
                 real_sum = tf.reduce_sum(tf.cast(real_logits, tf.float32))
             loss = discriminator_loss(real_logits, fake_logits, self.global_batch_size, self.label_smoothing,
@@ -201,12 +202,24 @@ class AdversarialStep:
         """
         local = tf.shape(real)[0]
         if features is None:
-            logits = self._discriminate(real, fake, u)
+            logits = self._discriminate(real, fake, u)[local:]
+        elif self._separate:
+            logits = self._split[1](tf.nest.map_structure(lambda f: f[local:], features), training=True)
         else:
             features = tf.nest.map_structure(
                 lambda f: tf.concat([tf.stop_gradient(f[:local]), f[local:]], 0), features)
-            logits = self._split[1](features, training=True)
-        return generator_loss(logits[local:], self.global_batch_size, self.loss)
+            logits = self._split[1](features, training=True)[local:]
+        return generator_loss(logits, self.global_batch_size, self.loss)
+
+    def _head(self, features: Any, local: tf.Tensor) -> tf.Tensor:
+        """The learning part of a split D on the features of [real; fake]: in one batch (the paper's
+        head needs both kinds in its batch statistics), or, for the projected head, real and generated
+        frames in batches of their own, as Projected GAN (and the DCGAN paper) run D."""
+        if not self._separate:
+            return self._split[1](features, training=True)
+        real = self._split[1](tf.nest.map_structure(lambda f: f[:local], features), training=True)
+        fake = self._split[1](tf.nest.map_structure(lambda f: f[local:], features), training=True)
+        return tf.concat([real, fake], 0)
 
     def _apply_g(self, tape: tf.GradientTape, loss: tf.Tensor) -> dict[str, tf.Tensor]:
         scaled = self._scale(self.g_optimizer, loss)
