@@ -30,6 +30,7 @@ def launch_training_job(
     namespace: str = "medsynth",
     gpu_type: str = "",
     d_augment: str = "auto",
+    d_head: str = "auto",
 ) -> NamedTuple("LaunchOutputs", run_dir=str):
     from medsynth.train.launcher import launch_step
 
@@ -50,4 +51,5 @@ def launch_training_job(
         namespace=namespace,
         gpu_type=gpu_type,
         d_augment=d_augment,
+        d_head=d_head,
     )

@@ -415,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: fused kernels on one replica, synchronised float64 statistics on several "
                         "(synchronized on one replica reproduces a multi-replica run's numbers)")
     s.add_argument("--lr-g", type=float, default=2e-4, help="generator learning rate (Adam)")
-    s.add_argument("--lr-d", type=float, default=2e-4, help="discriminator learning rate (Adam)")
+    s.add_argument("--lr-d", type=float, default=None,
+                   help="discriminator learning rate (Adam); default 2e-4, 5e-5 for the projected head")
     s.add_argument("--augment", action="store_true", help="X-ray-plausible augmentation of real frames")
     s.add_argument("--d-augment", default="auto",
                    help="DiffAugment of every frame D sees, real and generated: auto (all four), none, "

@@ -100,6 +100,7 @@ def task_train_config(
     seed: int,
     strategy: str = "auto",
     d_augment: str = "auto",
+    d_head: str = "auto",
 ) -> Any:
     """The TrainConfig of a pipeline training task, single pod or multi-node job alike."""
     from medsynth.train.config import TrainConfig
@@ -115,6 +116,7 @@ def task_train_config(
         backbone_weights=backbone_weights,
         strategy=strategy,
         d_augment=d_augment,
+        d_head=d_head,
         checkpoint_every=max(1, min(500, steps // 4 or 1)),
     )
 
@@ -132,6 +134,7 @@ def train_step(
     strategy: str,
     seed: int,
     d_augment: str,
+    d_head: str,
     model: Any,
     metrics: Any,
     samples: Any,
@@ -152,6 +155,7 @@ def train_step(
         seed,
         strategy,
         d_augment,
+        d_head,
     )
     run_uri = cfg.out
     result = train(cfg)

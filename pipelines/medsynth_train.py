@@ -60,6 +60,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
         backbone_weights: str = "imagenet",
         strategy: str = "auto",
         d_augment: str = "auto",
+        d_head: str = "auto",
         gpus: int = 1,
         storage_root: str = "gs://YOUR_BUCKET/medsynth",
         model_repository: str = "gs://YOUR_BUCKET/models",
@@ -98,6 +99,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
                 strategy=strategy,
                 seed=seed,
                 d_augment=d_augment,
+                d_head=d_head,
             )
             short.set_display_name(f"train-{_task_name(backbone)}").set_caching_options(False)
             placement.on_gpus(short, 1)
@@ -122,6 +124,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
             backbone_weights=backbone_weights,
             seed=seed,
             d_augment=d_augment,
+            d_head=d_head,
         )
         if placement.multi_node:
             # `workers` nodes of `gpus` GPUs each, run by the training operator; this task follows it

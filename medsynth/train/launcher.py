@@ -499,6 +499,7 @@ def launch_step(
     api_client: Any | None = None,
     poll_s: float = 15.0,
     d_augment: str = "auto",
+    d_head: str = "auto",
 ) -> tuple[str]:
     """What the `launch_training_job` component does: the pipeline's `train` task, on several nodes."""
     from medsynth.pipeline_steps import task_train_config
@@ -516,6 +517,7 @@ def launch_step(
         backbone_weights,
         seed,
         d_augment=d_augment,
+        d_head=d_head,
     )
     run_dir = cfg.out
     launch_training_job(
