@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="run the whole pipeline locally with kfp.local on phantom data")
     s.add_argument("--pipeline-root", default="demo-out", help="where every artifact goes")
-    s.add_argument("--image-size", type=int, default=32, help="32 fits the CPU time budget; 64 takes ~3x")
+    s.add_argument("--image-size", type=int, default=64, help="frame side (32, 64 or 128)")
     s.add_argument("--steps", type=int, default=None, help="steps of the final training")
     s.add_argument("--compare-steps", type=int, default=None, help="steps per backbone in the comparison")
     s.add_argument("--backbones", default=None, help="comma-separated backbones to compare")

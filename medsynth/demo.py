@@ -27,13 +27,13 @@ from medsynth.errors import ConfigError
 
 log = logging.getLogger("medsynth")
 
-DEMO_BACKBONES = ["convnet"]
+DEMO_BACKBONES = ["convnet", "efficientnet_lite0"]
 
 
 @dataclass
 class DemoConfig:
     pipeline_root: str = "demo-out"
-    image_size: int = 32
+    image_size: int = 64
     steps: int | None = None
     compare_steps: int | None = None
     backbones: list[str] | None = field(default=None)
@@ -52,8 +52,8 @@ class DemoConfig:
             raise ConfigError(
                 f"--image-size {self.image_size} is too large for a CPU demo; use 32, 64 or 128"
             )
-        self.steps = 2000 if self.steps is None else self.steps
-        self.compare_steps = 60 if self.compare_steps is None else self.compare_steps
+        self.steps = 1000 if self.steps is None else self.steps
+        self.compare_steps = 200 if self.compare_steps is None else self.compare_steps
         self.batch_size = self.batch_size or 16
         for name in ("steps", "compare_steps"):
             if getattr(self, name) < 1:
@@ -80,7 +80,7 @@ def run_demo(cfg: DemoConfig) -> str:
         compare_steps=cfg.compare_steps,
         train_steps=cfg.steps,
         batch_size=cfg.batch_size,
-        backbone_weights="none",
+        backbone_weights="imagenet",
         strategy="auto",
         gpus=0,
         storage_root=str(store),
