@@ -42,7 +42,12 @@ from medsynth.errors import ConfigError, MedsynthError
 
 DEFAULT_EXPERIMENT = "medsynth"
 DEFAULT_SCHEDULE_NAME = "medsynth-retrain"
-TOKEN_ENV = "KF_PIPELINES_TOKEN"  # read by the CLI; kfp itself has no such variable
+# What the CLI reads as defaults of --host, --namespace and --token-file, and the token itself
+# (kfp.Client reads only KF_PIPELINES_ENDPOINT of these, and only when given no host).
+ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
+NAMESPACE_ENV = "KF_PIPELINES_NAMESPACE"
+TOKEN_FILE_ENV = "KF_PIPELINES_TOKEN_FILE"
+TOKEN_ENV = "KF_PIPELINES_TOKEN"
 UI_ENV = "KF_PIPELINES_UI_ENDPOINT"  # kfp's own: where run links point when the UI is elsewhere
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"})
 # The oldest backend medsynth-train runs correctly on: from 2.4 the driver substitutes the run-id

@@ -42,7 +42,7 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(kfp_client.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
     for var in ("KF_PIPELINES_TOKEN", "KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT",
                 "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME", "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME",
-                "KF_PIPELINES_SA_TOKEN_PATH"):
+                "KF_PIPELINES_SA_TOKEN_PATH", "KF_PIPELINES_NAMESPACE", "KF_PIPELINES_TOKEN_FILE"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -402,6 +402,23 @@ def test_token_file_and_namespace(fake, package, capsys, tmp_path):
 
     rc, _, err = run_cli(capsys, "runs", "--host", fake.endpoint, "--token-file", str(tmp_path / "missing"))
     assert rc == 2 and "--token-file" in one_error_line(err)
+
+
+def test_the_connection_comes_from_the_environment(fake, package, capsys, tmp_path, monkeypatch):
+    # docs/cluster.md exports these once; every submit/schedule/runs then needs no connection flags.
+    fake.multi_user = True
+    token_file = tmp_path / "kfp-token"
+    token_file.write_text(TOKEN)
+    monkeypatch.setenv("KF_PIPELINES_ENDPOINT", fake.endpoint)
+    monkeypatch.setenv("KF_PIPELINES_NAMESPACE", "medsynth")
+    monkeypatch.setenv("KF_PIPELINES_TOKEN_FILE", str(token_file))
+    rc, _, err = run_cli(capsys, "submit", "--package", str(package))
+    assert rc == 0, err
+    assert fake.calls("POST", RUNS)[0].headers["authorization"] == f"Bearer {TOKEN}"
+    assert fake.calls("POST", EXPERIMENTS)[0].body["namespace"] == "medsynth"
+    rc, _, err = run_cli(capsys, "runs", "--namespace", "other")  # a flag still wins
+    assert rc == 0, err
+    assert fake.calls("GET", RUNS)[-1].query["namespace"] == "other"
 
 
 def test_in_cluster_reads_the_projected_token(fake, capsys, tmp_path, monkeypatch):
