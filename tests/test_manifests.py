@@ -797,6 +797,26 @@ def test_trainer_podmonitor_finds_the_metrics_port_of_training_pods():
     assert matched >= 2, "no training pod exposes the port the PodMonitor scrapes"
 
 
+def test_the_pipeline_training_tasks_are_scraped_wherever_runs_execute():
+    # The labels and the port come from medsynth/train/launcher.py (tests/test_pipeline.py checks the
+    # compiled tasks carry them); pipeline pods run in RUN_NAMESPACE: medsynth or kubeflow.
+    from medsynth.train import launcher
+
+    monitor = _one(render(K8S / "monitoring"), "PodMonitor", "medsynth-trainer-kfp")
+    assert set(monitor["spec"]["namespaceSelector"]["matchNames"]) == {"medsynth", "kubeflow"}
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": launcher.LABELS["app.kubernetes.io/name"],
+        "medsynth.io/role": launcher.KFP_TASK_ROLE,
+    }
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics" and "port" not in endpoint  # KFP pods declare no ports
+    keep = [r for r in endpoint["relabelings"] if r.get("action") == "keep"]
+    container = ["__meta_kubernetes_pod_container_name"]
+    assert [(r["sourceLabels"], r["regex"]) for r in keep] == [(container, "main")]  # Argo's main container
+    address = next(r for r in endpoint["relabelings"] if r.get("targetLabel") == "__address__")
+    assert address["replacement"] == f"$1:{launcher.METRICS_PORT}"
+
+
 def _dashboard() -> dict:
     cm = _one(render(K8S / "monitoring"), "ConfigMap", "medsynth-grafana-dashboard")
     assert cm["metadata"]["labels"].get("grafana_dashboard") == "1", (
