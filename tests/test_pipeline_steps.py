@@ -84,3 +84,27 @@ def test_prepare_reads_its_data_set_back_from_the_bucket(gcs_bucket, tmp_path):
     manifest = json.loads((Path(dataset.path) / "manifest.json").read_text())
     assert dataset.metadata["dataset_dir"] == uri and dataset.metadata["hash"] == manifest["hash"]
     assert "<html>" in Path(preview.path).read_text()
+
+
+@pytest.mark.parametrize("env,port", [({"MEDSYNTH_METRICS_PORT": "9400"}, 9400), ({}, None)])
+def test_train_serves_metrics_on_the_port_its_pod_names(monkeypatch, tmp_path, env, port):
+    # On the cluster the training task's pod sets MEDSYNTH_METRICS_PORT (launcher.configure_gpu_task)
+    # for k8s/monitoring/podmonitor-kfp.yaml; under kfp.local nothing is set and nothing is served.
+    from medsynth.train import loop
+
+    monkeypatch.delenv("MEDSYNTH_METRICS_PORT", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    seen = []
+
+    def fake_train(cfg):
+        seen.append(cfg)
+        return loop.TrainResult(run_dir=tmp_path, step=1, metrics={})
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    model, metrics, samples = (_artifact(tmp_path / n) for n in ("model", "metrics", "samples.html"))
+    metrics.log_metric = lambda *a: None
+    pipeline_steps.train_step(str(tmp_path / "data"), str(tmp_path), "run-1", "final", "xception", 32, 2, 4,
+                              "none", "auto", 0, "auto", model, metrics, samples)
+    (cfg,) = seen
+    assert cfg.metrics_port == port and cfg.out == str(tmp_path / "runs" / "run-1" / "final")
