@@ -9,7 +9,7 @@ DEMO_ROOT ?= demo-out
 REGISTRY ?= us-docker.pkg.dev/YOUR_PROJECT/medsynth
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: venv demo test lint compile images clean
+.PHONY: venv demo test lint compile images locks clean
 
 venv: $(STAMP)
 
@@ -35,10 +35,16 @@ lint: $(STAMP)
 compile: $(STAMP)
 	$(BIN)/medsynth compile --out pipelines/medsynth_train.yaml
 
-# Container images (needs a Docker engine; not runnable on the development machines).
+# Container images (needs a Docker engine; not runnable on the development machines). linux/amd64:
+# GKE's nodes, and the platform the lock files are resolved for, also when building on an ARM Mac.
+PLATFORM := linux/amd64
 images:
-	docker build -f images/base/Dockerfile -t $(REGISTRY)/base:$(VERSION) .
-	docker build -f images/trainer/Dockerfile -t $(REGISTRY)/trainer:$(VERSION) .
+	docker build --platform $(PLATFORM) -f images/base/Dockerfile -t $(REGISTRY)/base:$(VERSION) .
+	docker build --platform $(PLATFORM) -f images/trainer/Dockerfile -t $(REGISTRY)/trainer:$(VERSION) .
+
+# Re-resolve images/*/requirements.lock after changing a pin in pyproject.toml.
+locks: $(STAMP)
+	$(BIN)/python images/lock.py
 
 clean:
 	rm -rf $(DEMO_ROOT) .pytest_cache .ruff_cache

@@ -10,7 +10,8 @@ from components.images import BASE_IMAGE
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def compare(
-    run_root: str,
+    storage_root: str,
+    run_id: str,
     backbones: list,
     criterion: str,
     table: Output[Markdown],
@@ -18,4 +19,4 @@ def compare(
 ) -> NamedTuple("CompareOutputs", winner=str):
     from medsynth.pipeline_steps import compare_step
 
-    return compare_step(run_root, backbones, criterion, table, pictures)
+    return compare_step(storage_root, run_id, backbones, criterion, table, pictures)

@@ -1,8 +1,9 @@
 """launch_training_job: the pipeline's `train` task on several nodes, as an MPIJob or a TFJob.
 
 Runs on the CPU base image as the `medsynth-pipeline` service account (k8s/base/rbac.yaml lets it
-create and follow kubeflow.org jobs); the job's pods run the trainer image with the same
-`medsynth train` arguments as the single-pod `train` task. See medsynth/train/launcher.py.
+create and follow kubeflow.org jobs); the job's pods run `image`, the trainer image named when the
+pipeline was compiled, with the same `medsynth train` arguments as the single-pod `train` task.
+See medsynth/train/launcher.py.
 """
 
 from typing import NamedTuple
@@ -27,8 +28,11 @@ def launch_training_job(
     seed: int,
     workers: int,
     gpus_per_worker: int,
+    image: str,
     namespace: str = "medsynth",
     gpu_type: str = "",
+    spot: bool = False,
+    credentials_secret: str = "",
     d_augment: str = "auto",
     d_head: str = "auto",
 ) -> NamedTuple("LaunchOutputs", run_dir=str):
@@ -48,8 +52,11 @@ def launch_training_job(
         seed,
         workers,
         gpus_per_worker,
+        image,
         namespace=namespace,
         gpu_type=gpu_type,
+        spot=spot,
+        credentials_secret=credentials_secret,
         d_augment=d_augment,
         d_head=d_head,
     )

@@ -173,7 +173,7 @@ def _kfp_client(args: argparse.Namespace):  # -> medsynth.kfp_client.PipelineCli
 
     if not args.host:
         raise ConfigError("--host is required (or set KF_PIPELINES_ENDPOINT), e.g. "
-                          "https://kubeflow.example.com/pipeline or http://localhost:8080")
+                          "https://kubeflow.example.com/pipeline or http://localhost:8888")
     return PipelineClient(
         args.host,
         namespace=args.namespace,
@@ -269,13 +269,17 @@ def _runs(args: argparse.Namespace) -> int:
 
 def _kfp_parser_args(s: argparse.ArgumentParser, job: bool) -> None:
     """Connection flags for every KFP command; `job`: the flags that define what runs."""
-    s.add_argument("--host", default=os.environ.get("KF_PIPELINES_ENDPOINT"),
-                   help="KFP API URL, e.g. https://HOST/pipeline or http://localhost:8080 "
-                        "(default: $KF_PIPELINES_ENDPOINT)")
-    s.add_argument("--namespace", default=None, help="profile namespace (multi-user Kubeflow)")
-    s.add_argument("--token-file", default=None,
-                   help="file holding a bearer token, re-read per request; or put the token itself in "
-                        "$KF_PIPELINES_TOKEN (never on the command line; it is never printed)")
+    from medsynth.kfp_client import ENDPOINT_ENV, NAMESPACE_ENV, TOKEN_FILE_ENV
+
+    s.add_argument("--host", default=os.environ.get(ENDPOINT_ENV) or None,
+                   help="KFP API URL, e.g. https://HOST/pipeline or http://localhost:8888 (a port-forward to "
+                        f"ml-pipeline) (default: ${ENDPOINT_ENV})")
+    s.add_argument("--namespace", default=os.environ.get(NAMESPACE_ENV) or None,
+                   help=f"profile namespace, multi-user Kubeflow only (default: ${NAMESPACE_ENV})")
+    s.add_argument("--token-file", default=os.environ.get(TOKEN_FILE_ENV) or None,
+                   help="file holding a bearer token, re-read per request, e.g. from `kubectl create token "
+                        f"... --audience=pipelines.kubeflow.org` (default: ${TOKEN_FILE_ENV}); or put the "
+                        "token itself in $KF_PIPELINES_TOKEN (never on the command line; never printed)")
     s.add_argument("--in-cluster", action="store_true",
                    help="authenticate with the pod's KFP service-account token "
                         "($KF_PIPELINES_SA_TOKEN_PATH or /var/run/secrets/kubeflow/pipelines/token)")

@@ -42,9 +42,18 @@ from medsynth.errors import ConfigError, MedsynthError
 
 DEFAULT_EXPERIMENT = "medsynth"
 DEFAULT_SCHEDULE_NAME = "medsynth-retrain"
-TOKEN_ENV = "KF_PIPELINES_TOKEN"  # read by the CLI; kfp itself has no such variable
+# What the CLI reads as defaults of --host, --namespace and --token-file, and the token itself
+# (kfp.Client reads only KF_PIPELINES_ENDPOINT of these, and only when given no host).
+ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
+NAMESPACE_ENV = "KF_PIPELINES_NAMESPACE"
+TOKEN_FILE_ENV = "KF_PIPELINES_TOKEN_FILE"
+TOKEN_ENV = "KF_PIPELINES_TOKEN"
 UI_ENV = "KF_PIPELINES_UI_ENDPOINT"  # kfp's own: where run links point when the UI is elsewhere
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"})
+# The oldest backend medsynth-train runs correctly on: from 2.4 the driver substitutes the run-id
+# placeholder and honours the final task's GPU count given as a pipeline parameter (resourceCount);
+# older ones share one run directory between runs and give the final training no GPU.
+MIN_KFP_VERSION = (2, 4)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -354,6 +363,7 @@ class PipelineClient:
         self._retries = retries
         self._client: Any = None
         self.multi_user: bool | None = None
+        self.version: str | None = None  # the backend's release (healthz tag_name), once connected
 
     def __repr__(self) -> str:  # never the token
         return f"PipelineClient(host={_redact_url(self.host)!r}, namespace={self.namespace!r})"
@@ -393,6 +403,7 @@ class PipelineClient:
             )
             health = client._medsynth_health or client.get_kfp_healthz()
         self.multi_user = bool(getattr(health, "multi_user", False))
+        self.version = client._medsynth_version
         if self.namespace is None and self.multi_user and not client.get_user_namespace():
             raise ConfigError(
                 f"{_redact_url(self.host)} is a multi-user Kubeflow: pass --namespace (your profile "
@@ -423,6 +434,23 @@ class PipelineClient:
         if self._token:
             text = text.replace(self._token, "***")
         return text
+
+    def require_version(self) -> None:
+        """Refuse to create runs on a backend older than MIN_KFP_VERSION (see there for why)."""
+        self.connect()
+        release = parse_kfp_version(self.version)
+        floor = ".".join(map(str, MIN_KFP_VERSION))
+        if release is None:
+            logging.getLogger("medsynth").warning(
+                "KFP at %s reports no release (%r): cannot check it is >= %s",
+                _redact_url(self.host), self.version, floor,
+            )
+        elif release[:2] < MIN_KFP_VERSION:
+            raise KfpError(
+                f"KFP at {_redact_url(self.host)} is {self.version}; medsynth-train needs Kubeflow Pipelines "
+                f">= {floor} (older backends leave the run id unsubstituted, so runs share and resume one "
+                "directory, and give the final training no GPU): upgrade the backend"
+            )
 
     # - experiments -
     def experiment_id(self, name: str, *, create: bool) -> str:
@@ -458,6 +486,7 @@ class PipelineClient:
         _check_pipeline_root(pipeline_root)
         with _package(package, backbones) as (path, spec):
             values = coerce_params(params or {}, pipeline_parameters(spec))
+            self.require_version()
             name = run_name or f"{spec['pipelineInfo']['name']} {_now():%Y-%m-%d %H-%M-%S}"
             exp = self.experiment_id(experiment, create=True)
             with self._api("creating the run"):
@@ -578,6 +607,7 @@ class PipelineClient:
             raise ConfigError(f"--max-concurrency {max_concurrency}: must be at least 1")
         with _package(package, backbones) as (path, spec):
             values = coerce_params(params or {}, pipeline_parameters(spec))
+            self.require_version()
             existing = self._schedules_named(name)
             if existing:
                 raise ConfigError(
@@ -706,6 +736,7 @@ def _timeout_client_class() -> type:
     kfp's API and auth handling and only swaps the REST transport.
     """
     import kfp
+    import kfp_server_api
     import urllib3
     from kfp_server_api import rest
 
@@ -724,6 +755,7 @@ def _timeout_client_class() -> type:
             self._medsynth_timeout = timeout
             self._medsynth_retries = retries
             self._medsynth_health = None
+            self._medsynth_version: str | None = None
             super().__init__(**kwargs)
             self._medsynth_transport()
 
@@ -742,13 +774,30 @@ def _timeout_client_class() -> type:
 
         def get_kfp_healthz(self, sleep_duration: int = 5) -> Any:
             self._medsynth_transport()  # kfp calls this from __init__, before our transport exists
-            self._medsynth_health = self._healthz_api.healthz_service_get_healthz()
+            # The generated model keeps only multi_user; the release is in the raw answer: tag_name
+            # from the API server, apiServerTagName through the KFP UI's proxy.
+            raw = self._healthz_api.healthz_service_get_healthz(_preload_content=False)
+            try:
+                body = json.loads(raw.data or b"{}")
+            except ValueError:
+                body = {}
+            body = body if isinstance(body, dict) else {}
+            self._medsynth_version = body.get("tag_name") or body.get("apiServerTagName") or None
+            self._medsynth_health = kfp_server_api.V2beta1GetHealthzResponse(
+                multi_user=bool(body.get("multi_user", body.get("apiServerMultiUser", False)))
+            )
             return self._medsynth_health
 
     return TimeoutClient
 
 
 # --- helpers ------------------------------------------------------------------------------------
+def parse_kfp_version(tag: str | None) -> tuple[int, int, int] | None:
+    """`2.4.0`, `v2.5.0-rc.1` → (2, 4, 0), (2, 5, 0); None for `unknown`, `master` or nothing."""
+    m = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", (tag or "").strip())
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else None
+
+
 @contextlib.contextmanager
 def _package(package: str | Path | None, backbones: Sequence[str] | None) -> Iterator[tuple[Path, dict]]:
     """The package to send and its spec: the given file, or medsynth-train compiled from this code."""

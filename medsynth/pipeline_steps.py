@@ -9,20 +9,33 @@ pictures) and the SavedModel.
 
 from __future__ import annotations
 
-import shutil
+import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from medsynth import storage
-from medsynth.storage import atomic_write_json, atomic_write_text, read_json
+from medsynth.errors import ConfigError
+from medsynth.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, join
 
 CACHE = Path(tempfile.gettempdir()) / "medsynth-cache"
+DECISION_FILE = "push_decision.json"  # beside the evaluated run's metrics.json
 
 
-def join(root: str, *parts: str) -> str:
-    """A URI under `root`; `Path` would turn gs://b into gs:/b."""
-    return "/".join([str(root).rstrip("/"), *parts])
+def run_root(storage_root: str, run_id: str) -> str:
+    """`runs/<run-id>` under the storage root (DESIGN.md §5): every task of one pipeline run writes there.
+
+    `run_id` must be a real id: a KFP backend that does not substitute the job placeholder (before
+    2.4, or inside a longer string) passes it through verbatim, and every run would then share, and
+    resume from, one directory.
+    """
+    if not run_id or "{{" in run_id or "/" in run_id:
+        raise ConfigError(
+            f"run id {run_id!r} is not a pipeline run id: the KFP backend did not substitute "
+            "{{$.pipeline_job_uuid}} (KFP >= 2.4 does, when it is a whole parameter value)"
+        )
+    return join(storage_root, "runs", run_id)
 
 
 def local(uri: str) -> Path:
@@ -75,16 +88,22 @@ def prepare_step(
             phantom_frames=phantom_frames,
         )
     )
-    manifest = read_json(Path(result) / "manifest.json")
+    result = str(result)  # a local path, or a gs:// URI that `Path` would mangle
+    raw = storage.read_bytes(join(result, "manifest.json"))
+    manifest = json.loads(raw)
     out = _dir(dataset)
-    shutil.copy(Path(result) / "manifest.json", out / "manifest.json")
+    atomic_write_bytes(out / "manifest.json", raw)
     dataset.metadata.update(
-        {"dataset_dir": str(result), "hash": manifest.get("hash", ""), "image_size": image_size}
+        {"dataset_dir": result, "hash": manifest.get("hash", ""), "image_size": image_size}
     )
     counts = {f"frames_{k}": v for k, v in (manifest.get("counts") or {}).items()}
-    pictures = {"preview": Path(result) / "preview.png"} if (Path(result) / "preview.png").exists() else {}
-    _html(preview, report_html(f"data set {Path(result).name}", counts, pictures))
-    return (str(result),)
+    pictures = {}
+    if storage.exists(join(result, "preview.png")):
+        pictures["preview"] = atomic_write_bytes(
+            out / "preview.png", storage.read_bytes(join(result, "preview.png"))
+        )
+    _html(preview, report_html(f"data set {result.rstrip('/').rsplit('/', 1)[-1]}", counts, pictures))
+    return (result,)
 
 
 def task_train_config(
@@ -101,13 +120,14 @@ def task_train_config(
     strategy: str = "auto",
     d_augment: str = "auto",
     d_head: str = "auto",
+    metrics_port: int | None = None,
 ) -> Any:
     """The TrainConfig of a pipeline training task, single pod or multi-node job alike."""
     from medsynth.train.config import TrainConfig
 
     return TrainConfig(
         data=dataset_dir,
-        out=join(storage_root, "runs", run_id, run_name),
+        out=join(run_root(storage_root, run_id), run_name),
         image_size=image_size,
         steps=steps,
         batch_size=batch_size,
@@ -118,6 +138,7 @@ def task_train_config(
         d_augment=d_augment,
         d_head=d_head,
         checkpoint_every=max(1, min(500, steps // 4 or 1)),
+        metrics_port=metrics_port,
     )
 
 
@@ -140,8 +161,11 @@ def train_step(
     samples: Any,
 ) -> tuple[str]:
     from medsynth.evaluate.report import report_html
+    from medsynth.train.launcher import METRICS_PORT_ENV
     from medsynth.train.loop import train
 
+    # On the cluster the task's pod sets the port (k8s/monitoring scrapes it); kfp.local sets nothing.
+    port = os.environ.get(METRICS_PORT_ENV, "").strip()
     cfg = task_train_config(
         dataset_dir,
         storage_root,
@@ -156,6 +180,7 @@ def train_step(
         strategy,
         d_augment,
         d_head,
+        metrics_port=int(port) if port.isdigit() else None,
     )
     run_uri = cfg.out
     result = train(cfg)
@@ -190,21 +215,22 @@ def evaluate_step(run_dir: str, dataset_dir: str, n: int, seed: int, metrics: An
 
 
 def compare_step(
-    run_root: str, backbones: list[str], criterion: str, table: Any, pictures: Any
+    storage_root: str, run_id: str, backbones: list[str], criterion: str, table: Any, pictures: Any
 ) -> tuple[str]:
+    """Rank this run's backbones; the run's directory is built here from the root and the run id
+    (each a whole KFP parameter, which the backend substitutes, unlike a placeholder inside a string)."""
     from medsynth.evaluate.compare import compare_runs
 
+    root = run_root(storage_root, run_id)
     CACHE.mkdir(parents=True, exist_ok=True)
     runs = Path(tempfile.mkdtemp(prefix="compare-", dir=CACHE))
     for b in backbones:  # only what the comparison reads: each run's evaluation and training metrics
-        storage.copy_tree(join(run_root, b, "eval"), str(runs / b / "eval"))
-        if storage.exists(join(run_root, b, "metrics.json")):
-            storage.atomic_write_bytes(
-                runs / b / "metrics.json", storage.read_bytes(join(run_root, b, "metrics.json"))
-            )
+        storage.copy_tree(join(root, b, "eval"), str(runs / b / "eval"))
+        if storage.exists(join(root, b, "metrics.json")):
+            atomic_write_bytes(runs / b / "metrics.json", storage.read_bytes(join(root, b, "metrics.json")))
     out = runs / "comparison"
     result = compare_runs(runs, list(backbones), out, criterion)
-    publish_back(out, join(run_root, "comparison"))
+    publish_back(out, join(root, "comparison"))
     atomic_write_text(table.path, (out / "comparison.md").read_text())
     _html(pictures, (out / "comparison.html").read_text())
     return (result.winner,)
@@ -241,7 +267,7 @@ def push_step(
             metrics=metrics_path,
             metric=metric,
             margin=margin,
-            decision_out=str(Path(metrics_path).parent / "push_decision.json"),
+            decision_out=join(storage.parent(metrics_path), DECISION_FILE),
         )
     )
     atomic_write_text(decision.path, decision_markdown(result))

@@ -72,6 +72,25 @@ def is_gcs(uri: Uri) -> bool:
     return os.fspath(uri).startswith("gs://")
 
 
+def join(root: Uri, *parts: str) -> str:
+    """`root/part/...` for a local path or a gs:// URI (`Path` would turn gs://b into gs:/b)."""
+    base = os.fspath(root)
+    if is_gcs(base):
+        return "/".join([base.rstrip("/"), *(str(p).strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+def parent(uri: Uri) -> str:
+    """The directory/prefix holding `uri`, local or gs:// alike."""
+    s = os.fspath(uri)
+    if not is_gcs(s):
+        return str(Path(s).parent)
+    loc = _parse(s)
+    if not loc.key:
+        raise StorageError(f"{s}: a bucket has no parent; give an object below it")
+    return _Loc(loc.bucket, loc.key.rpartition("/")[0]).uri
+
+
 @dataclass(frozen=True)
 class _Loc:
     """A parsed URI: `bucket` is None for a local path, `key` is the object name or the local path."""

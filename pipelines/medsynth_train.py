@@ -17,6 +17,7 @@ from kfp import compiler, dsl
 from components.compare import compare
 from components.evaluate import evaluate
 from components.export import export
+from components.images import TRAINER_IMAGE
 from components.launch_training_job import launch_training_job
 from components.prepare import prepare
 from components.push import push
@@ -43,7 +44,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
     multi-node final training) shapes the pods' specs, so it is chosen at compile time.
     """
     from medsynth.models.backbones import get_backbone
-    from medsynth.train.launcher import Placement
+    from medsynth.train.launcher import Placement, configure_launch_task, size_task
 
     placement = placement or Placement()
     backbones = list(backbones or default_backbones())
@@ -81,7 +82,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
             storage_root=storage_root,
             phantom_frames=phantom_frames,
         ).set_display_name("prepare")
-        data.set_caching_options(True)
+        size_task(data, "prepare").set_caching_options(True)
         dataset_dir = data.outputs["dataset_dir"]
 
         evaluations = []
@@ -106,11 +107,12 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
             judged = evaluate(
                 run_dir=short.outputs["run_dir"], dataset_dir=dataset_dir, n=eval_frames, seed=seed
             )
-            judged.set_display_name(f"evaluate-{_task_name(backbone)}")
+            size_task(judged, "evaluate").set_display_name(f"evaluate-{_task_name(backbone)}")
             evaluations.append(judged)
 
-        ranking = compare(run_root=f"{storage_root}/runs/{run_id}", backbones=backbones, criterion=criterion)
-        ranking.set_display_name("compare").after(*evaluations)
+        # run_id alone, as a whole parameter: the KFP backend substitutes a job placeholder only then
+        ranking = compare(storage_root=storage_root, run_id=run_id, backbones=backbones, criterion=criterion)
+        size_task(ranking, "compare").set_display_name("compare").after(*evaluations)
 
         common = dict(
             dataset_dir=dataset_dir,
@@ -127,26 +129,29 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
             d_head=d_head,
         )
         if placement.multi_node:
-            # `workers` nodes of `gpus` GPUs each, run by the training operator; this task follows it
+            # `workers` nodes of `gpus` GPUs each, run by the training operator; this task follows it.
+            # The trainer image is the one named now, at compile time: the launcher's pod cannot know it.
             final = launch_training_job(
-                kind=placement.multi_node,
                 workers=workers,
                 gpus_per_worker=gpus,
                 namespace=namespace,
-                gpu_type=placement.gpu_type or "",
+                image=TRAINER_IMAGE,
+                **placement.job_inputs(),
                 **common,
             )
+            configure_launch_task(final)
         else:
             final = placement.on_gpus(train(strategy=strategy, **common), gpus)
         final.set_display_name("train-final").set_caching_options(False)
         judged = evaluate(run_dir=final.outputs["run_dir"], dataset_dir=dataset_dir, n=eval_frames, seed=seed)
-        judged.set_display_name("evaluate-final")
+        size_task(judged, "evaluate").set_display_name("evaluate-final")
         exported = export(
             run_dir=final.outputs["run_dir"],
             metrics_path=judged.outputs["metrics_path"],
             model_name=model_name,
         ).set_display_name("export")
-        push(
+        size_task(exported, "export")
+        pushed = push(
             model=exported.outputs["model"],
             metrics_path=judged.outputs["metrics_path"],
             model_repository=model_repository,
@@ -154,6 +159,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
             metric=criterion,
             margin=gate_margin,
         ).set_display_name("push")
+        size_task(pushed, "push")
 
     return medsynth_train
 

@@ -71,6 +71,9 @@ class ApiError(Exception):
 @dataclass
 class FakeKfp:
     multi_user: bool = False
+    # The release healthz reports: the API server answers tag_name, the KFP UI's proxy apiServerTagName.
+    version: str = "2.5.0"
+    behind_ui: bool = False
     requests: list[Request] = field(default_factory=list)
     experiments: dict[str, dict] = field(default_factory=dict)
     runs: dict[str, dict] = field(default_factory=dict)
@@ -185,7 +188,7 @@ class FakeKfp:
             raise ApiError(404, f"Not Found: {p}")
         p = p[len(API):]
         routes: list[tuple[str, str, Callable[..., Any]]] = [
-            ("GET", r"/healthz", lambda: {"multi_user": self.multi_user, "tag_name": "fake"}),
+            ("GET", r"/healthz", self._healthz),
             ("GET", r"/experiments", lambda: self._list("experiments", self.experiments, r)),
             ("POST", r"/experiments", lambda: self._create_experiment(r)),
             ("GET", r"/experiments/([^/:]+)", lambda i: self._get(self.experiments, i, "experiment")),
@@ -206,6 +209,13 @@ class FakeKfp:
         raise ApiError(404, f"Not Found: {r.method} {r.path}")
 
     # - resources -
+    def _healthz(self) -> dict:
+        if self.behind_ui:
+            return {"apiServerTagName": self.version, "apiServerMultiUser": self.multi_user,
+                    "multi_user": self.multi_user, "apiServerReady": True}
+        return {"commit_sha": "0" * 40, "tag_name": self.version, "multi_user": self.multi_user,
+                "pipeline_store": "database"}
+
     def _now(self) -> str:
         self._clock += 1
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -177,19 +178,49 @@ def test_dockerignore_keeps_secrets_and_bulk_out():
     assert not ignore.excluded("images/trainer/sshd_config")
 
 
+# A tag for the reader, the digest for the build: a tag can be re-pushed, a digest cannot.
+_PINNED = re.compile(r"[a-z0-9][a-z0-9./_-]*:(?P<tag>[\w][\w.-]*)@sha256:[0-9a-f]{64}")
+
+
+def _check_pinned(image: str, where: str) -> str:
+    assert "$" not in image, f"{where}: FROM {image}: unresolved build argument"
+    m = _PINNED.fullmatch(image)
+    assert m, f"{where}: FROM {image} is not pinned by digest (name:tag@sha256:<64 hex>)"
+    assert m.group("tag") != "latest", f"{where}: FROM {image} uses latest"
+    return m.group("tag")
+
+
+def test_the_digest_check_rejects_tags_and_short_digests():
+    digest = "@sha256:" + "a" * 64
+    for bad in ("python:3.11.13-slim-bookworm", "python" + digest, "python:3.11@sha256:abc",
+                "python:latest" + digest, "${PYTHON_IMAGE}"):
+        with pytest.raises(AssertionError):
+            _check_pinned(bad, "test")
+    assert _check_pinned("nvidia/cuda:12.2.2-cudnn8-runtime-ubuntu22.04" + digest, "t").startswith("12.2")
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
-def test_base_images_pinned_by_tag(dockerfile):
+def test_base_images_pinned_by_digest(dockerfile):
     stages = _stages(dockerfile)
     aliases = {s["alias"] for s in stages if s["alias"]}
     assert stages, f"{dockerfile} has no FROM"
     for stage in stages:
-        image = stage["image"]
-        if image in aliases:
-            continue
-        assert "$" not in image, f"{dockerfile}: FROM {image}: unresolved build argument"
-        name, _, tag = image.rpartition(":")
-        assert name and "/" not in tag and tag, f"{dockerfile}: FROM {image} is not pinned by tag"
-        assert tag != "latest", f"{dockerfile}: FROM {image} uses latest"
+        if stage["image"] not in aliases:
+            _check_pinned(stage["image"], str(dockerfile))
+
+
+def test_make_images_builds_for_linux_amd64():
+    # GKE's nodes and the lock files' platform; a build on an ARM laptop would otherwise give arm64.
+    make = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^images:.*\n((?:\t.*\n)+)", make, flags=re.M).group(1)
+    platform = re.search(r"^PLATFORM\s*:?=\s*(\S+)", make, flags=re.M)
+    builds = [line for line in recipe.splitlines() if "docker build" in line or "docker buildx build" in line]
+    assert len(builds) == len(DOCKERFILES), recipe
+    for line in builds:
+        arg = re.search(r"--platform[= ](\S+)", line)
+        assert arg, f"make images: {line.strip()} has no --platform"
+        value = platform.group(1) if arg.group(1) == "$(PLATFORM)" else arg.group(1)
+        assert value == "linux/amd64", line
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
@@ -220,38 +251,100 @@ def test_python_matches_requires_python():
         assert stage["image"].startswith(f"python:3.{minor}."), (
             f"base image {stage['image']} is not Python 3.{minor}"
         )
-    # The TF image brings its own Python; the trainer checks it at build time.
+    # The trainer installs the distribution's Python and checks it at build time.
     trainer = (ROOT / "images" / "trainer" / "Dockerfile").read_text()
+    assert f"python3.{minor} -m venv" in trainer
     assert f"sys.version_info[:2] == (3, {minor})" in trainer
 
 
+def _lock(name: str) -> dict[str, str]:
+    """name -> version of images/<name>/requirements.lock (every line `name==version`)."""
+    pins = {}
+    for line in (ROOT / "images" / name / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            m = re.fullmatch(r"([A-Za-z0-9_.-]+)==([\w.+!-]+)", line.strip())
+            assert m, f"images/{name}/requirements.lock: {line!r} is not name==version"
+            pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return pins
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
-def test_installs_exactly_the_pyproject_pins(dockerfile):
-    # Dependencies come from pyproject.toml's own list (not a copy that could drift), then the package
-    # itself with --no-deps, then requirements-nodeps.txt as `make venv` does.
+def test_installs_exactly_its_lock_file(dockerfile):
+    # One lock per image, installed with --no-deps (nothing else is resolved at build time) and
+    # followed by `pip check`; then medsynth itself and, in the trainer, the Horovod it built, each
+    # without dependencies; and nothing the tests need only (requirements-nodeps.txt, test extra).
+    name = dockerfile.parent.name
     ops = [(op, rest) for stage in _stages(dockerfile) for op, rest in stage["ops"]]
-    runs = " ".join(rest for op, rest in ops if op == "RUN")
-    copies = " ".join(rest for op, rest in ops if op == "COPY")
-    assert "pyproject.toml" in copies and "['project']['dependencies']" in runs
-    assert re.search(r"pip install --no-deps (\.|/src)(\s|$)", runs), (
-        "the package itself must not change the pins"
+    lock = f"images/{name}/requirements.lock"
+    copies = [rest for op, rest in ops if op == "COPY" and lock in rest]
+    assert copies, f"{dockerfile} does not copy {lock}"
+    target = os.path.normpath(copies[0].split()[-1])
+    runs = [rest for op, rest in ops if op == "RUN" and "pip install" in rest]
+    assert runs, f"{dockerfile} installs nothing"
+    first = re.search(r"pip install (.*?)(?:&&|$)", runs[0]).group(1).split()
+    assert first[:2] == ["--no-deps", "-r"] and os.path.normpath(first[2]) == target, (
+        f"{dockerfile}: the first install must be `pip install --no-deps -r {target}`, is {first}"
     )
-    assert "requirements-nodeps.txt" in copies and re.search(r"--no-deps -r \S*requirements-nodeps.txt", runs)
-    assert not re.search(r"pip install[^&]*\btensorflow==", runs), "TensorFlow must come from pyproject.toml"
+    for i, rest in enumerate(runs):
+        for command in re.findall(r"pip install ([^&;]*)", rest)[1 if i == 0 else 0 :]:
+            words = command.split()
+            assert words[0] == "--no-deps" and "-r" not in words, f"{dockerfile}: pip install {command}"
+        tail = rest[rest.rindex("pip install") :]
+        assert "pip check" in tail, f"{dockerfile}: no `pip check` after the last install of: {rest[:80]}"
+    assert "requirements-nodeps.txt" not in dockerfile.read_text()
+
+
+def test_locks_hold_every_pin_of_pyproject_and_no_test_reference():
+    pins = _pins()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {re.split(r"[=<>!~ ;\[]", r)[0].lower().replace("_", "-") for r in project["dependencies"]}
+    test_only = set(re.findall(r"^([A-Za-z0-9_.-]+)==", (ROOT / "requirements-nodeps.txt").read_text(), re.M))
+    test_only |= {re.split(r"==", r)[0] for r in project["optional-dependencies"]["test"]}
+    base, trainer = _lock("base"), _lock("trainer")
+    for name, lock in (("base", base), ("trainer", trainer)):
+        for dep in runtime:
+            assert lock.get(dep) == pins[dep], f"images/{name}/requirements.lock: {dep} is not {pins[dep]}"
+        leaked = {t.lower() for t in test_only} & set(lock)
+        assert not leaked, f"images/{name}/requirements.lock carries test references {leaked}"
+    # The trainer runs the same packages as the CPU steps, plus Horovod's own requirements (setup.py of
+    # horovod 0.28.1: cloudpickle, psutil, pyyaml, packaging, cffi), and never Horovod from an index.
+    assert {k: trainer[k] for k in base} == base
+    assert {"cloudpickle", "psutil", "pyyaml", "packaging", "cffi"} <= set(trainer)
+    assert "horovod" not in trainer and "horovod" not in base
+
+
+def _tf_build_info() -> dict:
+    """TensorFlow's build info (CUDA/cuDNN it was built against), read without importing TensorFlow."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("tensorflow")
+    assert spec and spec.origin, "tensorflow is not installed"
+    path = Path(spec.origin).parent / "python" / "platform" / "build_info.py"
+    module_spec = importlib.util.spec_from_file_location("_tf_build_info", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return dict(module.build_info)
 
 
 def test_trainer_versions_agree_with_pyproject():
     dockerfile = ROOT / "images" / "trainer" / "Dockerfile"
     pins = _pins()
-    tf = pins["tensorflow"]
-    for stage in _stages(dockerfile):
-        name, _, tag = stage["image"].rpartition(":")
-        assert name == "tensorflow/tensorflow", stage["image"]
-        # The official image of the same minor line (Docker Hub has 2.15.0-gpu, no 2.15.1); the pin
-        # installed on top then sets the exact version.
-        assert tag.endswith("-gpu") and tag.split(".")[:2] == tf.split(".")[:2], (
-            f"trainer base {stage['image']} is not the TensorFlow {tf} GPU line"
-        )
+    build = _tf_build_info()
+    assert _lock("trainer")["tensorflow"] == pins["tensorflow"]
+    # The CUDA image carries the CUDA major.minor and cuDNN major that this TensorFlow was built with.
+    cuda_mm = _arg_default(dockerfile, "CUDA_MAJOR_MINOR")
+    assert cuda_mm == build["cuda_version"], f"TensorFlow {pins['tensorflow']} is built for {build}"
+    stages = _stages(dockerfile)
+    aliases = {s["alias"] for s in stages}
+    for stage in stages:
+        if stage["image"] not in aliases:
+            tag = _check_pinned(stage["image"], str(dockerfile))
+            assert stage["image"].startswith("nvidia/cuda:"), stage["image"]
+            m = re.fullmatch(r"(\d+\.\d+)\.\d+-cudnn(\d+)-runtime-ubuntu\d+\.\d+", tag)
+            assert m and m.groups() == (build["cuda_version"], build["cudnn_version"]), tag
+    text = dockerfile.read_text()
+    assert 'test "${CUDA_VERSION%.*}" = "${CUDA_MAJOR_MINOR}"' in text, "the build asserts the image's CUDA"
+    assert "b['cuda_version'] == os.environ['CUDA_MAJOR_MINOR']" in text, "and TensorFlow's, once installed"
     horovod = _arg_default(dockerfile, "HOROVOD_VERSION")
     assert horovod, "the trainer Dockerfile names no Horovod version (ARG HOROVOD_VERSION=...)"
     assert "horovod" in pins, (
@@ -259,7 +352,6 @@ def test_trainer_versions_agree_with_pyproject():
         f'an extra such as horovod = ["horovod=={horovod}"]'
     )
     assert horovod == pins["horovod"]
-    text = dockerfile.read_text()
     for flag in (
         "HOROVOD_WITH_TENSORFLOW=1",
         "HOROVOD_WITH_GLOO=1",
@@ -270,6 +362,23 @@ def test_trainer_versions_agree_with_pyproject():
     ):
         assert flag in text, f"trainer Dockerfile: Horovod is not built with {flag}"
     assert "horovodrun --check-build" in text
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
+def test_apt_installs_nothing_that_moves_cuda_or_nccl(dockerfile):
+    # NCCL and CUDA come with the pinned image; a package installed beside them is tied to its
+    # version (libnccl-dev to the image's libnccl2) or to the image's CUDA minor (cuda-*-12-2).
+    for stage in _stages(dockerfile):
+        for op, rest in stage["ops"]:
+            for command in re.split(r"&&|;", rest) if op == "RUN" else []:
+                if "apt-get install" not in command:
+                    continue
+                for word in command.split():
+                    package = word.strip('"')
+                    if re.match(r"libnccl|libcudnn", package):
+                        assert "=" in package, f"{dockerfile}: {package} is not tied to the image's version"
+                    if package.startswith("cuda-"):
+                        assert re.match(r"cuda-[a-z-]+-\$\{CUDA_MAJOR_MINOR/\./-\}", package), package
 
 
 def test_trainer_image_holds_the_sshd_config_the_mpijob_uses():
@@ -342,3 +451,68 @@ def test_every_component_runs_on_a_medsynth_image():
     for step in ("prepare", "evaluate", "compare", "export", "push"):
         if step in found:
             assert found[step] == {"BASE_IMAGE"}, step
+
+
+# --- the locks, installed -------------------------------------------------------------------------
+
+# What the trainer image holds besides the lock: the project itself (COPY lines of the Dockerfiles).
+_PROJECT = ("pyproject.toml", "README.md", "medsynth", "components", "pipelines")
+
+_CLOSED = """
+import re, sys
+from importlib import metadata
+from packaging.requirements import Requirement
+lock = dict(l.split("==") for l in open(sys.argv[1]).read().split() if "==" in l)
+names = {re.sub(r"[-_.]+", "-", n).lower() for n in lock}
+missing = []
+for name in names:
+    for text in metadata.distribution(name).requires or []:
+        req = Requirement(text)
+        if req.marker and not req.marker.evaluate({"extra": ""}):
+            continue
+        dep = re.sub(r"[-_.]+", "-", req.name).lower()
+        if dep not in names or not req.specifier.contains(metadata.version(dep), prereleases=True):
+            missing.append(f"{name} needs {text}")
+print("\\n".join(missing))
+sys.exit(1 if missing else 0)
+"""
+
+
+@pytest.mark.slow
+def test_the_locks_install_into_a_fresh_venv_and_pass_pip_check(tmp_path):
+    """What the Dockerfiles run, in an empty virtualenv on this (linux/amd64, Python 3.11) machine: the
+    trainer's lock with --no-deps, `pip check`, medsynth with --no-deps, `pip check`, then the CLI
+    and a pipeline compile with nothing but locked packages. The base lock is the trainer's minus
+    Horovod's requirements; that it is closed too is checked against the installed metadata."""
+    import shutil
+    import subprocess
+    import sys
+
+    def run(*argv: str | Path) -> str:
+        proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=1500,
+                              cwd=tmp_path, env={**os.environ, "PYTHONNOUSERSITE": "1"})
+        command = " ".join(map(str, argv))
+        assert proc.returncode == 0, f"{command}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", venv)
+    py = venv / "bin" / "python"
+    lock = ROOT / "images" / "trainer" / "requirements.lock"
+    run(py, "-m", "pip", "install", "--quiet", "--no-deps", "-r", lock)
+    run(py, "-m", "pip", "check")
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in _PROJECT:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, src / name)
+    run(py, "-m", "pip", "install", "--quiet", "--no-deps", src)
+    run(py, "-m", "pip", "check")
+    closed = tmp_path / "closed.py"
+    closed.write_text(_CLOSED)
+    run(py, closed, ROOT / "images" / "base" / "requirements.lock")
+    assert "compile" in run(venv / "bin" / "medsynth", "--help")
+    run(venv / "bin" / "medsynth", "compile", "--backbones", "mobilenetv2", "--out", tmp_path / "p.yaml")
+    assert "medsynth-train" in (tmp_path / "p.yaml").read_text()

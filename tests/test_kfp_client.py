@@ -42,7 +42,7 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(kfp_client.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
     for var in ("KF_PIPELINES_TOKEN", "KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT",
                 "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME", "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME",
-                "KF_PIPELINES_SA_TOKEN_PATH"):
+                "KF_PIPELINES_SA_TOKEN_PATH", "KF_PIPELINES_NAMESPACE", "KF_PIPELINES_TOKEN_FILE"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -125,6 +125,34 @@ def test_submit_sends_the_compiled_pipeline_with_typed_parameters(fake, package,
     run_id = next(iter(fake.runs))
     assert run_id in out and f"{fake.endpoint}/#/runs/details/{run_id}" in out
     assert TOKEN not in out + err
+
+
+@pytest.mark.parametrize("version", ["2.3.0", "1.8.5", "v2.3.1-rc.0"])
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_a_backend_before_2_4_is_refused_before_anything_is_created(fake, package, capsys, version, command):
+    fake.version = version
+    extra = ["--cron", "0 3 * * 1"] if command == "schedule" else []
+    rc, out, err = run_cli(capsys, command, "--host", fake.endpoint, "--package", str(package), *extra)
+    assert rc == 2
+    line = one_error_line(err)
+    assert f"KFP at {fake.endpoint} is {version}" in line and ">= 2.4" in line
+    assert not fake.calls("POST")  # no experiment, run or recurring run
+
+
+@pytest.mark.parametrize("version,behind_ui", [("2.4.0", False), ("v2.5.0-rc.1", False), ("2.4.1", True)])
+def test_a_backend_from_2_4_on_is_accepted_directly_or_via_ui(fake, package, capsys, version, behind_ui):
+    fake.version, fake.behind_ui = version, behind_ui
+    rc, out, err = run_cli(capsys, "submit", "--host", fake.endpoint, "--package", str(package))
+    assert rc == 0, err
+    assert len(fake.calls("POST", RUNS)) == 1
+
+
+def test_a_backend_without_a_release_is_warned_about(fake, package, capsys, caplog):
+    fake.version = "unknown"  # a development build of the API server
+    with caplog.at_level(logging.WARNING, logger="medsynth"):
+        rc, out, err = run_cli(capsys, "submit", "--host", fake.endpoint, "--package", str(package))
+    assert rc == 0, err
+    assert "cannot check it is >= 2.4" in caplog.text
 
 
 def test_submit_reuses_an_existing_experiment(fake, package, capsys):
@@ -374,6 +402,23 @@ def test_token_file_and_namespace(fake, package, capsys, tmp_path):
 
     rc, _, err = run_cli(capsys, "runs", "--host", fake.endpoint, "--token-file", str(tmp_path / "missing"))
     assert rc == 2 and "--token-file" in one_error_line(err)
+
+
+def test_the_connection_comes_from_the_environment(fake, package, capsys, tmp_path, monkeypatch):
+    # docs/cluster.md exports these once; every submit/schedule/runs then needs no connection flags.
+    fake.multi_user = True
+    token_file = tmp_path / "kfp-token"
+    token_file.write_text(TOKEN)
+    monkeypatch.setenv("KF_PIPELINES_ENDPOINT", fake.endpoint)
+    monkeypatch.setenv("KF_PIPELINES_NAMESPACE", "medsynth")
+    monkeypatch.setenv("KF_PIPELINES_TOKEN_FILE", str(token_file))
+    rc, _, err = run_cli(capsys, "submit", "--package", str(package))
+    assert rc == 0, err
+    assert fake.calls("POST", RUNS)[0].headers["authorization"] == f"Bearer {TOKEN}"
+    assert fake.calls("POST", EXPERIMENTS)[0].body["namespace"] == "medsynth"
+    rc, _, err = run_cli(capsys, "runs", "--namespace", "other")  # a flag still wins
+    assert rc == 0, err
+    assert fake.calls("GET", RUNS)[-1].query["namespace"] == "other"
 
 
 def test_in_cluster_reads_the_projected_token(fake, capsys, tmp_path, monkeypatch):

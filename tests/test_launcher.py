@@ -7,8 +7,13 @@ transitions, so the whole create → follow → succeed/fail path runs as it wou
 
 import copy
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -104,12 +109,16 @@ def test_job_spec_has_the_shape_of_the_k8s_training_manifest(kind, directory, ya
     assert (job["apiVersion"], job["kind"]) == (ref["apiVersion"], ref["kind"])
     assert set(_templates(job)) == set(_templates(ref))
     if kind == "mpijob":
-        for key in ("slotsPerWorker", "mpiImplementation", "sshAuthMountPath"):
+        for key in ("slotsPerWorker", "mpiImplementation", "sshAuthMountPath", "launcherCreationPolicy"):
             assert job["spec"][key] == ref["spec"][key], key
+        # the launcher starts only once GPU workers are up (node scale-up would burn its retries)
+        assert job["spec"]["launcherCreationPolicy"] == "WaitForWorkersReady"
     for role, tmpl in _templates(job).items():
         rt = _templates(ref)[role]
         pod, rpod = tmpl["spec"], rt["spec"]
         assert tmpl["metadata"]["labels"] == rt["metadata"]["labels"], role
+        # no Istio sidecar in a Kubeflow profile namespace: it would keep finished job pods running
+        assert tmpl["metadata"]["annotations"] == rt["metadata"]["annotations"] == launcher.POD_ANNOTATIONS
         for key in ("serviceAccountName", "securityContext", "tolerations", "terminationGracePeriodSeconds"):
             assert pod.get(key) == rpod.get(key), (role, key)
         assert {v["name"] for v in pod["volumes"]} == {v["name"] for v in rpod["volumes"]}, role
@@ -140,6 +149,52 @@ def test_job_spec_checks_its_inputs():
         launcher.job_manifest("tfjob", _cfg(batch_size=256), workers=2, gpus_per_worker=3, image="x")
     with pytest.raises(ConfigError, match="unknown training job kind"):
         launcher.job_manifest("pytorchjob", _cfg(), workers=2, gpus_per_worker=1, image="x")
+    with pytest.raises(ConfigError, match="no trainer image"):
+        launcher.job_manifest("tfjob", _cfg(), workers=2, gpus_per_worker=1, image="")
+
+
+@pytest.mark.parametrize("kind", ["mpijob", "tfjob"])
+def test_spot_and_credentials_reach_every_job_pod(kind):
+    job = launcher.job_manifest(
+        kind, _cfg(), workers=2, gpus_per_worker=8, image="i", spot=True, credentials_secret="gcs-key"
+    )
+    for role, tmpl in _templates(job).items():
+        pod = tmpl["spec"]
+        (c,) = pod["containers"]
+        secret = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        assert secret == {"gcp-credentials": "gcs-key"}, role
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "gcp-credentials")
+        key = f"{mount['mountPath']}/key.json"
+        env = {e["name"]: e["value"] for e in c.get("env", [])}
+        if role == "Worker" and kind == "mpijob":
+            # sshd's sessions get the launcher's environment from horovodrun; the file must be here too
+            assert "GOOGLE_APPLICATION_CREDENTIALS" not in env
+        else:
+            assert env["GOOGLE_APPLICATION_CREDENTIALS"] == key, role
+        if role == "Worker":
+            assert launcher.SPOT_TOLERATION in pod["tolerations"]
+    plain = launcher.job_manifest(kind, _cfg(), workers=2, gpus_per_worker=8, image="i")
+    for tmpl in _templates(plain).values():
+        assert launcher.SPOT_TOLERATION not in tmpl["spec"].get("tolerations", [])
+        assert not [v for v in tmpl["spec"]["volumes"] if "secret" in v]
+
+
+def _pod_env(name: str, uid: str, namespace: str) -> dict[str, str]:
+    return dict(zip(launcher.POD_ENV.values(), (name, uid, namespace), strict=True))
+
+
+def test_the_job_is_owned_by_the_launch_pod_only_in_its_own_namespace():
+    env = _pod_env("run-x-launch", "u-1", "medsynth")
+    owner = launcher.owner_reference("medsynth", env)
+    assert owner == {"apiVersion": "v1", "kind": "Pod", "name": "run-x-launch", "uid": "u-1",
+                     "blockOwnerDeletion": False}
+    job = launcher.job_manifest("tfjob", _cfg(), workers=2, gpus_per_worker=4, image="i", owner=owner)
+    assert job["metadata"]["ownerReferences"] == [owner]
+    # A cross-namespace owner counts as absent: the garbage collector would delete the job at once.
+    assert launcher.owner_reference("other", env) is None
+    assert launcher.owner_reference("medsynth", {}) is None
+    plain = launcher.job_manifest("tfjob", _cfg(), workers=2, gpus_per_worker=4, image="i")
+    assert "ownerReferences" not in plain["metadata"]
 
 
 # --- following a job through the Kubernetes API -----------------------------------------------------
@@ -288,12 +343,14 @@ def test_a_retried_launcher_follows_the_existing_job_and_a_timeout_deletes_it():
             poll_s=0.01,
             timeout_s=0.05,
         )
-    assert api.deleted == [
+    assert [p.split("?")[0] for p in api.deleted] == [
         f"/apis/kubeflow.org/v1/namespaces/medsynth/tfjobs/{launcher.job_name(_cfg(), 'tfjob')}"
     ]
 
 
-def test_launch_step_builds_the_run_dir_in_the_bucket():
+def test_launch_step_builds_the_run_dir_in_the_bucket(monkeypatch):
+    for k, v in _pod_env("p", "u", "medsynth").items():
+        monkeypatch.setenv(k, v)
     with FakeKubeApi([_cond("Succeeded")]) as api:
         (run_dir,) = launcher.launch_step(
             "tfjob",
@@ -310,16 +367,59 @@ def test_launch_step_builds_the_run_dir_in_the_bucket():
             workers=2,
             gpus_per_worker=2,
             image="i",
+            spot=True,
+            credentials_secret="gcs-key",
             api_client=api.client(),
             poll_s=0.01,
             d_augment="translation",
         )
     assert run_dir == "gs://b/medsynth/runs/run-7/final"
-    args = api.created[0]["body"]["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0][
-        "args"
-    ]
-    cfg = launcher.parse_argv_config(args)
+    body = api.created[0]["body"]
+    pod = body["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+    cfg = launcher.parse_argv_config(pod["containers"][0]["args"])
     assert cfg.out == run_dir and cfg.d_augment == "translation"  # the pipeline's setting reaches the pods
+    assert pod["containers"][0]["image"] == "i"
+    assert launcher.SPOT_TOLERATION in pod["tolerations"]
+    assert [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v] == ["gcs-key"]
+    assert body["metadata"]["ownerReferences"][0]["uid"] == "u"
+
+
+_FOLLOWER = """
+import logging, sys
+from kubernetes import client
+from medsynth.errors import MedsynthError
+from medsynth.train import launcher
+from medsynth.train.config import TrainConfig
+logging.basicConfig(level=logging.INFO)
+conf = client.Configuration()
+conf.host = sys.argv[1]
+cfg = TrainConfig(data="gs://b/d", out="gs://b/runs/r1/final", batch_size=8)
+try:
+    launcher.launch_training_job(cfg, "tfjob", 2, 4, "img:1", api_client=client.ApiClient(conf), poll_s=30)
+except MedsynthError as e:
+    print("medsynth:", e)
+    sys.exit(3)
+"""
+
+
+def test_sigterm_makes_the_launcher_delete_its_job():
+    # A real process and a real signal: a cancelled KFP run stops the launcher's pod with SIGTERM.
+    with FakeKubeApi([_cond("Created", "Running")]) as api:
+        url = f"http://127.0.0.1:{api.server.server_address[1]}"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen([sys.executable, "-c", _FOLLOWER, url], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while api.gets == 0 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert api.gets >= 1, proc.communicate()[0]
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)  # well before its 30 s poll: the wait is interrupted
+    assert proc.returncode == 3, out
+    assert "got SIGTERM" in out and "deleted it" in out
+    (deleted,) = api.deleted
+    name = api.created[0]["body"]["metadata"]["name"]
+    assert deleted.split("?")[0] == f"/apis/kubeflow.org/v1/namespaces/medsynth/tfjobs/{name}"
 
 
 # --- the single-pod KFP task -------------------------------------------------------------------------
@@ -374,6 +474,7 @@ def test_the_launch_component_compiles_into_a_pipeline(tmp_path):
             seed=0,
             workers=workers,
             gpus_per_worker=8,
+            image="trainer:1",
         )
 
     out = tmp_path / "p.yaml"

@@ -2,8 +2,12 @@
 and the pieces agree with each other (ports, config files, image tags, the `medsynth train` flags).
 
 Renders with `kubectl kustomize` (kubectl 1.32, kustomize v5.5); validates core kinds with
-kubernetes-validate's 1.32 schemas. CRDs (MPIJob, TFJob, PodMonitor) get structural checks, and the
-pod templates inside them are validated as core PodTemplates.
+kubernetes-validate's 1.32 schemas. CRDs (MPIJob, TFJob, PodMonitor, Istio policies) get structural
+checks, and the pod templates inside them are validated as core PodTemplates. Policy checks decide,
+on the rendered objects, what a real API server, Istio and the kubelet would: which service account
+may do what (RBAC), which requests reach TF Serving through the sidecar, and whether memory-backed
+volumes fit their pod's memory limit. Kustomizations that pull remote bases (k8s/operators) cannot
+render offline and are checked statically.
 """
 
 from __future__ import annotations
@@ -21,19 +25,25 @@ import yaml
 
 from components import images
 from medsynth import __version__
-from medsynth.cli import COMMANDS, build_parser
+from medsynth.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 K8S_VERSION = "1.32.0"
-CRD_GROUPS = ("kubeflow.org", "monitoring.coreos.com")
+CRD_GROUPS = ("kubeflow.org", "monitoring.coreos.com", "security.istio.io")
+
+
+def _is_remote(resource: str) -> bool:
+    return bool(re.match(r"(https?://|github\.com/)", resource))
 
 
 def _kustomizations(root: Path = K8S) -> list[Path]:
-    """Every directory with a kustomization.yaml that renders on its own (components do not)."""
+    """Every directory with a kustomization.yaml that renders on its own, offline (components do not,
+    and remote bases need the network)."""
     dirs = []
     for path in sorted(root.rglob("kustomization.yaml")):
-        if yaml.safe_load(path.read_text()).get("kind") != "Component":
+        doc = yaml.safe_load(path.read_text())
+        if doc.get("kind") != "Component" and not any(map(_is_remote, doc.get("resources", []))):
             dirs.append(path.parent)
     return dirs
 
@@ -116,12 +126,18 @@ def test_every_k8s_directory_is_covered():
     # A kustomization added later is picked up automatically; make sure the expected ones exist.
     names = set(IDS)
     for expected in (
+        "namespace",
         "base",
+        "pipeline-runner",
+        "kfp-standalone",
+        "istio",
         "serving",
         "training/horovod",
         "training/multiworker",
         "monitoring",
         "overlays/gcp",
+        "overlays/gcp/standalone",
+        "overlays/gcp/multi-user",
     ):
         assert expected in names, f"k8s/{expected} has no kustomization.yaml"
 
@@ -134,8 +150,15 @@ def test_renders_with_unique_named_objects(directory):
     for obj in objs:
         assert obj.get("apiVersion") and obj.get("kind") and obj.get("metadata", {}).get("name"), obj
         keys.append((obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]))
-        if obj["kind"] != "Namespace":
-            assert obj["metadata"].get("namespace") == "medsynth", f"{keys[-1]} is not in namespace medsynth"
+        if obj["kind"] == "Namespace":
+            continue
+        namespace = obj["metadata"].get("namespace")
+        if directory.name == "pipeline-runner":  # namespaced by whoever includes it
+            assert namespace is None, keys[-1]
+        elif namespace == "kubeflow":  # standalone KFP runs pipelines there: only the run's account and RBAC
+            assert obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"), keys[-1]
+        else:
+            assert namespace == "medsynth", f"{keys[-1]} is not in namespace medsynth"
     assert len(keys) == len(set(keys)), f"duplicate objects in {directory}: {keys}"
 
 
@@ -157,10 +180,50 @@ def test_core_objects_match_kubernetes_schemas(directory):
                     kubernetes_validate, pod_template, f"{obj['kind']} {obj['metadata']['name']} {label}"
                 )
                 checked += 1
+            if _group(obj) == "security.istio.io":
+                _check_istio(obj)
+                checked += 1
             continue
         _validate(kubernetes_validate, obj, f"{obj['kind']} {obj['metadata']['name']}")
         checked += 1
     assert checked, f"nothing in {directory} was validated"
+
+
+# The fields of Istio's security API (security.istio.io v1beta1/v1) that medsynth may use.
+_ISTIO_FIELDS = {
+    "AuthorizationPolicy": {"selector", "action", "rules"},
+    "PeerAuthentication": {"selector", "mtls", "portLevelMtls"},
+}
+_OPERATION_FIELDS = {"hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths"}
+_MTLS_MODES = {"UNSET", "DISABLE", "PERMISSIVE", "STRICT"}
+
+
+def _check_istio(obj: dict) -> None:
+    """Istio CRDs have no schema here: reject unknown fields and values Istio would refuse."""
+    where, spec = f"{obj['kind']} {obj['metadata']['name']}", obj["spec"]
+    assert obj["kind"] in _ISTIO_FIELDS and set(spec) <= _ISTIO_FIELDS[obj["kind"]], where
+    assert set(spec.get("selector", {})) <= {"matchLabels"}, where
+    if obj["kind"] == "AuthorizationPolicy":
+        assert spec.get("action", "ALLOW") in ("ALLOW", "DENY", "AUDIT", "CUSTOM"), where
+        for rule in spec.get("rules", []):
+            assert set(rule) <= {"from", "to", "when"}, where
+            for to in rule.get("to", []):
+                op = to["operation"]
+                assert set(op) <= _OPERATION_FIELDS, f"{where}: {set(op) - _OPERATION_FIELDS}"
+                assert all(isinstance(p, str) and p.isdigit() for p in op.get("ports", [])), where
+    else:
+        modes = [spec.get("mtls", {}).get("mode", "UNSET")]
+        modes += [m["mode"] for m in spec.get("portLevelMtls", {}).values()]
+        assert set(modes) <= _MTLS_MODES, where
+        assert all(str(p).isdigit() for p in spec.get("portLevelMtls", {})), where
+        assert not spec.get("portLevelMtls") or spec.get("selector"), f"{where}: portLevelMtls, no selector"
+
+
+def test_istio_check_rejects_a_typo():
+    policy = {"kind": "AuthorizationPolicy", "metadata": {"name": "x"},
+              "spec": {"rules": [{"to": [{"operation": {"port": ["8501"]}}]}]}}
+    with pytest.raises(AssertionError, match="port"):
+        _check_istio(policy)
 
 
 def _validate(kubernetes_validate, obj: dict, what: str) -> None:
@@ -233,6 +296,36 @@ def test_security_baseline(label, template):
         if gpus is not None:
             assert res.get("requests", {}).get("nvidia.com/gpu") == gpus, f"{where}: GPU request != limit"
         _check_image(c["image"], where)
+        # tmpfs (an emptyDir in Memory, e.g. NCCL's /dev/shm) is charged to the container's memory:
+        # its limit must hold the volume and still leave the process room.
+        shm = _memory_volumes(pod, c)
+        if shm:
+            limit = _quantity(res["limits"]["memory"])
+            assert limit >= shm + 8 * 2**30, (
+                f"{where}: a {limit / 2**30:.0f} GiB memory limit leaves no room beside "
+                f"{shm / 2**30:.0f} GiB of memory-backed volumes"
+            )
+
+
+def _memory_volumes(pod: dict, container: dict) -> float:
+    """Bytes of memory-backed emptyDir volumes the container mounts (sizeLimit is required for them)."""
+    mounted = {m["name"] for m in container.get("volumeMounts", [])}
+    total = 0.0
+    for v in pod.get("volumes", []):
+        if v["name"] in mounted and v.get("emptyDir", {}).get("medium") == "Memory":
+            assert "sizeLimit" in v["emptyDir"], f"memory-backed volume {v['name']} has no sizeLimit"
+            total += _quantity(v["emptyDir"]["sizeLimit"])
+    return total
+
+
+def test_memory_volume_check_catches_an_unbacked_shm():
+    pod = {"volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]}
+    c = {"volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}
+    c["resources"] = {"limits": {"memory": "20Gi"}}
+    assert _memory_volumes(pod, c) == 16 * 2**30
+    assert _quantity(c["resources"]["limits"]["memory"]) < _memory_volumes(pod, c) + 8 * 2**30
+    with pytest.raises(AssertionError, match="no sizeLimit"):
+        _memory_volumes({"volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]}, c)
 
 
 _UNITS = {
@@ -324,9 +417,13 @@ def test_serving_flags_point_at_mounted_config_files():
     model_config = files[flags["--model_config_file"]]
     model_name = re.search(r'name:\s*"([^"]+)"', model_config).group(1)
     assert re.search(r'base_path:\s*"gs://[^/"]+/models/' + model_name + '"', model_config), model_config
-    # Probes ask TF Serving for the status of exactly that model.
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["httpGet"]["path"] == f"/v1/models/{model_name}", probe
+    # Readiness asks TF Serving for the status of exactly that model; liveness (and start-up, which
+    # gates it) only whether the server answers: a model directory briefly missing must not
+    # restart every replica.
+    assert c["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{model_name}"
+    port_names = {p["name"] for p in c["ports"]}
+    for probe in ("startupProbe", "livenessProbe"):
+        assert "httpGet" not in c[probe] and c[probe]["tcpSocket"]["port"] in port_names, probe
 
     monitoring = files[flags["--monitoring_config_file"]]
     assert re.search(r"enable:\s*true", monitoring)
@@ -461,29 +558,219 @@ def test_training_pods_request_gpus_and_use_workload_identity(kind, directory):
 # --- base: accounts and RBAC -----------------------------------------------------------------
 
 
-def test_launcher_rbac_covers_the_training_jobs():
-    objs = render(K8S / "base")
-    sas = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ServiceAccount"}
-    assert set(sas) == {"medsynth-pipeline", "medsynth-trainer", "medsynth-serving"}
-    for sa in sas.values():
-        assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
-            ".iam.gserviceaccount.com"
+def _can(objs: list[dict], sa: tuple[str, str], namespace: str, group: str, resource: str, verb: str,
+         name: str | None = None) -> bool:
+    """What the API server's RBAC authorizer answers for service account `sa` = (namespace, name)
+    doing `verb` on `resource` (named `name`) in `namespace`, given these Roles and RoleBindings."""
+    roles = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in objs if o["kind"] == "Role"}
+    for b in objs:
+        if b["kind"] != "RoleBinding" or b["metadata"].get("namespace") != namespace:
+            continue
+        bound = any(
+            s["kind"] == "ServiceAccount" and (s.get("namespace", namespace), s["name"]) == sa
+            for s in b.get("subjects", [])
         )
-    role = _one(objs, "Role")
-    granted = {
-        (g, r, v)
-        for rule in role["rules"]
-        for g in rule["apiGroups"]
-        for r in rule["resources"]
-        for v in rule["verbs"]
+        role = roles.get((namespace, b["roleRef"]["name"])) if b["roleRef"]["kind"] == "Role" else None
+        if not bound or role is None:
+            continue
+        for rule in role["rules"]:
+            if (
+                group in rule.get("apiGroups", [])
+                and resource in rule.get("resources", [])
+                and verb in rule.get("verbs", [])
+                and (not rule.get("resourceNames") or name in rule["resourceNames"])
+            ):
+                return True
+    return False
+
+
+# What every pod of a KFP v2 run does with the run's service account (driver, launcher, Argo's
+# executor), as KFP's own `pipeline-runner` role grants it: (group, resource, verb, name).
+KFP_V2_POD_NEEDS = [
+    ("", "configmaps", "get", "kfp-launcher"),  # driver and launcher; a Forbidden fails the task
+    ("", "configmaps", "watch", "kfp-launcher"),
+    ("argoproj.io", "workflowtaskresults", "create", None),  # Argo >= 3.4 records outputs so
+    ("argoproj.io", "workflowtaskresults", "patch", None),
+    ("", "pods", "get", None),  # the root driver lists and reads the run's pods
+    ("", "pods", "list", None),
+    ("", "pods", "watch", None),
+    ("", "pods/log", "get", None),
+]
+# What the multi-node launch task does in the job namespace (medsynth/train/launcher.py).
+LAUNCH_NEEDS = [
+    ("kubeflow.org", plural, verb, None)
+    for plural in ("mpijobs", "tfjobs")
+    for verb in ("create", "get", "watch", "delete")
+]
+PIPELINE_SA = "medsynth-pipeline"
+
+
+def _platform(*extra: str) -> list[dict]:
+    return [o for d in ("overlays/gcp", *extra) for o in render(K8S / d)]
+
+
+@pytest.mark.parametrize(
+    "mode,extra,run_namespace",
+    [
+        ("multi-user", "overlays/gcp/multi-user", "medsynth"),
+        ("standalone", "overlays/gcp/standalone", "kubeflow"),
+    ],
+)
+def test_the_run_service_account_may_do_what_kfp_v2_pods_and_the_launcher_do(mode, extra, run_namespace):
+    objs = _platform(extra)
+    sa = (run_namespace, PIPELINE_SA)
+    accounts = {
+        (o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objs if o["kind"] == "ServiceAccount"
     }
-    for resource in ("mpijobs", "tfjobs"):
-        for verb in ("create", "get", "watch", "delete"):
-            assert ("kubeflow.org", resource, verb) in granted, f"launcher cannot {verb} {resource}"
-    assert not any(v == "*" or r == "*" for _, r, v in granted), "no wildcards"
-    binding = _one(objs, "RoleBinding")
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert [(s["kind"], s["name"]) for s in binding["subjects"]] == [("ServiceAccount", "medsynth-pipeline")]
+    assert sa in accounts, f"{mode}: runs use {sa}, which does not exist"
+    assert accounts[sa]["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
+        ".iam.gserviceaccount.com"
+    ), "Workload Identity: the run's account names a Google service account"
+    for need in KFP_V2_POD_NEEDS:
+        assert _can(objs, sa, run_namespace, *need), f"{mode}: {sa} cannot {need} in {run_namespace}"
+    for need in LAUNCH_NEEDS:  # jobs go to the pipeline's `namespace` parameter, medsynth
+        assert _can(objs, sa, "medsynth", *need), f"{mode}: {sa} cannot {need} in medsynth"
+    assert not _can(objs, sa, run_namespace, "", "secrets", "get", "anything"), "no Secret is needed"
+    granted = [(r, v) for o in objs if o["kind"] == "Role" for rule in o["rules"]
+               for r in rule["resources"] for v in rule["verbs"]]
+    assert not any("*" in (r, v) for r, v in granted), "no wildcards"
+
+
+def test_the_rbac_check_catches_a_missing_rule():
+    objs = _platform()
+    sa = ("medsynth", PIPELINE_SA)
+    assert _can(objs, sa, "medsynth", "argoproj.io", "workflowtaskresults", "create")
+    stripped = json.loads(json.dumps(objs))
+    for o in stripped:
+        if o["kind"] == "Role":
+            o["rules"] = [r for r in o["rules"] if "argoproj.io" not in r["apiGroups"]]
+    assert not _can(stripped, sa, "medsynth", "argoproj.io", "workflowtaskresults", "create")
+    assert not _can(objs, sa, "medsynth", "", "configmaps", "get", "other-config")  # resourceNames hold
+    assert not _can(objs, ("default", PIPELINE_SA), "medsynth", "kubeflow.org", "tfjobs", "create")
+
+
+def test_training_pods_run_as_the_trainer_account_and_serving_as_its_own():
+    objs = render(K8S / "base")
+    sas = {o["metadata"]["name"] for o in objs if o["kind"] == "ServiceAccount"}
+    assert sas == {"medsynth-pipeline", "medsynth-trainer", "medsynth-serving"}
+    for o in objs:
+        if o["kind"] == "ServiceAccount":
+            google = o["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+            assert google.endswith(".iam.gserviceaccount.com"), o["metadata"]["name"]
+
+
+def test_namespaces_never_overwrite_a_profiles_labels():
+    # In multi-user Kubeflow the Profile controller owns the namespace: app.kubernetes.io/part-of is
+    # kubeflow-profile there, and an apply must only add the Pod Security labels.
+    for directory in KUSTOMIZATIONS:
+        for obj in render(directory):
+            if obj["kind"] == "Namespace":
+                labels = obj["metadata"].get("labels", {})
+                assert all(k.startswith("pod-security.kubernetes.io/") for k in labels), (directory, labels)
+
+
+# --- Istio (multi-user Kubeflow) --------------------------------------------------------------
+
+
+def _operation_matches(op: dict, port: int, method: str, path: str) -> bool:
+    def paths_match(patterns: list[str]) -> bool:
+        return any(p == path or (p.endswith("*") and path.startswith(p[:-1])) or
+                   (p.startswith("*") and path.endswith(p[1:])) for p in patterns)
+
+    return (
+        ("ports" not in op or str(port) in op["ports"])
+        and ("methods" not in op or method in op["methods"])
+        and ("paths" not in op or paths_match(op["paths"]))
+        and not any(k.startswith("not") for k in op)
+    )
+
+
+def _istio_allows(objs: list[dict], pod_labels: dict, port: int, method: str, path: str) -> bool:
+    """Istio's decision for a plaintext request from outside the mesh (no principal, no namespace):
+    a DENY that matches refuses it; with ALLOW policies present, one of their rules must match."""
+
+    def rule_matches(rule: dict) -> bool:
+        if rule.get("from") or rule.get("when"):  # identities and conditions a non-mesh client lacks
+            return False
+        ops = [t["operation"] for t in rule.get("to", [])]
+        return not ops or any(_operation_matches(o, port, method, path) for o in ops)
+
+    policies = [
+        o for o in objs
+        if o["kind"] == "AuthorizationPolicy" and _matches(o["spec"].get("selector", {}), pod_labels)
+    ]
+    if any(p["spec"].get("action") == "DENY" and any(map(rule_matches, p["spec"].get("rules", [{}])))
+           for p in policies):
+        return False
+    allows = [p for p in policies if p["spec"].get("action", "ALLOW") == "ALLOW"]
+    return not allows or any(rule_matches(r) for p in allows for r in p["spec"].get("rules", []))
+
+
+def _serving_requests(objs: list[dict]) -> list[tuple[str, int, str, str]]:
+    """(who, port, method, path) of every client the serving objects expect: Prometheus by the
+    PodMonitor, REST and gRPC clients by the NetworkPolicy's ports."""
+    deploy = _one(objs, "Deployment", "tf-serving")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    monitor = _one(objs, "PodMonitor", "tf-serving")
+    endpoints = monitor["spec"]["podMetricsEndpoints"]
+    requests = [("prometheus", ports[e["port"]], "GET", e["path"]) for e in endpoints]
+    policy = _one(objs, "NetworkPolicy", "tf-serving")
+    client_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    for port in sorted(client_ports):
+        grpc = port == ports["grpc"]
+        path = "/tensorflow.serving.PredictionService/Predict" if grpc else "/v1/models/generator:predict"
+        requests.append(("client", port, "POST", path))
+    return requests
+
+
+def test_istio_lets_prometheus_and_other_namespaces_reach_tf_serving():
+    objs = _platform("overlays/gcp/multi-user")
+    labels = _one(objs, "Deployment", "tf-serving")["spec"]["template"]["metadata"]["labels"]
+    # A Kubeflow profile's own ALLOW policy admits only mesh identities of the owner and KFP:
+    owner = {"source": {"principals": ["cluster.local/ns/kubeflow/sa/ml-pipeline-ui"]}}
+    profile = {"kind": "AuthorizationPolicy", "metadata": {"name": "ns-owner-access-istio"},
+               "spec": {"rules": [{"from": [owner]}]}}
+    peers = [o for o in objs if o["kind"] == "PeerAuthentication" and _matches(o["spec"]["selector"], labels)]
+    requests = _serving_requests(objs)
+    assert {who for who, *_ in requests} == {"prometheus", "client"} and len(requests) >= 3
+    for who, port, method, path in requests:
+        assert not _istio_allows([profile], labels, port, method, path), "the check must be able to fail"
+        allowed = _istio_allows([profile, *objs], labels, port, method, path)
+        assert allowed, f"{who}: {method} :{port}{path} denied"
+        # and the sidecar takes their plaintext: mTLS is PERMISSIVE (or off) on that port
+        (peer,) = peers
+        assert peer["spec"]["portLevelMtls"][str(port)]["mode"] in ("PERMISSIVE", "DISABLE"), port
+    assert not _istio_allows(objs, labels, 9090, "GET", "/"), "only the serving ports are opened"
+
+
+@pytest.mark.parametrize("directory", ["training/horovod", "training/multiworker"])
+def test_training_pods_opt_out_of_istio_sidecars(directory):
+    # A sidecar never exits: a finished launcher or worker pod would keep running, and the job with it.
+    for obj in render(K8S / directory):
+        for label, template in _pod_templates(obj):
+            annotations = template["metadata"].get("annotations", {})
+            assert annotations.get("sidecar.istio.io/inject") == "false", label
+
+
+# --- operators -------------------------------------------------------------------------------
+
+
+def test_training_operator_leaves_the_mpi_operators_crd_alone():
+    # Both operators ship mpijobs.kubeflow.org; the Training Operator's (v1 only) would replace the MPI
+    # Operator's v2beta1 CRD. Its kustomization must delete that CRD and run the TFJob scheme only.
+    doc = yaml.safe_load((K8S / "operators" / "training-operator" / "kustomization.yaml").read_text())
+    (remote,) = doc["resources"]
+    upstream = r"github\.com/kubeflow/training-operator\.git/manifests/overlays/standalone\?ref=v1\.8\.1"
+    assert re.fullmatch(upstream, remote)
+    patches = [yaml.safe_load(p["patch"]) for p in doc["patches"]]
+    deletes = [p for p in patches if isinstance(p, dict) and p.get("$patch") == "delete"]
+    assert [(p["kind"], p["metadata"]["name"]) for p in deletes] == [
+        ("CustomResourceDefinition", "mpijobs.kubeflow.org")
+    ]
+    json_ops = [op for p in patches if isinstance(p, list) for op in p]
+    (args,) = [op["value"] for op in json_ops if op["path"].endswith("/args")]
+    assert args == ["--enable-scheme=tfjob"]
 
 
 # --- monitoring ------------------------------------------------------------------------------
@@ -508,6 +795,26 @@ def test_trainer_podmonitor_finds_the_metrics_port_of_training_pods():
                     matched += 1
                     assert ports["metrics"] == 9400
     assert matched >= 2, "no training pod exposes the port the PodMonitor scrapes"
+
+
+def test_the_pipeline_training_tasks_are_scraped_wherever_runs_execute():
+    # The labels and the port come from medsynth/train/launcher.py (tests/test_pipeline.py checks the
+    # compiled tasks carry them); pipeline pods run in RUN_NAMESPACE: medsynth or kubeflow.
+    from medsynth.train import launcher
+
+    monitor = _one(render(K8S / "monitoring"), "PodMonitor", "medsynth-trainer-kfp")
+    assert set(monitor["spec"]["namespaceSelector"]["matchNames"]) == {"medsynth", "kubeflow"}
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": launcher.LABELS["app.kubernetes.io/name"],
+        "medsynth.io/role": launcher.KFP_TASK_ROLE,
+    }
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics" and "port" not in endpoint  # KFP pods declare no ports
+    keep = [r for r in endpoint["relabelings"] if r.get("action") == "keep"]
+    container = ["__meta_kubernetes_pod_container_name"]
+    assert [(r["sourceLabels"], r["regex"]) for r in keep] == [(container, "main")]  # Argo's main container
+    address = next(r for r in endpoint["relabelings"] if r.get("targetLabel") == "__address__")
+    assert address["replacement"] == f"$1:{launcher.METRICS_PORT}"
 
 
 def _dashboard() -> dict:
@@ -611,7 +918,8 @@ def test_gcp_overlay_applies_every_setting(tmp_path):
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
 
     rendered = {
-        name: _render_text(str(copy / "overlays" / "gcp" / name)) for name in ("", "horovod", "multiworker")
+        name: _render_text(str(copy / "overlays" / "gcp" / name))
+        for name in ("", "horovod", "multiworker", "standalone", "multi-user")
     }
     for name, text in rendered.items():
         assert "YOUR_" not in text, f"overlays/gcp/{name}: a placeholder survived:\n" + "\n".join(
@@ -630,6 +938,11 @@ def test_gcp_overlay_applies_every_setting(tmp_path):
         "medsynth-trainer": settings["PIPELINE_GSA"],
         "medsynth-serving": settings["SERVING_GSA"],
     }
+    # standalone KFP: the run's account in `kubeflow` maps to the same Google service account
+    standalone = [d for d in yaml.safe_load_all(rendered["standalone"]) if d]
+    (meta,) = [d["metadata"] for d in standalone if d["kind"] == "ServiceAccount"]
+    assert meta["namespace"] == "kubeflow"
+    assert meta["annotations"]["iam.gke.io/gcp-service-account"] == settings["PIPELINE_GSA"]
     (config,) = [
         o
         for o in platform
@@ -662,25 +975,3 @@ def test_gcp_overlay_tags_medsynth_images_with_the_package_version():
     component = yaml.safe_load((K8S / "overlays" / "gcp" / "settings" / "kustomization.yaml").read_text())
     tags = {i["name"]: i["newTag"] for i in component["images"]}
     assert tags == {f"{images.DEFAULT_REGISTRY}/{n}": __version__ for n in images.IMAGE_NAMES}
-
-
-def test_docs_commands_name_existing_kustomizations_and_commands():
-    docs = ROOT / "docs" / "cluster.md"
-    if not docs.exists():
-        pytest.fail("docs/cluster.md (the cluster guide) is missing")
-    shell = "\n".join(re.findall(r"```sh\n(.*?)```", docs.read_text(), flags=re.S))
-    used = set()
-    for line in shell.splitlines():
-        if "kubectl" in line and (" -k " in line or "kustomize " in line):
-            used.update(re.findall(r"(k8s/[\w/.-]*\w)", line))
-    assert {"k8s/overlays/gcp", "k8s/overlays/gcp/horovod", "k8s/overlays/gcp/multiworker"} <= used
-    for path in used:
-        assert (ROOT / path / "kustomization.yaml").exists(), (
-            f"docs/cluster.md uses {path}: not a kustomization"
-        )
-    # `.venv/bin/medsynth X` or a line starting with `medsynth X` (not `kubectl -n medsynth get`).
-    subcommands = re.findall(r"(?:^|\s)\.venv/bin/medsynth ([a-z]+)|^medsynth ([a-z]+)", shell, flags=re.M)
-    subcommands = [a or b for a, b in subcommands]
-    assert subcommands, "docs/cluster.md runs no medsynth command"
-    for sub in subcommands:
-        assert sub in COMMANDS, f"docs/cluster.md runs `medsynth {sub}`, which is not a medsynth command"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,64 @@ def test_compiled_pipeline_has_the_dag_of_design(spec):
     )
 
 
+def _strings(node, path=()) -> Iterator[tuple[tuple, str]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _strings(v, (*path, i))
+    elif isinstance(node, str):
+        yield path, node
+
+
+# One runtime placeholder, nothing around it: what the KFP backend's driver substitutes.
+WHOLE_PLACEHOLDER = re.compile(r"\{\{\$[^{}]*\}\}")
+
+
+def _placeholder_problems(docs: list) -> list[str]:
+    """Every `{{$...}}` must be a whole value; job placeholders only as a task input's constant."""
+    problems = []
+    for doc in docs:
+        for path, text in _strings(doc):
+            if "{{$" not in text:
+                continue
+            where = "/".join(map(str, path))
+            if not WHOLE_PLACEHOLDER.fullmatch(text):
+                problems.append(f"{where}: {text!r} embeds a placeholder in a longer string")
+            elif "pipeline_job" in text and path[-2:] != ("runtimeValue", "constant"):
+                problems.append(f"{where}: job placeholder {text!r} outside a task input constant")
+    return problems
+
+
+@pytest.mark.parametrize("multi_node", [None, "mpijob"])
+def test_every_runtime_placeholder_is_a_whole_parameter_value(tmp_path, multi_node):
+    from medsynth.train.launcher import Placement
+    from pipelines.medsynth_train import compile_pipeline
+
+    placement = Placement(multi_node=multi_node)
+    out = compile_pipeline(tmp_path / "p.yaml", backbones=["mobilenetv2"], placement=placement)
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert _placeholder_problems(docs) == []
+    # The run id reaches every task that builds a run directory as the placeholder alone.
+    tasks = {t["taskInfo"]["name"]: t for t in docs[0]["root"]["dag"]["tasks"].values()}
+    for name in ("compare", "train-mobilenetv2", "train-final"):
+        run_id = tasks[name]["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"]
+        assert run_id == "{{$.pipeline_job_uuid}}", name
+    compare = tasks["compare"]["inputs"]["parameters"]
+    assert compare["storage_root"] == {"componentInputParameter": "storage_root"}
+    assert "run_root" not in compare
+
+
+def test_the_placeholder_check_catches_an_embedded_placeholder():
+    bad = {"root": {"dag": {"tasks": {"compare": {"inputs": {"parameters": {"run_root": {"runtimeValue": {
+        "constant": "{{$.inputs.parameters['pipelinechannel--storage_root']}}/runs/{{$.pipeline_job_uuid}}"
+    }}}}}}}}}
+    (problem,) = _placeholder_problems([bad])
+    assert "embeds a placeholder" in problem
+    assert _placeholder_problems([{"x": {"env": "{{$.pipeline_job_uuid}}"}}])  # not a task input
+
+
 def test_components_run_on_project_images_without_runtime_installs(spec):
     from components.images import BASE_IMAGE, TRAINER_IMAGE
 
@@ -92,28 +152,81 @@ def test_training_tasks_run_on_gpu_nodes_with_the_compiled_placement(tmp_path):
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     trains = {k for k in spec["deploymentSpec"]["executors"] if k.startswith("exec-train")}
     assert trains == {"exec-train", "exec-train-2"} and set(executors) == trains  # only training on GPUs
-    for e in executors.values():
+    for name, e in executors.items():
         assert e["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
         assert {t["key"] for t in e["tolerations"]} == {"nvidia.com/gpu", "cloud.google.com/gke-spot"}
         assert e["secretAsVolume"][0]["secretName"] == "gcs-key"
+        # no Istio sidecar (it would never exit), and the labels and port the trainer PodMonitor scrapes
+        assert e["podMetadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+        _assert_scraped(e["podMetadata"]["labels"], spec["deploymentSpec"]["executors"][name]["container"])
+
+
+def _assert_scraped(labels: dict, container: dict) -> None:
+    monitor = next(
+        d for d in yaml.safe_load_all((ROOT / "k8s" / "monitoring" / "podmonitor-kfp.yaml").read_text()) if d
+    )
+    assert all(labels.get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items()), labels
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    address = next(r for r in endpoint["relabelings"] if r.get("targetLabel") == "__address__")
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    assert address["replacement"].endswith(f":{env['MEDSYNTH_METRICS_PORT']}")
+
+
+def test_every_task_has_cpu_and_memory_and_shm_is_backed_by_the_limit(tmp_path):
+    from medsynth.train.launcher import Placement
+    from pipelines.medsynth_train import compile_pipeline
+
+    for placement in (Placement(), Placement(multi_node="tfjob")):
+        out = compile_pipeline(tmp_path / "p.yaml", backbones=["mobilenetv2"], placement=placement)
+        spec, platform = yaml.safe_load_all(out.read_text())
+        k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        for name, e in spec["deploymentSpec"]["executors"].items():
+            res = e["container"].get("resources", {})
+            for what in ("Cpu", "Memory"):
+                request, limit = res.get(f"{what.lower()}Request"), res.get(f"{what.lower()}Limit")
+                assert request and limit and request <= limit, f"{name}: {what} request/limit {res}"
+            mounts = k8s.get(name, {}).get("emptyDirMounts", [])
+            shm = sum(_gib(m["sizeLimit"]) for m in mounts if m["medium"] == "Memory")
+            # KFP writes memory in GB (10**9 bytes); tmpfs pages count against the container's limit
+            limit_gib = res["memoryLimit"] * 1e9 / 2**30
+            if shm:
+                assert limit_gib >= shm + 8, f"{name}: {limit_gib:.0f} GiB leaves no room beside /dev/shm"
+
+
+def _gib(quantity: str) -> float:
+    assert quantity.endswith("Gi"), quantity
+    return float(quantity[:-2])
 
 
 def test_multi_node_variant_launches_the_final_training_as_a_job(tmp_path):
     from medsynth.train.launcher import Placement
     from pipelines.medsynth_train import compile_pipeline
 
-    placement = Placement(multi_node="tfjob")
+    placement = Placement(multi_node="tfjob", spot=True, credentials_secret="gcs-key", gpu_type="nvidia-l4")
     out = compile_pipeline(tmp_path / "p.yaml", backbones=["mobilenetv2"], placement=placement)
     spec = next(yaml.safe_load_all(out.read_text()))
     by_name = {t["taskInfo"]["name"]: t for t in spec["root"]["dag"]["tasks"].values()}
     final = by_name["train-final"]
     assert final["componentRef"]["name"] == "comp-launch-training-job"
     params = final["inputs"]["parameters"]
-    assert params["kind"]["runtimeValue"]["constant"] == "tfjob"
+    constants = {k: v["runtimeValue"]["constant"] for k, v in params.items() if "runtimeValue" in v}
+    # the compile-time placement reaches the job's pods
+    assert {k: constants[k] for k in ("kind", "spot", "credentials_secret", "gpu_type")} == {
+        "kind": "tfjob", "spot": True, "credentials_secret": "gcs-key", "gpu_type": "nvidia-l4"
+    }
     assert params["workers"]["componentInputParameter"] == "workers"
     assert params["gpus_per_worker"]["componentInputParameter"] == "gpus"
     assert params["d_augment"]["componentInputParameter"] == "d_augment"
     assert params["backbone"]["taskOutputParameter"]["outputParameterKey"] == "winner"
+    # The trainer image is named at compile time (the launcher's pod has no MEDSYNTH_REGISTRY) and is
+    # the image the single-pod train task runs on.
+    image = params["image"]["runtimeValue"]["constant"]
+    executors = spec["deploymentSpec"]["executors"]
+    assert image == executors["exec-train"]["container"]["image"]
+    # The launcher knows its own pod, to own the job it creates.
+    platform = list(yaml.safe_load_all(out.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]
+    fields = {e["fieldPath"] for e in platform["executors"]["exec-launch-training-job"]["fieldPathAsEnv"]}
+    assert fields == {"metadata.name", "metadata.uid", "metadata.namespace"}
     # what follows reads the job's run directory, as it reads the single-pod task's
     run_dir = by_name["evaluate-final"]["inputs"]["parameters"]["run_dir"]["taskOutputParameter"]
     assert run_dir["producerTask"] == "launch-training-job"

@@ -7,17 +7,27 @@ Identity.
 
 Several nodes: `launch_training_job` creates an MPIJob (Horovod, MPI Operator) or a TFJob
 (MultiWorkerMirroredStrategy, Training Operator) through the Kubernetes API and follows its
-status until it succeeds or fails. The pods run the trainer image of `components/images.py` and
-`medsynth train` with the flags `train_argv` makes from the same `TrainConfig` the single-pod path
-uses, so both paths train the same thing; the job specs have the shape of k8s/training/ (tested).
+status until it succeeds or fails. The pods run the trainer image the pipeline was compiled with
+(an input of the task: the launcher's own pod cannot know the registry) and `medsynth train` with
+the flags `train_argv` makes from the same `TrainConfig` the single-pod path uses, so both paths
+train the same thing; the job specs have the shape of k8s/training/ (tested).
 A retried launcher finds its job by name (derived from `--out`) and follows it instead of
-starting a second one; training itself resumes from the checkpoints in the bucket.
+starting a second one; training itself resumes from the checkpoints in the bucket. A cancelled
+run does not leave the job behind: the job is owned by the launcher's pod (when both share a
+namespace), and SIGTERM makes the launcher delete it.
+
+Every pipeline task gets CPU/memory requests and limits (`size_task`); training pods opt out of
+Istio sidecars (a sidecar never exits, so a finished job or task pod would hang) and carry the
+labels k8s/monitoring's PodMonitors select on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -49,7 +59,38 @@ SPOT_TOLERATION = {
 }
 GPU_NODE_LABEL = "cloud.google.com/gke-accelerator"
 LABELS = {"app.kubernetes.io/name": "medsynth-trainer", "app.kubernetes.io/component": "training"}
+# The pipeline's own training pods: k8s/monitoring/podmonitor-kfp.yaml scrapes them by this role.
+KFP_TASK_ROLE = "kfp-task"
+# In an Istio-injected (Kubeflow profile) namespace a sidecar would keep job and task pods running.
+POD_ANNOTATIONS = {"sidecar.istio.io/inject": "false"}
+METRICS_PORT_ENV = "MEDSYNTH_METRICS_PORT"  # read by pipeline_steps.train_step
 CREDENTIALS_MOUNT = "/var/secrets/google"
+CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
+# Where the launch task finds its own pod (downward API), to own the job it creates.
+POD_ENV = {"name": "MEDSYNTH_POD_NAME", "uid": "MEDSYNTH_POD_UID", "namespace": "MEDSYNTH_POD_NAMESPACE"}
+
+
+@dataclass(frozen=True)
+class PodSize:
+    """CPU/memory requests and limits of one pipeline task's pod."""
+
+    cpu: str
+    memory: str
+    cpu_limit: str
+    memory_limit: str
+
+
+# Requests fit the smallest node each task runs on (a g2-standard-8 with one L4 for training); the
+# training limit leaves room for the 8 GiB memory-backed /dev/shm, which counts against it.
+TASK_SIZES = {
+    "prepare": PodSize("2", "8Gi", "4", "16Gi"),
+    "evaluate": PodSize("2", "8Gi", "4", "16Gi"),
+    "compare": PodSize("1", "2Gi", "2", "4Gi"),
+    "export": PodSize("1", "4Gi", "2", "8Gi"),
+    "push": PodSize("1", "4Gi", "2", "8Gi"),
+    "launch": PodSize("250m", "512Mi", "1", "1Gi"),
+    "train": PodSize("4", "16Gi", "16", "48Gi"),
+}
 
 # TrainConfig field -> `medsynth train` flag. Fields not here have no flag and must keep their defaults.
 _FLAGS = {
@@ -117,6 +158,34 @@ class Placement:
             task, gpus, gpu_type=self.gpu_type, spot=self.spot, credentials_secret=self.credentials_secret
         )
 
+    def job_inputs(self) -> dict[str, Any]:
+        """What the multi-node launch task needs of the placement: its job pods get the same."""
+        return {
+            "kind": self.multi_node,
+            "gpu_type": self.gpu_type or "",
+            "spot": self.spot,
+            "credentials_secret": self.credentials_secret or "",
+        }
+
+
+def size_task(task: Any, step: str) -> Any:
+    """Give a pipeline task the requests and limits of TASK_SIZES[step]."""
+    if step not in TASK_SIZES:
+        raise ConfigError(f"no pod size for pipeline step {step!r}; known: {', '.join(TASK_SIZES)}")
+    size = TASK_SIZES[step]
+    task.set_cpu_request(size.cpu).set_cpu_limit(size.cpu_limit)
+    return task.set_memory_request(size.memory).set_memory_limit(size.memory_limit)
+
+
+def configure_launch_task(task: Any) -> Any:
+    """The multi-node launch task: sized, and told its own pod (name, uid, namespace) by the
+    downward API, so the job it creates is owned by it and deleted with it."""
+    from kfp import kubernetes
+
+    for field, env in POD_ENV.items():
+        kubernetes.use_field_path_as_env(task, env_name=env, field_path=f"metadata.{field}")
+    return size_task(task, "launch")
+
 
 def configure_gpu_task(
     task: Any,
@@ -128,7 +197,8 @@ def configure_gpu_task(
     credentials_secret: str | None = None,
     shm_size: str = "8Gi",
 ) -> Any:
-    """Put a pipeline task on GPU nodes: `gpus` GPUs, the GPU node pool, /dev/shm for NCCL.
+    """Put a pipeline training task on GPU nodes: `gpus` GPUs, the GPU node pool, /dev/shm for NCCL,
+    CPU/memory (TASK_SIZES["train"]), no Istio sidecar, Prometheus metrics and the trainer labels.
 
     `gpu_type` is GKE's accelerator label (e.g. nvidia-l4) for a node selector; `spot` tolerates
     spot/preemptible nodes (training resumes from checkpoints). Credentials: with Workload Identity
@@ -137,6 +207,12 @@ def configure_gpu_task(
     """
     from kfp import kubernetes
 
+    size_task(task, "train")
+    for key, value in POD_ANNOTATIONS.items():
+        kubernetes.add_pod_annotation(task, annotation_key=key, annotation_value=value)
+    for key, value in {**LABELS, "medsynth.io/role": KFP_TASK_ROLE}.items():
+        kubernetes.add_pod_label(task, label_key=key, label_value=value)
+    task.set_env_variable(METRICS_PORT_ENV, str(METRICS_PORT))
     task.set_accelerator_type(accelerator).set_accelerator_limit(gpus)
     if gpu_type:
         kubernetes.add_node_selector(task, label_key=GPU_NODE_LABEL, label_value=gpu_type)
@@ -148,7 +224,7 @@ def configure_gpu_task(
         )
     if credentials_secret:
         kubernetes.use_secret_as_volume(task, secret_name=credentials_secret, mount_path=CREDENTIALS_MOUNT)
-        task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{CREDENTIALS_MOUNT}/key.json")
+        task.set_env_variable(CREDENTIALS_ENV, f"{CREDENTIALS_MOUNT}/key.json")
     return task
 
 
@@ -197,7 +273,7 @@ def _container_security() -> dict[str, Any]:
     }
 
 
-def _volumes(shm: str | None, tmp: str) -> tuple[list[dict], list[dict]]:
+def _volumes(shm: str | None, tmp: str, credentials_secret: str | None) -> tuple[list[dict], list[dict]]:
     volumes = [{"name": "tmp", "emptyDir": {"sizeLimit": tmp}}]
     mounts = [{"name": "tmp", "mountPath": "/tmp"}]
     if shm:
@@ -209,24 +285,46 @@ def _volumes(shm: str | None, tmp: str) -> tuple[list[dict], list[dict]]:
             {"name": "keras-cache", "mountPath": f"{HOME}/.keras"},
             {"name": "dshm", "mountPath": "/dev/shm"},
         ]
+    if credentials_secret:  # every pod: horovodrun forwards the launcher's environment to the ranks
+        volumes.append({"name": "gcp-credentials", "secret": {"secretName": credentials_secret}})
+        mounts.append({"name": "gcp-credentials", "mountPath": CREDENTIALS_MOUNT, "readOnly": True})
     return volumes, mounts
 
 
-def _gpu_pod(role: str, container: dict[str, Any], gpu_type: str | None, spot: bool) -> dict[str, Any]:
-    volumes, mounts = _volumes("16Gi", "50Gi")
-    container = {**container, "securityContext": _container_security(), "volumeMounts": mounts}
+def _env(credentials_secret: str | None) -> list[dict[str, str]]:
+    env = [{"name": "NCCL_DEBUG", "value": "WARN"}]
+    if credentials_secret:
+        env.append({"name": CREDENTIALS_ENV, "value": f"{CREDENTIALS_MOUNT}/key.json"})
+    return env
+
+
+def _pod(role: str, container: dict[str, Any], volumes: tuple[list[dict], list[dict]]) -> dict[str, Any]:
+    """A job pod template: non-root, no Istio sidecar, the trainer labels, the medsynth-trainer account."""
+    vols, mounts = volumes
     spec: dict[str, Any] = {
         "serviceAccountName": SERVICE_ACCOUNT,
         "securityContext": _pod_security(),
-        "tolerations": [GPU_TOLERATION] + ([SPOT_TOLERATION] if spot else []),
-        # Preemption: SIGTERM makes `medsynth train` write a checkpoint first.
-        "terminationGracePeriodSeconds": 120,
-        "containers": [container],
-        "volumes": volumes,
+        "containers": [{**container, "securityContext": _container_security(), "volumeMounts": mounts}],
+        "volumes": vols,
     }
+    meta = {"labels": {**LABELS, "medsynth.io/role": role}, "annotations": dict(POD_ANNOTATIONS)}
+    return {"metadata": meta, "spec": spec}
+
+
+def _gpu_pod(
+    container: dict[str, Any], gpu_type: str | None, spot: bool, credentials_secret: str | None
+) -> dict[str, Any]:
+    pod = _pod("worker", container, _volumes("16Gi", "50Gi", credentials_secret))
+    pod["spec"].update(
+        {
+            "tolerations": [GPU_TOLERATION] + ([SPOT_TOLERATION] if spot else []),
+            # Preemption: SIGTERM makes `medsynth train` write a checkpoint first.
+            "terminationGracePeriodSeconds": 120,
+        }
+    )
     if gpu_type:
-        spec["nodeSelector"] = {GPU_NODE_LABEL: gpu_type}
-    return {"metadata": {"labels": {**LABELS, "medsynth.io/role": role}}, "spec": spec}
+        pod["spec"]["nodeSelector"] = {GPU_NODE_LABEL: gpu_type}
+    return pod
 
 
 def _resources(gpus: int) -> dict[str, Any]:
@@ -237,8 +335,33 @@ def _resources(gpus: int) -> dict[str, Any]:
     }
 
 
-_ENV = [{"name": "NCCL_DEBUG", "value": "WARN"}]
 _PORTS = [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
+
+
+def check_ranks(batch_size: int, workers: int, gpus_per_worker: int) -> int:
+    """The number of ranks (one per GPU); the global batch must split evenly over them."""
+    if workers < 1 or gpus_per_worker < 1:
+        raise ConfigError(f"workers ({workers}) and GPUs per worker ({gpus_per_worker}) must be >= 1")
+    ranks = workers * gpus_per_worker
+    if batch_size % ranks:
+        raise ConfigError(
+            f"--batch-size {batch_size} does not split over {ranks} GPUs ({workers} workers x "
+            f"{gpus_per_worker}); use a multiple of {ranks}"
+        )
+    return ranks
+
+
+def owner_reference(namespace: str, env: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """An ownerReference to the launch task's own pod, so deleting the run's pods deletes the job.
+
+    None outside a pipeline pod, or when the job goes to another namespace than the pod's (an owner
+    must share its dependents' namespace, else the garbage collector deletes them at once).
+    """
+    env = os.environ if env is None else env
+    name, uid, pod_ns = (env.get(POD_ENV[k], "") for k in ("name", "uid", "namespace"))
+    if not (name and uid) or pod_ns != namespace:
+        return None
+    return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid, "blockOwnerDeletion": False}
 
 
 def job_manifest(
@@ -251,25 +374,26 @@ def job_manifest(
     namespace: str = NAMESPACE,
     gpu_type: str | None = None,
     spot: bool = False,
+    credentials_secret: str | None = None,
+    owner: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The MPIJob or TFJob that runs `cfg` on `workers` pods of `gpus_per_worker` GPUs each."""
     kind = _kind(kind)
     version, _, strategy = KINDS[kind]
-    if workers < 1 or gpus_per_worker < 1:
-        raise ConfigError(f"workers ({workers}) and GPUs per worker ({gpus_per_worker}) must be >= 1")
-    ranks = workers * gpus_per_worker
-    if cfg.batch_size % ranks:
-        raise ConfigError(
-            f"--batch-size {cfg.batch_size} does not split over {ranks} GPUs; use a multiple of {ranks}"
-        )
+    if not image:
+        raise ConfigError("no trainer image given: pass the image the pipeline was compiled with")
+    ranks = check_ranks(cfg.batch_size, workers, gpus_per_worker)
     cfg = TrainConfig(
         **{**cfg.to_dict(), "strategy": strategy, "metrics_port": cfg.metrics_port or METRICS_PORT}
     )
     argv = train_argv(cfg)
     name = name or job_name(cfg, kind)
     labels = {**LABELS, "app.kubernetes.io/part-of": "medsynth"}
-    meta = {"name": name, "namespace": namespace, "labels": labels}
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if owner:
+        meta["ownerReferences"] = [owner]
     run_policy = {"cleanPodPolicy": "Running", "backoffLimit": 6, "ttlSecondsAfterFinished": 86400}
+    env = _env(credentials_secret)
     if kind == "tfjob":
         container = {
             "name": "tensorflow",  # the Training Operator finds the training container by this name
@@ -277,13 +401,13 @@ def job_manifest(
             "command": ["medsynth", "train"],
             "args": argv,
             "ports": [{"name": "tfjob-port", "containerPort": SSH_PORT, "protocol": "TCP"}, *_PORTS],
-            "env": _ENV,
+            "env": env,
             "resources": _resources(gpus_per_worker),
         }
         worker = {
             "replicas": workers,
             "restartPolicy": "OnFailure",
-            "template": _gpu_pod("worker", container, gpu_type, spot),
+            "template": _gpu_pod(container, gpu_type, spot, credentials_secret),
         }
         return {
             "apiVersion": f"{GROUP}/{version}",
@@ -305,34 +429,19 @@ def job_manifest(
         "train",
         *argv,
     ]
-    volumes, mounts = _volumes(None, "1Gi")
+    launcher_container = {
+        "name": "launcher",
+        "image": image,
+        "command": ["horovodrun"],
+        "args": launcher_cmd,
+        # horovodrun forwards the launcher's environment to every rank.
+        "env": env,
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
+    }
     launcher = {
         "replicas": 1,
         "restartPolicy": "OnFailure",
-        "template": {
-            "metadata": {"labels": {**LABELS, "medsynth.io/role": "launcher"}},
-            "spec": {
-                "serviceAccountName": SERVICE_ACCOUNT,
-                "securityContext": _pod_security(),
-                "containers": [
-                    {
-                        "name": "launcher",
-                        "image": image,
-                        "command": ["horovodrun"],
-                        "args": launcher_cmd,
-                        # horovodrun forwards the launcher's environment to every rank.
-                        "env": _ENV,
-                        "resources": {
-                            "requests": {"cpu": "500m", "memory": "1Gi"},
-                            "limits": {"cpu": "1", "memory": "2Gi"},
-                        },
-                        "securityContext": _container_security(),
-                        "volumeMounts": mounts,
-                    }
-                ],
-                "volumes": volumes,
-            },
-        },
+        "template": _pod("launcher", launcher_container, _volumes(None, "1Gi", credentials_secret)),
     }
     worker_container = {
         "name": "worker",
@@ -345,7 +454,7 @@ def job_manifest(
     worker = {
         "replicas": workers,
         "restartPolicy": "OnFailure",
-        "template": _gpu_pod("worker", worker_container, gpu_type, spot),
+        "template": _gpu_pod(worker_container, gpu_type, spot, credentials_secret),
     }
     return {
         "apiVersion": f"{GROUP}/{version}",
@@ -355,6 +464,9 @@ def job_manifest(
             "slotsPerWorker": gpus_per_worker,
             "mpiImplementation": "OpenMPI",
             "sshAuthMountPath": f"{HOME}/.ssh",
+            # Start the launcher once every worker runs: GPU nodes may take minutes to scale up, and
+            # a launcher started earlier would spend its retries failing to reach them.
+            "launcherCreationPolicy": "WaitForWorkersReady",
             "runPolicy": {**run_policy, "backoffLimit": 3},
             "mpiReplicaSpecs": {"Launcher": launcher, "Worker": worker},
         },
@@ -408,15 +520,36 @@ def _api(api_client: Any | None) -> Any:
     return client.CustomObjectsApi(api_client)
 
 
+class _Cancelled:
+    """SIGTERM (the run was cancelled, or the pod is being deleted) as an event the follower waits on."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._old: Any = None
+
+    def __enter__(self) -> _Cancelled:
+        try:
+            self._old = signal.signal(signal.SIGTERM, lambda signum, frame: self.event.set())
+        except ValueError:  # not the main thread: nothing to catch there
+            self._old = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
 def launch_training_job(
     cfg: TrainConfig,
     kind: str,
     workers: int,
     gpus_per_worker: int,
-    image: str | None = None,
+    image: str,
     namespace: str = NAMESPACE,
     gpu_type: str | None = None,
     spot: bool = False,
+    credentials_secret: str | None = None,
+    owner: dict[str, Any] | None = None,
     api_client: Any | None = None,
     poll_s: float = 15.0,
     timeout_s: float | None = None,
@@ -424,12 +557,10 @@ def launch_training_job(
 ) -> JobOutcome:
     """Create the job (or adopt the one a previous attempt created) and wait until it ends.
 
-    Raises MedsynthError when the job fails or times out (the job is then deleted, and its pods
-    with it); its checkpoints stay in the bucket, so the next attempt resumes.
+    Raises MedsynthError when the job fails, times out or the launcher gets SIGTERM (the job is then
+    deleted, and its pods with it); its checkpoints stay in the bucket, so the next attempt resumes.
     """
     from kubernetes.client.exceptions import ApiException
-
-    from components.images import TRAINER_IMAGE
 
     kind = _kind(kind)
     version, plural, _ = KINDS[kind]
@@ -438,45 +569,59 @@ def launch_training_job(
         cfg,
         workers,
         gpus_per_worker,
-        image or TRAINER_IMAGE,
+        image,
         namespace=namespace,
         gpu_type=gpu_type,
         spot=spot,
+        credentials_secret=credentials_secret,
+        owner=owner,
     )
     name = body["metadata"]["name"]
     api = _api(api_client)
     where = f"{body['kind']} {namespace}/{name}"
-    try:
-        api.create_namespaced_custom_object(GROUP, version, namespace, plural, body)
-        log.info("created %s", where)
-    except ApiException as e:
-        if e.status != 409:
-            raise MedsynthError(
-                f"cannot create {where}: HTTP {e.status} {e.reason}; is the "
-                f"{'MPI' if kind == 'mpijob' else 'Training'} Operator installed?"
-            ) from e
-        log.info("%s exists already (an earlier attempt): following it", where)
-    start = time.monotonic()
-    transitions: list[str] = []
-    while True:
+
+    def delete(why: str) -> MedsynthError:
         try:
-            obj = api.get_namespaced_custom_object(GROUP, version, namespace, plural, name)
+            api.delete_namespaced_custom_object(
+                GROUP, version, namespace, plural, name, propagation_policy="Background"
+            )
         except ApiException as e:
-            raise MedsynthError(f"cannot read {where}: HTTP {e.status} {e.reason}") from e
-        state = job_state(obj)
-        if not transitions or transitions[-1] != state:
-            transitions.append(state)
-            log.info("%s: %s", where, state)
-            if on_state:
-                on_state(state)
-        if state == "Succeeded":
-            return JobOutcome(name, body["kind"], namespace, state, time.monotonic() - start, transitions)
-        if state == "Failed":
-            raise MedsynthError(f"{where} failed: {_message(obj, state) or 'see its pods logs'}")
-        if timeout_s is not None and time.monotonic() - start > timeout_s:
-            api.delete_namespaced_custom_object(GROUP, version, namespace, plural, name)
-            raise MedsynthError(f"{where} did not finish within {timeout_s:.0f} s; deleted it")
-        time.sleep(poll_s)
+            if e.status != 404:
+                return MedsynthError(f"{where} {why}; deleting it failed: HTTP {e.status} {e.reason}")
+        return MedsynthError(f"{where} {why}; deleted it")
+
+    with _Cancelled() as cancelled:
+        try:
+            api.create_namespaced_custom_object(GROUP, version, namespace, plural, body)
+            log.info("created %s", where)
+        except ApiException as e:
+            if e.status != 409:
+                raise MedsynthError(
+                    f"cannot create {where}: HTTP {e.status} {e.reason}; is the "
+                    f"{'MPI' if kind == 'mpijob' else 'Training'} Operator installed?"
+                ) from e
+            log.info("%s exists already (an earlier attempt): following it", where)
+        start = time.monotonic()
+        transitions: list[str] = []
+        while True:
+            try:
+                obj = api.get_namespaced_custom_object(GROUP, version, namespace, plural, name)
+            except ApiException as e:
+                raise MedsynthError(f"cannot read {where}: HTTP {e.status} {e.reason}") from e
+            state = job_state(obj)
+            if not transitions or transitions[-1] != state:
+                transitions.append(state)
+                log.info("%s: %s", where, state)
+                if on_state:
+                    on_state(state)
+            if state == "Succeeded":
+                return JobOutcome(name, body["kind"], namespace, state, time.monotonic() - start, transitions)
+            if state == "Failed":
+                raise MedsynthError(f"{where} failed: {_message(obj, state) or 'see its pods logs'}")
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                raise delete(f"did not finish within {timeout_s:.0f} s")
+            if cancelled.event.wait(poll_s):
+                raise delete("was stopped: the launcher got SIGTERM (run cancelled)")
 
 
 def launch_step(
@@ -493,9 +638,11 @@ def launch_step(
     seed: int,
     workers: int,
     gpus_per_worker: int,
+    image: str,
     namespace: str = NAMESPACE,
     gpu_type: str = "",
-    image: str = "",
+    spot: bool = False,
+    credentials_secret: str = "",
     api_client: Any | None = None,
     poll_s: float = 15.0,
     d_augment: str = "auto",
@@ -519,19 +666,24 @@ def launch_step(
         d_augment=d_augment,
         d_head=d_head,
     )
-    run_dir = cfg.out
+    owner = owner_reference(namespace)
+    if owner is None:
+        log.info("the job goes to namespace %s, not this pod's: cancelling relies on SIGTERM", namespace)
     launch_training_job(
         cfg,
         kind,
         workers,
         gpus_per_worker,
-        image=image or None,
+        image,
         namespace=namespace,
         gpu_type=gpu_type or None,
+        spot=spot,
+        credentials_secret=credentials_secret or None,
+        owner=owner,
         api_client=api_client,
         poll_s=poll_s,
     )
-    return (run_dir,)
+    return (cfg.out,)
 
 
 def parse_argv_config(argv: Sequence[str]) -> TrainConfig:

@@ -1,0 +1,110 @@
+"""medsynth.pipeline_steps on object storage: every path a step builds stays a gs:// URI.
+
+Each step runs against the real GCS emulator (tests/conftest.py), so a `Path` that turns
+gs://bucket/x into gs:/bucket/x (then a local path) fails here, not on the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from medsynth import pipeline_steps, storage
+from medsynth.errors import ConfigError, StorageError
+
+
+def _artifact(path: Path) -> SimpleNamespace:
+    return SimpleNamespace(path=str(path), metadata={})
+
+
+def test_join_and_parent_keep_the_scheme():
+    assert storage.join("gs://bkt/root/", "runs", "r1/", "/final") == "gs://bkt/root/runs/r1/final"
+    assert storage.parent("gs://bkt/root/runs/r1/eval/metrics.json") == "gs://bkt/root/runs/r1/eval"
+    assert storage.parent("gs://bkt/x") == "gs://bkt"
+    with pytest.raises(StorageError, match="no parent"):
+        storage.parent("gs://bkt")
+    assert storage.join("/data/root", "runs", "r1") == "/data/root/runs/r1"
+    assert storage.parent("/data/root/metrics.json") == "/data/root"
+
+
+@pytest.mark.parametrize("bad", ["{{$.pipeline_job_uuid}}", "", "a/b"])
+def test_run_root_refuses_what_is_not_a_run_id(bad):
+    # An unsubstituted placeholder would put every run in one directory, resuming the last one.
+    with pytest.raises(ConfigError, match="not a pipeline run id"):
+        pipeline_steps.run_root("gs://b/medsynth", bad)
+
+
+def test_run_root_and_the_training_tasks_share_the_layout():
+    root = pipeline_steps.run_root("gs://b/medsynth", "5f1c-uuid")
+    assert root == "gs://b/medsynth/runs/5f1c-uuid"
+    cfg = pipeline_steps.task_train_config("gs://b/d", "gs://b/medsynth", "5f1c-uuid", "final", "xception",
+                                           64, 10, 8, "none", 0)
+    assert cfg.out == f"{root}/final"
+
+
+def test_push_decision_lands_beside_the_metrics_in_the_bucket(gcs_bucket, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "saved_model.pb").write_bytes(b"x")  # refused before loading: the metrics say collapse
+    metrics = f"{gcs_bucket}/medsynth/runs/r1/final/eval/metrics.json"
+    storage.write_json(metrics, {"swd": 1.0, "collapse": True, "feature_extractor": "x"})
+    decision = _artifact(tmp_path / "decision.md")
+    pushed, version = pipeline_steps.push_step(
+        _artifact(model), metrics, f"{gcs_bucket}/models", "generator", "swd", 0.0, decision
+    )
+    assert (pushed, version) == (False, 0)
+    recorded = storage.read_json(f"{gcs_bucket}/medsynth/runs/r1/final/eval/push_decision.json")
+    assert recorded["pushed"] is False and "collapse" in " ".join(recorded["reasons"])
+    assert "refused" in Path(decision.path).read_text()
+    assert not Path("gs:").exists()  # nothing went to a local "gs:" folder
+
+
+def test_compare_builds_the_run_directory_from_root_and_run_id(gcs_bucket, tmp_path):
+    root = f"{gcs_bucket}/medsynth"
+    for backbone, swd in (("resnet50", 30.0), ("xception", 12.0)):
+        run = f"{root}/runs/run-1/{backbone}"
+        evaluation = {"swd": swd, "collapse": False, "feature_extractor": "x"}
+        storage.write_json(f"{run}/eval/metrics.json", evaluation)
+        storage.write_json(f"{run}/metrics.json", {"d_params": 10, "d_trainable_params": 2})
+    table, pictures = _artifact(tmp_path / "table.md"), _artifact(tmp_path / "pictures.html")
+    (winner,) = pipeline_steps.compare_step(root, "run-1", ["resnet50", "xception"], "swd", table, pictures)
+    assert winner == "xception"
+    assert storage.read_json(f"{root}/runs/run-1/comparison/comparison.json")["winner"] == "xception"
+    assert "**xception**" in Path(table.path).read_text()
+
+
+def test_prepare_reads_its_data_set_back_from_the_bucket(gcs_bucket, tmp_path):
+    dataset, preview = _artifact(tmp_path / "dataset"), _artifact(tmp_path / "preview.html")
+    (uri,) = pipeline_steps.prepare_step("builtin://phantom", 32, 0, f"{gcs_bucket}/medsynth", 24,
+                                         dataset, preview)
+    assert uri.startswith(f"{gcs_bucket}/medsynth/datasets/") and storage.is_complete(uri)
+    manifest = json.loads((Path(dataset.path) / "manifest.json").read_text())
+    assert dataset.metadata["dataset_dir"] == uri and dataset.metadata["hash"] == manifest["hash"]
+    assert "<html>" in Path(preview.path).read_text()
+
+
+@pytest.mark.parametrize("env,port", [({"MEDSYNTH_METRICS_PORT": "9400"}, 9400), ({}, None)])
+def test_train_serves_metrics_on_the_port_its_pod_names(monkeypatch, tmp_path, env, port):
+    # On the cluster the training task's pod sets MEDSYNTH_METRICS_PORT (launcher.configure_gpu_task)
+    # for k8s/monitoring/podmonitor-kfp.yaml; under kfp.local nothing is set and nothing is served.
+    from medsynth.train import loop
+
+    monkeypatch.delenv("MEDSYNTH_METRICS_PORT", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    seen = []
+
+    def fake_train(cfg):
+        seen.append(cfg)
+        return loop.TrainResult(run_dir=tmp_path, step=1, metrics={})
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    model, metrics, samples = (_artifact(tmp_path / n) for n in ("model", "metrics", "samples.html"))
+    metrics.log_metric = lambda *a: None
+    pipeline_steps.train_step(str(tmp_path / "data"), str(tmp_path), "run-1", "final", "xception", 32, 2, 4,
+                              "none", "auto", 0, "auto", model, metrics, samples)
+    (cfg,) = seen
+    assert cfg.metrics_port == port and cfg.out == str(tmp_path / "runs" / "run-1" / "final")
