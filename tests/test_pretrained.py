@@ -233,3 +233,14 @@ def test_projected_step_runs_d_on_the_frozen_features_of_one_real_and_generated_
     head.set_weights(saved)
     assert abs(separate - joint) > 1e-4  # the batch statistics matter, so the check below can fail
     assert float(step.train_step(real, s)["d_loss"]) == pytest.approx(joint, rel=1e-4)
+
+
+def test_a_resolved_config_builds_the_discriminator_it_names():
+    """TrainConfig resolves auto to the backbone's own head; building from it must accept that."""
+    from medsynth.models.discriminator import resolve_head
+
+    for backbone, head in (("convnet", "dcgan"), ("efficientnet_lite0", "projected"), ("mobilenet", "paper")):
+        cfg = TrainConfig(data="d", out="o", backbone=backbone, backbone_weights="none")
+        assert cfg.d_head == head and resolve_head(backbone, cfg.d_head) == head
+    with pytest.raises(ConfigError, match="unknown --d-head 'dcgan'"):
+        resolve_head("mobilenet", "dcgan")  # only the baseline's own

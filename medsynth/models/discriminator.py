@@ -60,11 +60,13 @@ NOMINAL_SIDES = (128, 64, 32, 16)
 SCALE_CHANNELS = {64: 64, 32: 128, 16: 256, 8: 256}
 
 def resolve_head(backbone: str, head: str | None) -> str:
-    """The head to build: `head`, or the backbone's own for auto/None."""
+    """The head to build: `head`, or the backbone's own for auto/None (idempotent: a resolved config's
+    head, "dcgan" for the baseline included, resolves to itself)."""
     choice = "auto" if head is None else str(head).lower()
-    if choice not in HEADS:
+    own = get_backbone(backbone).head
+    if choice not in HEADS and choice != own:
         raise ConfigError(f"unknown --d-head {head!r}; use one of: {', '.join(HEADS)}")
-    return get_backbone(backbone).head if choice == "auto" else choice
+    return own if choice == "auto" else choice
 
 
 def resolve_mode(weights: str | os.PathLike | None, mode: str | None, head: str | None = None) -> str:
