@@ -87,7 +87,7 @@ def summary_table(
         f"backbone weights: {weights}; {mode_reason(weights, backbone_mode, head)}",
         "(counts do not depend on the weight values; none were loaded)",
         "",
-        f"{own_head} head, {title(mode)}{' (this build)' if head != 'projected' else ''}:",
+        f"this build, {title(mode)}:" if head != "projected" else f"{own_head} head, {title(mode)}:",
         header,
         *_rows({"generator": g, "discriminator": d[mode], "GAN": g + d[mode]}),
         "",
