@@ -150,10 +150,16 @@ def mean_pairwise_ms_ssim(frames: np.ndarray, num_pairs: int = 256, seed: int = 
     if num_pairs < 1:
         raise ConfigError(f"MS-SSIM: num_pairs must be >= 1, got {num_pairs}")
     i, j = random_pairs(len(frames), num_pairs, seed, stream)
-    values = np.empty(num_pairs)
-    bar = Progress(num_pairs, desc, unit="pair") if progress else None
+    return float(_pairs_ms_ssim(frames, i, j, batch_size, progress, desc).mean())
+
+
+def _pairs_ms_ssim(frames: np.ndarray, i: np.ndarray, j: np.ndarray, batch_size: int, progress: bool,
+                   desc: str) -> np.ndarray:
+    """MS-SSIM of frames[i[k]] with frames[j[k]] for every k, batch by batch, with a progress bar."""
+    values = np.empty(len(i))
+    bar = Progress(len(i), desc, unit="pair") if progress else None
     try:
-        for s in range(0, num_pairs, batch_size):
+        for s in range(0, len(i), batch_size):
             sl = slice(s, s + batch_size)
             values[sl] = ms_ssim(frames[i[sl]], frames[j[sl]], batch_size)
             if bar is not None:
@@ -161,7 +167,7 @@ def mean_pairwise_ms_ssim(frames: np.ndarray, num_pairs: int = 256, seed: int = 
     finally:
         if bar is not None:
             bar.close()
-    return float(values.mean())
+    return values
 
 
 def nearest_neighbours(frames: np.ndarray, batch_size: int = 256, progress: bool = False,
@@ -182,18 +188,7 @@ def nearest_neighbours(frames: np.ndarray, batch_size: int = 256, progress: bool
         d = sq[s : s + batch_size, None] + sq[None, :] - 2.0 * (x[s : s + batch_size] @ x.T)
         d[np.arange(len(d)), np.arange(s, s + len(d))] = np.inf  # not itself
         nearest[s : s + batch_size] = d.argmin(1)
-    bar = Progress(len(frames), desc, unit="img") if progress else None
-    out = np.empty(len(frames))
-    try:
-        for s in range(0, len(frames), batch_size):
-            sl = slice(s, s + batch_size)
-            out[sl] = ms_ssim(frames[sl], frames[nearest[sl]], batch_size)
-            if bar is not None:
-                bar.update(len(out[sl]))
-    finally:
-        if bar is not None:
-            bar.close()
-    return nearest, out
+    return nearest, _pairs_ms_ssim(frames, np.arange(len(frames)), nearest, batch_size, progress, desc)
 
 
 def near_duplicate_rate(frames: np.ndarray, threshold: float = DUP_THRESHOLD, batch_size: int = 256,

@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from medsynth.evaluate.registry import GROUPS, PRETRAINED_SUFFIX, lookup, page_group, space_of
+from medsynth.evaluate.registry import GROUPS, METRICS, PRETRAINED_SUFFIX, lookup, page_group, space_of
 
 STYLE = (
     "<style>body{font-family:sans-serif;max-width:1100px;margin:16px}figure{display:inline-block;margin:8px}"
@@ -144,8 +144,6 @@ def report_html(title: str, metrics: Mapping[str, Any], pictures: Mapping[str, s
 
 
 def _registry_order() -> list[str]:
-    from medsynth.evaluate.registry import METRICS
-
     return ["swd", "swd_level_", *[k for k in METRICS if k != "swd"]]
 
 

@@ -120,7 +120,8 @@ def compute_metrics(real: np.ndarray, fake: np.ndarray, cfg: MetricsConfig | Non
                     timings: dict[str, float] | None = None) -> dict[str, float | str | bool]:
     """All enabled metrics of generated frames against real frames, as one flat dict (see module doc).
 
-    `timings`, when given, receives the seconds each part took (features, swd, fid, prdc, diversity).
+    `timings`, when given, receives the seconds each part took (swd, features, fid, prdc,
+    pretrained_features, probe, diversity; fid and prdc summed over both feature spaces).
     """
     cfg = (cfg or MetricsConfig()).validate()
     real = as_frames(real, "real frames", min_count=2)
