@@ -114,7 +114,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     cfg = EvaluateConfig(run=args.run, data=args.data, n=args.n, seed=args.seed, out=args.out,
                          feature_extractor=args.feature_extractor, inception_weights=args.inception_weights,
-                         prdc_k=args.prdc_k)
+                         prdc_k=args.prdc_k, pretrained=args.pretrained_metrics)
     metrics = evaluate_run(cfg)
     for k, v in sorted(metrics.items()):
         print(f"{k}: {v}")
@@ -148,6 +148,7 @@ def _push(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         metrics=args.metrics,
         margin=args.margin,
+        metric=args.metric,
     )
     decision = push(cfg)
     print(decision.summary())
@@ -461,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto | inceptionv3 | inceptionv3-random (FID/KID/precision/recall feature space)")
     s.add_argument("--inception-weights", default="imagenet", help="imagenet | PATH | gs://… (InceptionV3)")
     s.add_argument("--prdc-k", type=int, default=3, help="k of the k-NN manifolds for precision/recall")
+    s.add_argument("--pretrained-metrics", default="auto", choices=("auto", "on", "off"),
+                   help="*_efflite0 metrics and the linear probe on ImageNet EfficientNet-Lite0 features: "
+                        "auto (when its weights package is installed), on (required), off")
 
     s = sub.add_parser("export", help="export the generator as a TF Serving SavedModel")
     s.add_argument("--run", required=True)
@@ -474,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-name", default="generator")
     s.add_argument("--metrics", required=True, help="metrics.json of the new model")
     s.add_argument("--margin", type=float, default=0.0)
+    s.add_argument("--metric", default="auto",
+                   help="gate metric: auto (fd_efflite0 when both the new and the served model have it, "
+                        "else swd) or a metric such as swd, fd_efflite0, probe_acc_efflite0")
 
     s = sub.add_parser("compile", help="write the pipeline YAML for the Kubeflow UI")
     s.add_argument("--out", default="pipelines/medsynth_train.yaml")

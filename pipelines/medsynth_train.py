@@ -67,7 +67,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
         model_repository: str = "gs://YOUR_BUCKET/models",
         model_name: str = "generator",
         eval_frames: int = 1000,
-        criterion: str = "swd",
+        criterion: str = "auto",
         gate_margin: float = 0.0,
         phantom_frames: int = 4096,
         seed: int = 0,

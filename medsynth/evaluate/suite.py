@@ -7,33 +7,39 @@ Metrics artifact, the comparison table and the quality gate:
   fid, kid, kid_std           in the feature space named by `feature_extractor`        (fid.py)
   precision, recall,          k-NN manifolds in the same feature space                   (prdc.py)
   density, coverage
-  ms_ssim_real, ms_ssim_fake, mean MS-SSIM of random pairs; collapse alarm             (diversity.py)
-  collapse
+  fd_efflite0, kid_efflite0,  the same on ImageNet EfficientNet-Lite0 features, named by
+  kid_std_efflite0,           `pretrained_extractor` (efflite0-imagenet-224px); absent, with
+  precision_efflite0, ...     `pretrained_note` saying why, when the weights package is missing
+  probe_acc_efflite0          linear-probe accuracy, real vs generated; 0.5 = indistinguishable (probe.py)
+  ms_ssim_real, ms_ssim_fake, mean MS-SSIM of random pairs, near-duplicate rates,        (diversity.py)
+  dup_rate_real, dup_rate_fake, the collapse alarm and its reason
+  collapse, collapse_reason
   feature_extractor           e.g. inceptionv3-imagenet-299px, inceptionv3-random-s0-75px, or "none"
   n_real, n_fake              frames actually used
 
-Frames are a fixed, seeded subset of at most `n` of each input, so the same
-inputs and config give the same numbers. Values computed in different feature
-spaces are never compared: `check_comparable` refuses them.
+Directions, feature spaces and meanings of every key are in `registry.py`. Frames
+are a fixed, seeded subset of at most `n` of each input, so the same inputs and
+config give the same numbers. Values computed in different feature spaces are
+never compared: `registry.check_comparable` refuses them. `real` should be
+held-out frames (the validation split): the probe and the collapse alarm judge
+the generator against data it has not seen.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from medsynth.errors import ConfigError
+from medsynth.errors import ConfigError, DataError
+from medsynth.evaluate import diversity as dv
 from medsynth.evaluate.frames import as_frames, same_size
+from medsynth.evaluate.registry import PRETRAINED_SUFFIX
 
-# Metrics a model is judged by, and which direction is better. The comparison and the gate use this.
-PRIMARY_METRICS = {"swd": "lower", "fid": "lower", "kid": "lower", "precision": "higher", "recall": "higher"}
-
-# Metrics whose values only mean something within one feature space.
-EXTRACTOR_METRICS = frozenset({"fid", "kid", "kid_std", "precision", "recall", "density", "coverage"})
+PRETRAINED_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -51,6 +57,9 @@ class MetricsConfig:
     batch_size: int = 64  # feature-extraction batch
     feature_input_size: int | None = None  # None: 299 for pretrained InceptionV3, 75 for the random one
     extractor_seed: int = 0  # weights of inceptionv3-random; fixed so values stay comparable across runs
+    pretrained: str = "auto"  # *_efflite0 metrics: auto (when the weights package is installed) | on | off
+    probe_folds: int = 5  # cross-validation folds of the linear probe
+    probe_group_threshold: float = dv.GROUP_THRESHOLD  # real near-duplicates (MS-SSIM >=) kept in one fold
     weights_cache_dir: str | None = None  # where gs:// weights are downloaded (default: temp dir)
     kid_subsets: int = 100
     kid_subset_size: int = 1000
@@ -60,14 +69,16 @@ class MetricsConfig:
     swd_dirs_per_repeat: int = 128
     swd_min_resolution: int = 16
     ms_ssim_pairs: int | None = None  # None: n pairs per side
-    collapse_margin: float = 0.1  # alarm when ms_ssim_fake >= ms_ssim_real + margin ...
-    collapse_absolute: float = 0.9  # ... or ms_ssim_fake >= this while real is below it
+    collapse_margin: float = dv.MARGIN  # alarm when ms_ssim_fake >= ms_ssim_real + margin ...
+    collapse_absolute: float = dv.ABSOLUTE  # ... or ms_ssim_fake >= this while real is below it ...
+    collapse_dup_margin: float = dv.DUP_MARGIN  # ... or dup_rate_fake >= dup_rate_real + this
+    collapse_dup_threshold: float = dv.DUP_THRESHOLD  # MS-SSIM that makes a nearest neighbour a duplicate
     progress: bool = True
 
     def validate(self) -> MetricsConfig:
         """Refuse a config that cannot run, naming the field."""
         positive = ("n", "batch_size", "kid_subsets", "kid_subset_size", "prdc_k", "swd_patches_per_image",
-                    "swd_dir_repeats", "swd_dirs_per_repeat", "swd_min_resolution")
+                    "swd_dir_repeats", "swd_dirs_per_repeat", "swd_min_resolution", "probe_folds")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"metrics config: {name} must be >= 1, got {getattr(self, name)}")
@@ -82,8 +93,16 @@ class MetricsConfig:
             raise ConfigError(f"metrics config: prdc_k ({self.prdc_k}) must be < n ({self.n})")
         if not self.inception_weights:
             raise ConfigError("metrics config: inception_weights is empty; use imagenet, a path or gs:// URI")
-        if self.collapse_margin < 0 or not 0 < self.collapse_absolute <= 1:
-            raise ConfigError("metrics config: collapse_margin must be >= 0 and collapse_absolute in (0, 1]")
+        if self.pretrained not in PRETRAINED_MODES:
+            raise ConfigError(f"metrics config: pretrained must be one of {', '.join(PRETRAINED_MODES)}, "
+                              f"got {self.pretrained!r}")
+        if self.probe_folds < 2 or self.probe_group_threshold <= 0:
+            raise ConfigError(f"metrics config: probe_folds must be >= 2 and probe_group_threshold > 0 "
+                              f"(above 1: no grouping), got {self.probe_folds}, {self.probe_group_threshold}")
+        if (self.collapse_margin < 0 or not 0 < self.collapse_absolute <= 1
+                or not 0 <= self.collapse_dup_margin <= 1 or not 0 < self.collapse_dup_threshold <= 1):
+            raise ConfigError("metrics config: collapse_margin must be >= 0, collapse_dup_margin in [0, 1] "
+                              "and collapse_absolute, collapse_dup_threshold in (0, 1]")
         return self
 
     @classmethod
@@ -101,7 +120,8 @@ def compute_metrics(real: np.ndarray, fake: np.ndarray, cfg: MetricsConfig | Non
                     timings: dict[str, float] | None = None) -> dict[str, float | str | bool]:
     """All enabled metrics of generated frames against real frames, as one flat dict (see module doc).
 
-    `timings`, when given, receives the seconds each part took (features, swd, fid, prdc, diversity).
+    `timings`, when given, receives the seconds each part took (swd, features, fid, prdc,
+    pretrained_features, probe, diversity; fid and prdc summed over both feature spaces).
     """
     cfg = (cfg or MetricsConfig()).validate()
     real = as_frames(real, "real frames", min_count=2)
@@ -125,7 +145,7 @@ def compute_metrics(real: np.ndarray, fake: np.ndarray, cfg: MetricsConfig | Non
 
     out["feature_extractor"] = "none"
     if cfg.fid or cfg.prdc:
-        from medsynth.evaluate.fid import frechet_distance, get_extractor, kernel_inception_distance
+        from medsynth.evaluate.fid import get_extractor
 
         with clock("features"):
             extractor = get_extractor(cfg.feature_extractor, cfg.inception_weights, batch_size=cfg.batch_size,
@@ -134,46 +154,71 @@ def compute_metrics(real: np.ndarray, fake: np.ndarray, cfg: MetricsConfig | Non
             feats_real = extractor(real, cfg.progress, "features real")
             feats_fake = extractor(fake, cfg.progress, "features generated")
         out["feature_extractor"] = extractor.name
-        if cfg.fid:
-            with clock("fid"):
-                out["fid"] = frechet_distance(feats_real, feats_fake)
-                # Subsets of at most half the frames, so that they differ and kid_std means something.
-                subset = min(cfg.kid_subset_size, max(2, min(len(real), len(fake)) // 2))
-                out["kid"], out["kid_std"] = kernel_inception_distance(
-                    feats_real, feats_fake, cfg.kid_subsets, subset, seed=cfg.seed)
-        if cfg.prdc:
-            from medsynth.evaluate.prdc import precision_recall
+        found = _feature_metrics(feats_real, feats_fake, cfg, clock)
+        out.update({("fid" if k == "fd" else k): v for k, v in found.items()})
 
-            with clock("prdc"):
-                out.update(precision_recall(feats_real, feats_fake, k=cfg.prdc_k))
+    if cfg.pretrained != "off":
+        out.update(_pretrained_metrics(real, fake, cfg, clock))
 
     if cfg.diversity:
-        from medsynth.evaluate.diversity import diversity
-
         with clock("diversity"):
-            out.update(diversity(real, fake, num_pairs=cfg.ms_ssim_pairs or cfg.n, seed=cfg.seed,
-                                 margin=cfg.collapse_margin, absolute=cfg.collapse_absolute,
-                                 progress=cfg.progress))
+            out.update(dv.diversity(real, fake, num_pairs=cfg.ms_ssim_pairs or cfg.n, seed=cfg.seed,
+                                    margin=cfg.collapse_margin, absolute=cfg.collapse_absolute,
+                                    dup_margin=cfg.collapse_dup_margin,
+                                    dup_threshold=cfg.collapse_dup_threshold, progress=cfg.progress))
     out["n_real"] = len(real)
     out["n_fake"] = len(fake)
     return out
 
 
-def check_comparable(a: Mapping[str, Any], b: Mapping[str, Any],
-                     metrics: Iterable[str] | None = None) -> None:
-    """Refuse (ConfigError) to compare feature-space metrics computed with different extractors.
+def _feature_metrics(feats_real: np.ndarray, feats_fake: np.ndarray, cfg: MetricsConfig,
+                     clock: _Clock) -> dict[str, float]:
+    """fd, kid, kid_std, precision, recall, density, coverage of one feature space (as the config enables)."""
+    from medsynth.evaluate.fid import frechet_distance, kernel_inception_distance
 
-    `metrics`: the keys about to be compared (default: every key both results have). SWD and MS-SSIM
-    need no extractor and are always comparable.
-    """
-    keys = set(metrics) if metrics is not None else set(a) & set(b)
-    used = sorted(keys & EXTRACTOR_METRICS)
-    if not used:
-        return
-    ea, eb = a.get("feature_extractor"), b.get("feature_extractor")
-    if ea is None or eb is None or ea != eb or ea == "none":
-        raise ConfigError(f"cannot compare {', '.join(used)}: computed with feature extractor {ea!r} vs "
-                          f"{eb!r}; evaluate both with the same extractor (same weights and input size)")
+    out: dict[str, float] = {}
+    if cfg.fid:
+        with clock("fid"):
+            out["fd"] = frechet_distance(feats_real, feats_fake)
+            # Subsets of at most half the frames, so that they differ and kid_std means something.
+            subset = min(cfg.kid_subset_size, max(2, min(len(feats_real), len(feats_fake)) // 2))
+            out["kid"], out["kid_std"] = kernel_inception_distance(
+                feats_real, feats_fake, cfg.kid_subsets, subset, seed=cfg.seed)
+    if cfg.prdc:
+        from medsynth.evaluate.prdc import precision_recall
+
+        with clock("prdc"):
+            out.update(precision_recall(feats_real, feats_fake, k=cfg.prdc_k))
+    return out
+
+
+def _pretrained_metrics(real: np.ndarray, fake: np.ndarray, cfg: MetricsConfig,
+                        clock: _Clock) -> dict[str, float | str]:
+    """The *_efflite0 metrics and the linear probe, or only a note saying why they cannot be computed."""
+    from medsynth.evaluate.fid import pretrained_extractor, pretrained_missing
+    from medsynth.evaluate.probe import linear_probe_accuracy
+
+    missing = pretrained_missing()
+    if missing and cfg.pretrained == "on":
+        raise ConfigError(f"metrics config: pretrained=on, but {missing}; or use pretrained=auto/off")
+    if missing:
+        return {"pretrained_note": f"pretrained-feature metrics (*{PRETRAINED_SUFFIX}) not computed: "
+                                   f"{missing}"}
+    with clock("pretrained_features"):
+        extractor = pretrained_extractor(cfg.batch_size)
+        feats_real = extractor(real, cfg.progress, "pretrained features real")
+        feats_fake = extractor(fake, cfg.progress, "pretrained features generated")
+    out: dict[str, float | str] = {"pretrained_extractor": extractor.name}
+    found = _feature_metrics(feats_real, feats_fake, cfg, clock)
+    out.update({f"{k}{PRETRAINED_SUFFIX}": v for k, v in found.items()})
+    with clock("probe"):
+        groups = dv.near_duplicate_groups(real, cfg.probe_group_threshold)
+        try:
+            out[f"probe_acc{PRETRAINED_SUFFIX}"] = linear_probe_accuracy(
+                feats_real, feats_fake, cfg.probe_folds, cfg.seed, real_groups=groups)
+        except DataError as exc:  # e.g. every real frame a near-duplicate of another: nothing to hold out
+            out["pretrained_note"] = f"{exc} (probe_acc{PRETRAINED_SUFFIX} not computed)"
+    return out
 
 
 def _subset(frames: np.ndarray, n: int, seed: int, stream: int) -> np.ndarray:

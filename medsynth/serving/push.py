@@ -4,6 +4,10 @@ Blessed means (like TFX's Evaluator + InfraValidator + Pusher): its primary
 metric beats the currently served version's by a margin, the generator did not
 collapse, and the SavedModel loads and answers a predict in a separate process
 that imports neither medsynth nor tensorflow_addons, as TF Serving would.
+
+The metric `auto` (the default) is fd_efflite0 when the new model and the served
+version both have it, else swd (`registry.resolve_criterion`); a metric computed
+in different feature spaces for the two is never compared: the push is refused.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ class PushConfig:
     model_name: str = "generator"
     metrics: str = ""
     margin: float = 0.0
-    metric: str = "swd"
+    metric: str = "auto"  # auto: fd_efflite0 when both results have it, else swd
     infra_validate: bool = True
     decision_out: str | None = None
 
@@ -89,47 +93,55 @@ def infra_validate(model_dir: str | Path, timeout: float = 300.0) -> str | None:
 
 
 def push(cfg: PushConfig) -> PushDecision:
-    from medsynth.evaluate.suite import EXTRACTOR_METRICS, PRIMARY_METRICS
+    from medsynth.evaluate.registry import CRITERIA, PRIMARY_METRICS, check_comparable, resolve_criterion
 
-    if cfg.metric not in PRIMARY_METRICS:
-        raise ConfigError(f"unknown gate metric {cfg.metric!r}; choose one of {', '.join(PRIMARY_METRICS)}")
+    if cfg.metric not in CRITERIA:
+        raise ConfigError(f"unknown gate metric {cfg.metric!r}; choose one of {', '.join(CRITERIA)}")
     model = storage.fetch(cfg.model, Path(tempfile.gettempdir()) / "medsynth-push-cache")
     if not (Path(model) / "saved_model.pb").exists():
         raise ServingError(f"--model {cfg.model} is not a SavedModel directory (no saved_model.pb)")
     new = storage.read_json(cfg.metrics)
     new = new.get("metrics", new)
-    lower_is_better = PRIMARY_METRICS[cfg.metric] == "lower"
-    value = new.get(cfg.metric)
     model_root = f"{str(cfg.model_repository).rstrip('/')}/{cfg.model_name}"
     versions = list_versions(model_root)
     served_version = versions[-1] if versions else None
     served: dict[str, Any] = {}
     if served_version is not None and storage.exists(f"{model_root}/{served_version}/{METRICS_FILE}"):
         served = storage.read_json(f"{model_root}/{served_version}/{METRICS_FILE}")
-    served_value = served.get(cfg.metric)
+    metric = resolve_criterion(cfg.metric, [new, served] if served else [new])
+    lower_is_better = PRIMARY_METRICS[metric] == "lower"
+    value, served_value = new.get(metric), served.get(metric)
 
     reasons: list[str] = []
+    if cfg.metric != metric:
+        reasons.append(f"gate metric {metric} ({cfg.metric}: fd_efflite0 when every compared result has it)")
     ok = True
     if value is None:
         ok = False
-        reasons.append(f"new model has no {cfg.metric} in {cfg.metrics}")
+        reasons.append(f"new model has no {metric} in {cfg.metrics}")
     elif served_value is None:
-        reasons.append(f"no served version with {cfg.metric} to beat; judged on its own metrics")
-    elif cfg.metric in EXTRACTOR_METRICS and served.get("feature_extractor") != new.get("feature_extractor"):
-        ok = False
-        reasons.append(f"{cfg.metric} of different feature extractors cannot be compared "
-                       f"({new.get('feature_extractor')!r} vs served {served.get('feature_extractor')!r})")
+        reasons.append(f"no served version with {metric} to beat; judged on its own metrics")
     else:
-        better = value < served_value - cfg.margin if lower_is_better else value > served_value + cfg.margin
-        word = "beats" if better else "does not beat"
-        reasons.append(
-            f"{cfg.metric} {value:.4g} {word} served v{served_version} {served_value:.4g} "
-            f"by margin {cfg.margin:g}"
-        )
-        ok = ok and better
+        try:
+            check_comparable(new, served, [metric])
+        except ConfigError as exc:
+            ok = False
+            reasons.append(f"refused: {exc}")
+        else:
+            if lower_is_better:
+                better = value < served_value - cfg.margin
+            else:
+                better = value > served_value + cfg.margin
+            word = "beats" if better else "does not beat"
+            reasons.append(
+                f"{metric} {value:.4g} {word} served v{served_version} {served_value:.4g} "
+                f"by margin {cfg.margin:g}"
+            )
+            ok = better
     if new.get("collapse"):
         ok = False
-        reasons.append("mode-collapse alarm raised by the evaluation")
+        why = f": {new['collapse_reason']}" if new.get("collapse_reason") else ""
+        reasons.append(f"mode-collapse alarm raised by the evaluation{why}")
     if ok and cfg.infra_validate:
         problem = infra_validate(model)
         if problem:
@@ -154,7 +166,7 @@ def push(cfg: PushConfig) -> PushDecision:
                 shutil.copytree(model, tmp, dirs_exist_ok=True)
                 atomic_write_json(tmp / METRICS_FILE, new)
         log.info("pushed %s as %s", cfg.model, target)
-    decision = PushDecision(ok, version, cfg.metric, value, served_version, served_value, reasons)
+    decision = PushDecision(ok, version, metric, value, served_version, served_value, reasons)
     if cfg.decision_out:
         storage.write_json(cfg.decision_out, asdict(decision))
     return decision
