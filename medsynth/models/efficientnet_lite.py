@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import logging
 import os
 import tempfile
@@ -172,8 +173,6 @@ def imagenet_weights() -> dict[str, list[np.ndarray]]:
     if cache.exists():
         log.warning("cached EfficientNet-Lite0 weights %s fail their checksum; converting again", cache)
     weights = convert_state_dict(load_state_dict(imagenet_source()))
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **{f"{layer}/{i}": a for layer, arrays in weights.items() for i, a in enumerate(arrays)})
     data = buf.getvalue()
