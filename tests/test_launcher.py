@@ -63,8 +63,8 @@ def test_train_argv_round_trips_through_the_cli_parser():
 
 
 def test_train_argv_refuses_settings_that_have_no_flag():
-    with pytest.raises(ConfigError, match="beta_1"):
-        launcher.train_argv(_cfg(beta_1=0.9))
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        launcher.train_argv(_cfg(label_smoothing=0.2))
 
 
 # --- job specs agree with k8s/training ----------------------------------------------------------

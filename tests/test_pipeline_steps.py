@@ -105,6 +105,6 @@ def test_train_serves_metrics_on_the_port_its_pod_names(monkeypatch, tmp_path, e
     model, metrics, samples = (_artifact(tmp_path / n) for n in ("model", "metrics", "samples.html"))
     metrics.log_metric = lambda *a: None
     pipeline_steps.train_step(str(tmp_path / "data"), str(tmp_path), "run-1", "final", "xception", 32, 2, 4,
-                              "none", "auto", 0, "auto", model, metrics, samples)
+                              "none", "auto", 0, "auto", "auto", model, metrics, samples)
     (cfg,) = seen
     assert cfg.metrics_port == port and cfg.out == str(tmp_path / "runs" / "run-1" / "final")

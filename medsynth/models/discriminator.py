@@ -49,15 +49,16 @@ log = logging.getLogger("medsynth")
 MODES = ("frozen", "trainable")
 # auto: the backbone's own (the paper's; DCGAN's for convnet; Projected GAN's for EfficientNet-Lite0)
 HEADS = ("auto", "paper", "projected")
-# Channels the fixed random mixing gives the four taps (Projected GAN's 64·2^i, capped for CPUs),
-# and the width of each per-scale discriminator's layer that outputs a map of a given side.
 # Projected GAN's projector and per-scale discriminators (its pg_modules), sized as there: the taps'
 # channels are mixed to 64·2^i, the scale mixing halves them again on the way up (but the finest),
 # and each per-scale D halves its map as if the frames were 256 px (4, 3, 2, 1 blocks: the paper
 # found the fixed counts best at every resolution) down to a map of 8 px or less, then 4x4 logits.
+# SCALE_CHANNELS: the width of the block that outputs a map of a given nominal side (Projected GAN's,
+# but 256 instead of 512 at 8 px, for CPUs).
 MIX_CHANNELS = (64, 128, 256, 512)
 NOMINAL_SIDES = (128, 64, 32, 16)
 SCALE_CHANNELS = {64: 64, 32: 128, 16: 256, 8: 256}
+
 
 def resolve_head(backbone: str, head: str | None) -> str:
     """The head to build: `head`, or the backbone's own for auto/None (idempotent: a resolved config's
