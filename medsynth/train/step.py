@@ -210,8 +210,6 @@ class AdversarialStep:
             logits = self._split[1](features, training=True)[local:]
         return generator_loss(logits, self.global_batch_size, self.loss)
 
-
-
     def _apply_g(self, tape: tf.GradientTape, loss: tf.Tensor) -> dict[str, tf.Tensor]:
         scaled = self._scale(self.g_optimizer, loss)
         grads = self._tape(tape).gradient(scaled, self.generator.trainable_variables)
