@@ -151,9 +151,13 @@ def convert_state_dict(state: dict[str, np.ndarray]) -> dict[str, list[np.ndarra
     return {k: [np.ascontiguousarray(a, np.float32) for a in v] for k, v in out.items()}
 
 
+def weights_cache_root() -> Path:
+    """Where pretrained weights are kept once fetched or converted (this file's and FID's)."""
+    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "medsynth-weights")
+
+
 def _cache_path() -> Path:
-    root = Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "medsynth-weights")
-    return root / f"efficientnet_lite0-imagenet-{WEIGHTS_SHA256[:12]}.npz"
+    return weights_cache_root() / f"efficientnet_lite0-imagenet-{WEIGHTS_SHA256[:12]}.npz"
 
 
 def imagenet_weights() -> dict[str, list[np.ndarray]]:
