@@ -50,56 +50,72 @@ def train_one(data_dir: Path, out: Path, name: str, seed: int, args: argparse.Na
     return {"started": started, **result.metrics}
 
 
-def judge(run: Path, data_dir: Path, started: float, args: argparse.Namespace) -> list[dict]:
+def judge(run: Path, data_dir: Path, started: float, args: argparse.Namespace) -> tuple[list[dict], dict]:
     """Metrics of every checkpoint of `run`, oldest first, with its wall-clock time into training
-    (when its index file was written: TF writes it last)."""
+    (when its index file was written: TF writes it last), of the generator a run ships (G's moving
+    average); and, for the last checkpoint, of G itself: what the average changes, in the same run."""
     import tensorflow as tf
 
     from medsynth.data.input import real_frames
+    from medsynth.evaluate.pictures import save_grid
     from medsynth.evaluate.report import generate_frames
     from medsynth.evaluate.suite import MetricsConfig, compute_metrics
     from medsynth.models.generator import build_generator
-    from medsynth.train.checkpoints import load_run_config, local_checkpoints
+    from medsynth.train.checkpoints import load_run_config, local_checkpoints, restore_generator
     from medsynth.train.config import generator_options
 
     cfg = load_run_config(run)
     real = real_frames(data_dir, split="val", n=args.eval_frames, seed=0)
-    rows = []
-    for step, prefix in local_checkpoints(run / "checkpoints"):
+
+    def metrics_of(prefix: str, itself: bool = False) -> tuple[dict, object]:
         g = build_generator(cfg["image_size"], **generator_options(cfg))
-        tf.train.Checkpoint(generator=g).restore(prefix).expect_partial()
+        if itself:
+            tf.train.Checkpoint(generator=g).restore(prefix).expect_partial()
+        else:
+            restore_generator(g, prefix)
         fake = generate_frames(g, len(real), cfg["latent_dim"], seed=0)
-        m = compute_metrics(real, fake, MetricsConfig(n=len(real), progress=False))
+        return compute_metrics(real, fake, MetricsConfig(n=len(real), progress=False)), fake
+
+    rows, itself = [], {}
+    for step, prefix in local_checkpoints(run / "checkpoints"):
+        m, fake = metrics_of(prefix)
         elapsed = Path(prefix + ".index").stat().st_mtime - started
         rows.append({"step": step, "elapsed_s": elapsed, **m})
         if step == args.steps:
-            from medsynth.evaluate.pictures import save_grid
-
             save_grid(fake[:16], run / "final_samples.png", title=f"{run.parent.name} seed {run.name}")
-    return rows
+            if cfg.get("g_ema_kimg"):
+                itself, _ = metrics_of(prefix, itself=True)
+    return rows, itself
 
 
 def summarize(results: dict, baseline_fd: float | None) -> list[dict]:
     table = []
     for name, runs in results.items():
-        finals = [r["checkpoints"][-1] for r in runs.values()]
-        row = {"config": name, "seeds": len(finals)}
-        for key in ("swd", FD, "precision_efflite0", "recall_efflite0", "probe_acc_efflite0",
-                    "ms_ssim_fake", "ms_ssim_real"):
-            values = [f[key] for f in finals if isinstance(f.get(key), (int, float))]
-            if values:
-                row[key] = statistics.fmean(values)
-                row[key + "_spread"] = (min(values), max(values))
-        row["collapsed"] = sum(bool(f.get("collapse")) for f in finals)
-        row["images_per_s"] = statistics.fmean(r["train"]["images_per_s"] for r in runs.values())
-        times = []
-        for r in runs.values():
-            hit = next((c for c in r["checkpoints"] if baseline_fd is not None and not c.get("collapse")
-                        and c.get(FD, float("inf")) <= baseline_fd), None)
-            times.append(hit["elapsed_s"] if hit else None)
-        row["time_to_quality_s"] = times
-        table.append(row)
+        table.append(_row(name, runs, [r["checkpoints"][-1] for r in runs.values()], baseline_fd))
+        itself = [r["final_g_itself"] for r in runs.values() if r.get("final_g_itself")]
+        if itself:
+            table.append(_row(f"{name}: G itself, not its average", runs, itself, None))
     return table
+
+
+def _row(name: str, runs: dict, finals: list[dict], baseline_fd: float | None) -> dict:
+    """Final metrics over seeds (mean, min–max), speed, and each seed's time to the baseline's FD."""
+    row: dict = {"config": name, "seeds": len(finals)}
+    for key in ("swd", FD, "precision_efflite0", "recall_efflite0", "probe_acc_efflite0",
+                "ms_ssim_fake", "ms_ssim_real"):
+        values = [f[key] for f in finals if isinstance(f.get(key), (int, float))]
+        if values:
+            row[key] = statistics.fmean(values)
+            row[key + "_spread"] = (min(values), max(values))
+    row["collapsed"] = sum(bool(f.get("collapse")) for f in finals)
+    row["images_per_s"] = statistics.fmean(r["train"]["images_per_s"] for r in runs.values())
+    times = []
+    for r in runs.values():
+        hit = next((c for c in r["checkpoints"] if baseline_fd is not None and not c.get("collapse")
+                    and c.get(FD, float("inf")) <= baseline_fd), None)
+        times.append(hit["elapsed_s"] if hit else None)
+    row["time_to_quality_s"] = times if baseline_fd is not None else []
+    return row
 
 
 def markdown(table: list[dict], baseline_fd: float | None, args: argparse.Namespace) -> str:
@@ -118,7 +134,7 @@ def markdown(table: list[dict], baseline_fd: float | None, args: argparse.Namesp
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
-        ttq = ", ".join("never" if t is None else f"{t:.0f}" for t in r["time_to_quality_s"])
+        ttq = ", ".join("never" if t is None else f"{t:.0f}" for t in r["time_to_quality_s"]) or "–"
         lines.append(
             f"| {r['config']} | {cell(r, 'swd')} | {cell(r, FD)} | {cell(r, 'precision_efflite0')} | "
             f"{cell(r, 'recall_efflite0')} | {cell(r, 'probe_acc_efflite0')} | {cell(r, 'ms_ssim_fake')} | "
@@ -166,19 +182,28 @@ def main() -> int:
     args = ap.parse_args()
 
     from medsynth.data.prepare import PrepareConfig, prepare
+    from medsynth.storage import atomic_write_text
 
     out = Path(args.out)
     data_dir = Path(prepare(PrepareConfig(source="builtin://phantom", out=str(out / "store"),
                                           image_size=args.size, phantom_frames=args.phantom_frames)))
+    # Rerun with the same arguments, it picks up where it stopped: runs judged before are kept.
+    done_path = out / "results.json"
+    done = json.loads(done_path.read_text()) if done_path.exists() else {}
     results: dict[str, dict[int, dict]] = {}
     for name in args.configs:
         for seed in args.seeds:
             run = out / name / str(seed)
+            old = done.get(name, {}).get(str(seed))
+            if old and old["checkpoints"] and old["checkpoints"][-1]["step"] == args.steps:
+                results.setdefault(name, {})[seed] = old
+                continue
             print(f"== {name} seed {seed}", flush=True)
             train_metrics = train_one(data_dir, run, name, seed, args)
-            checkpoints = judge(run, data_dir, train_metrics["started"], args)
-            results.setdefault(name, {})[seed] = {"train": train_metrics, "checkpoints": checkpoints}
-            (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+            checkpoints, itself = judge(run, data_dir, train_metrics["started"], args)
+            results.setdefault(name, {})[seed] = {"train": train_metrics, "checkpoints": checkpoints,
+                                                  "final_g_itself": itself}
+            atomic_write_text(done_path, json.dumps(results, indent=1, default=str))
     base = results.get("convnet")
     baseline_fd = (statistics.fmean(r["checkpoints"][-1][FD] for r in base.values())
                    if base and all(FD in r["checkpoints"][-1] for r in base.values()) else None)

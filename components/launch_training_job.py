@@ -35,6 +35,7 @@ def launch_training_job(
     credentials_secret: str = "",
     d_augment: str = "auto",
     d_head: str = "auto",
+    init_run: str = "",
 ) -> NamedTuple("LaunchOutputs", run_dir=str):
     from medsynth.train.launcher import launch_step
 
@@ -59,4 +60,5 @@ def launch_training_job(
         credentials_secret=credentials_secret,
         d_augment=d_augment,
         d_head=d_head,
+        init_run=init_run,
     )

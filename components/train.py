@@ -1,4 +1,7 @@
-"""train: the adversarial loop for one backbone; resumes from its own checkpoints on retry."""
+"""train: the adversarial loop for one backbone; resumes from its own checkpoints on retry.
+
+`init_run` (the final training: the winner's comparison run) is continued instead of started over.
+"""
 
 from typing import NamedTuple
 
@@ -26,6 +29,7 @@ def train(
     model: Output[Model],
     metrics: Output[Metrics],
     samples: Output[HTML],
+    init_run: str = "",
 ) -> NamedTuple("TrainOutputs", run_dir=str):
     from medsynth.pipeline_steps import train_step
 
@@ -46,4 +50,5 @@ def train(
         model,
         metrics,
         samples,
+        init_run,
     )

@@ -409,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loss", default="auto",
                    help="auto | bce | hinge (auto: hinge for the projected head, the paper's BCE otherwise)")
     s.add_argument("--beta-1", type=float, default=0.5, help="Adam's beta_1 for both networks")
+    s.add_argument("--g-ema-kimg", type=float, default=None,
+                   help="half-life in thousands of images of the moving average of G's weights that "
+                        "is sampled, judged and exported (default: batch·10/32, as StyleGAN2-ADA; 0: off)")
     s.add_argument("--latent-dim", type=int, default=100)
     s.add_argument("--generator-width", type=int, default=8, help="w in F = 2**level * w (Table 1: 8)")
     s.add_argument("--generator-upsampling", default="resize", choices=["resize", "transpose"],
@@ -446,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
         "where it would keep XLA and the fastest cuDNN kernels off)",
     )
     s.add_argument("--keep-checkpoints", type=int, default=3, help="newest N kept, locally and in the bucket")
+    s.add_argument("--init-from", default=None, metavar="RUN",
+                   help="a run of the same model (directory or gs://) whose newest checkpoint this run "
+                        "starts from when it has none of its own")
     s.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
     s.add_argument(
         "--pushgateway", default=None, help="host:port of a Prometheus Pushgateway, pushed to at the end"

@@ -121,13 +121,18 @@ def task_train_config(
     d_augment: str = "auto",
     d_head: str = "auto",
     metrics_port: int | None = None,
+    init_run: str = "",
 ) -> Any:
-    """The TrainConfig of a pipeline training task, single pod or multi-node job alike."""
+    """The TrainConfig of a pipeline training task, single pod or multi-node job alike.
+
+    `init_run`: another run of this pipeline run (the winner's comparison run) to continue from.
+    """
     from medsynth.train.config import TrainConfig
 
     return TrainConfig(
         data=dataset_dir,
         out=join(run_root(storage_root, run_id), run_name),
+        init_from=join(run_root(storage_root, run_id), init_run) if init_run else None,
         image_size=image_size,
         steps=steps,
         batch_size=batch_size,
@@ -159,6 +164,7 @@ def train_step(
     model: Any,
     metrics: Any,
     samples: Any,
+    init_run: str = "",
 ) -> tuple[str]:
     from medsynth.evaluate.report import report_html
     from medsynth.train.launcher import METRICS_PORT_ENV
@@ -181,6 +187,7 @@ def train_step(
         d_augment,
         d_head,
         metrics_port=int(port) if port.isdigit() else None,
+        init_run=init_run,
     )
     run_uri = cfg.out
     result = train(cfg)

@@ -1,5 +1,8 @@
 """medsynth-train: prepare → train per backbone → compare → train the winner → evaluate → export → push.
 
+The winner's final training continues its comparison run (same model, data and seed: with exact
+resume, the same numbers as one run of `train_steps`), so its first `compare_steps` are not redone.
+
 Reads like the DAG it draws. The backbone fan-out is a Python loop at compile
 time (kfp.local in kfp 2.13 has no ParallelFor), so the list of backbones is a
 compile-time option; every other knob is a run-time parameter.
@@ -120,6 +123,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
             run_id=run_id,
             run_name="final",
             backbone=ranking.outputs["winner"],
+            init_run=ranking.outputs["winner"],  # its comparison run: continued, not started over
             image_size=image_size,
             steps=train_steps,
             batch_size=batch_size,

@@ -313,3 +313,25 @@ def test_xla_compiles_the_whole_step_and_agrees_with_the_plain_one():
         assert float(xla[k]) == pytest.approx(float(plain[k]), rel=1e-4), k
     for a, b in zip(g0.trainable_variables, g1.trainable_variables, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=5e-4)  # weights ~0.1; 2 steps of 1e-3
+
+
+@pytest.mark.slow
+def test_a_run_continues_another_run_of_the_same_model_exactly(tmp_path):
+    """The pipeline's final training continues the winner's comparison run: same numbers as one run."""
+    from medsynth.train.loop import train
+
+    straight = train(_cfg(tmp_path, "runs/r/straight", steps=6))
+    short = train(_cfg(tmp_path, "runs/r/short", steps=4))
+    final = train(_cfg(tmp_path, "runs/r/final", steps=6, init_from=str(short.run_dir)))
+    assert final.metrics["steps_this_run"] == 2  # started at the short run's step 4
+    a, _ = _final_weights(straight.run_dir)
+    b, info = _final_weights(final.run_dir)
+    assert info["step"] == 6
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert [r["step"] for r in read_history(final.run_dir)] == list(range(1, 7))  # curves from step 1
+
+    with pytest.raises(CheckpointError, match="another model.*generator_width"):
+        train(_cfg(tmp_path, "runs/r/wide", steps=6, generator_width=4, init_from=str(short.run_dir)))
+    with pytest.raises(CheckpointError, match="--init-from .*no complete checkpoint"):
+        train(_cfg(tmp_path, "runs/r/none", steps=6, init_from=str(tmp_path / "runs" / "r" / "missing")))

@@ -88,6 +88,7 @@ class RunCheckpoints:
         self.remote = remote.rstrip("/") if remote else None
         self.write = write
         self.collective = collective
+        self.adopted: str | None = None  # the run whose checkpoint this one started from, if any
         if self.remote:
             pulled = pull_checkpoints(self.remote, self.dir)
             if pulled:
@@ -111,9 +112,16 @@ class RunCheckpoints:
                 "use a new --out or the original settings"
             )
 
-    def restore_latest(self) -> str | None:
-        """Restore the newest checkpoint if there is one; refuse one written for another model."""
+    def restore_latest(self, init_from: str | None = None, max_step: int | None = None) -> str | None:
+        """Restore the newest checkpoint if there is one; refuse one written for another model.
+
+        A run without checkpoints of its own starts from `init_from`'s newest (another run of the
+        same model, e.g. the pipeline's comparison run of the winning backbone), so the steps it
+        already trained are not trained again; not one past `max_step` (the run's own length).
+        """
         latest = self.manager.latest_checkpoint
+        if latest is None and init_from:
+            latest = self._adopt(init_from, max_step)
         if latest is None:
             return None
         self.check_signature()
@@ -122,6 +130,29 @@ class RunCheckpoints:
         except (AssertionError, ValueError, tf.errors.OpError) as e:
             raise CheckpointError(f"checkpoint {latest} cannot be restored into this model: {e}") from e
         return latest
+
+    def _adopt(self, run: str, max_step: int | None) -> str | None:
+        """The newest complete checkpoint of `run` (local or in object storage), its signature checked."""
+        src = f"{str(run).rstrip('/')}/checkpoints"
+        if storage.is_gcs(src):
+            found = pull_checkpoints(src, _local_run_dir(str(run)) / "checkpoints")
+        else:
+            found = local_checkpoints(src)
+        if not found:
+            raise CheckpointError(f"--init-from {run} has no complete checkpoint to start from")
+        usable = [f for f in found if max_step is None or f[0] <= max_step]
+        if not usable:
+            log.info("--init-from %s is past step %d already: training from the start", run, max_step)
+            return None
+        saved = read_json(f"{src}/{SIGNATURE_FILE}") if storage.exists(f"{src}/{SIGNATURE_FILE}") else {}
+        diff = sorted(k for k, v in self.signature.items() if saved.get(k) != v)
+        if diff:
+            raise CheckpointError(
+                f"--init-from {run} was trained as another model ({', '.join(diff)} differ); "
+                "it can only start a run of the same model"
+            )
+        self.adopted = str(run)
+        return usable[-1][1]
 
     def save(self, step: int) -> str | None:
         """Write a checkpoint (chief only), upload it with its marker last, prune what keep-N drops."""
@@ -172,6 +203,15 @@ def _local_run_dir(run_dir: str) -> Path:
     return Path(tempfile.gettempdir()) / "medsynth-cache" / "runs" / key
 
 
+def restore_generator(generator: tf.keras.Model, prefix: str) -> str:
+    """Fill `generator` with what the run samples and ships: G's moving average where the checkpoint
+    holds one (medsynth.train.ema), else G itself. Returns which ("generator_ema" or "generator")."""
+    names = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(prefix)}
+    key = "generator_ema" if "generator_ema" in names else "generator"
+    tf.train.Checkpoint(**{key: generator}).restore(prefix).expect_partial()
+    return key
+
+
 def load_generator(run_dir: str | Path) -> tuple[tf.keras.Model, dict[str, Any]]:
     """The run's generator with its newest trained weights, and what is known about the run.
 
@@ -189,9 +229,10 @@ def load_generator(run_dir: str | Path) -> tuple[tf.keras.Model, dict[str, Any]]
         latest = tf.train.latest_checkpoint(str(Path(text) / "checkpoints"))
     if latest is None:
         raise CheckpointError(f"{run_dir} has no checkpoint yet; train it first")
-    tf.train.Checkpoint(generator=generator).restore(latest).expect_partial()
+    weights = restore_generator(generator, latest)
     step = int(latest.rsplit("-", 1)[-1])
     info: dict[str, Any] = {
+        "weights": weights,
         "image_size": cfg["image_size"],
         "latent_dim": cfg["latent_dim"],
         "backbone": cfg["backbone"],

@@ -28,6 +28,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     sample_every: int | None = None
     keep_checkpoints: int = 3
+    # another run of the same model whose newest checkpoint this run starts from if it has none yet
+    init_from: str | None = None
     backbone: str = "xception"
     backbone_weights: str = "imagenet"
     backbone_mode: str | None = None
@@ -42,6 +44,9 @@ class TrainConfig:
     lr_g: float = 2e-4
     lr_d: float | None = None  # None: 2e-4, or 5e-5 for the projected head (measured: 2e-4 lets it win)
     beta_1: float = 0.5
+    # half-life of G's moving average (thousands of images; medsynth.train.ema), sampled, judged and
+    # exported in G's place; None: StyleGAN2-ADA's batch·10/32, 0: off (G itself is used)
+    g_ema_kimg: float | None = None
     label_smoothing: float = 0.1
     r1_gamma: float = 0.0
     augment: bool = False
@@ -93,6 +98,11 @@ class TrainConfig:
             f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}",
         )
         need(self.r1_gamma >= 0, f"--r1-gamma must be >= 0, got {self.r1_gamma}")
+        if self.g_ema_kimg is None:
+            from medsynth.train.ema import default_kimg
+
+            self.g_ema_kimg = default_kimg(self.batch_size)
+        need(self.g_ema_kimg >= 0, f"--g-ema-kimg must be >= 0 (0: off), got {self.g_ema_kimg}")
         from medsynth.train.augment import DEFAULT_POLICY, parse_policy
 
         if self.d_augment is None or str(self.d_augment).strip().lower() == "auto":
@@ -127,6 +137,7 @@ class TrainConfig:
         keys = ("image_size", "latent_dim", "generator_width", "generator_norm", "generator_upsampling",
                 "backbone", "backbone_mode", "d_head")
         d = {k: getattr(self, k) for k in keys}
+        d["g_ema"] = self.g_ema_kimg > 0  # the checkpoint holds the average or not
         from medsynth.models.discriminator import resolve_mode
 
         d["backbone_mode"] = resolve_mode(self.backbone_weights, self.backbone_mode, self.d_head)

@@ -103,12 +103,14 @@ _FLAGS = {
     "checkpoint_every": "--checkpoint-every",
     "sample_every": "--sample-every",
     "keep_checkpoints": "--keep-checkpoints",
+    "init_from": "--init-from",
     "backbone": "--backbone",
     "backbone_weights": "--backbone-weights",
     "backbone_mode": "--backbone-mode",
     "d_head": "--d-head",
     "loss": "--loss",
     "beta_1": "--beta-1",
+    "g_ema_kimg": "--g-ema-kimg",
     "latent_dim": "--latent-dim",
     "generator_width": "--generator-width",
     "generator_upsampling": "--generator-upsampling",
@@ -647,6 +649,7 @@ def launch_step(
     poll_s: float = 15.0,
     d_augment: str = "auto",
     d_head: str = "auto",
+    init_run: str = "",
 ) -> tuple[str]:
     """What the `launch_training_job` component does: the pipeline's `train` task, on several nodes."""
     from medsynth.pipeline_steps import task_train_config
@@ -665,6 +668,7 @@ def launch_step(
         seed,
         d_augment=d_augment,
         d_head=d_head,
+        init_run=init_run,
     )
     owner = owner_reference(namespace)
     if owner is None:

@@ -42,6 +42,7 @@ from medsynth.storage import atomic_write_json, atomic_write_text, read_json
 from medsynth.train.augment import parse_policy
 from medsynth.train.checkpoints import CONFIG_FILE, RunCheckpoints
 from medsynth.train.config import TrainConfig, generator_options
+from medsynth.train.ema import GeneratorAverage
 from medsynth.train.step import AdversarialStep, sample_latents
 from medsynth.train.strategy import Distribution, make_distribution, stable_sync_batch_norm
 from medsynth.train.telemetry import Telemetry, read_history
@@ -62,6 +63,7 @@ class TrainResult:
     settings: dict[str, Any] = field(default_factory=dict)  # strategy, replicas, precision, XLA as used
     generator: tf.keras.Model | None = field(default=None, repr=False)  # the trained models, in memory
     discriminator: tf.keras.Model | None = field(default=None, repr=False)
+    sampled: tf.keras.Model | None = field(default=None, repr=False)  # G's moving average, or G when off
 
 
 class _Preemption:
@@ -318,6 +320,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         getattr(g_opt, "inner_optimizer", g_opt).build(generator.trainable_variables)
         getattr(d_opt, "inner_optimizer", d_opt).build(discriminator.trainable_variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        average = _average(cfg, generator)
     feed = Feed(dist, data_dir, cfg)
 
     signature = {**cfg.model_signature(), "loss_scale": policy == "mixed_float16"}
@@ -335,8 +338,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         g_optimizer=g_opt,
         d_optimizer=d_opt,
         iterator=feed.iterator,
+        **({"generator_ema": average.average} if average else {}),
     )
-    restored = checkpoints.restore_latest()
+    restored = checkpoints.restore_latest(cfg.init_from, cfg.steps)
+    adopted = checkpoints.adopted
     adversarial = AdversarialStep(
         generator,
         discriminator,
@@ -366,7 +371,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         # Rank 0's state is the truth: models, optimizer slots and the step, after its restore.
         dist.hvd.broadcast_variables(
             generator.variables + discriminator.variables + _optimizer_variables(g_opt)
-            + _optimizer_variables(d_opt) + [step_var],
+            + _optimizer_variables(d_opt) + [step_var] + (average.average.variables if average else []),
             root_rank=0,
         )
     settings = {
@@ -377,10 +382,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         "xla": xla,
     }
     if restored:
-        log.info("resuming from %s (step %d)", restored, start)
+        log.info("%s from %s (step %d)", "continuing" if adopted else "resuming", restored, start)
     log.info("training with %s", ", ".join(f"{k}={v}" for k, v in settings.items()))
     if chief:
         outputs.pull("history.jsonl", "metrics.json")
+        history = f"{adopted}/history.jsonl"
+        if adopted and storage.exists(history):  # the loss curves start where the continued run started
+            atomic_write_text(run_dir / "history.jsonl", storage.read_text(history))
         info = {
             **cfg.to_dict(),
             "run_id": Path(out).parent.name,
@@ -401,6 +409,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         grouping={"run": Path(out).name or "run"},
     )
     fixed_z = sample_latents(cfg.seed, 16, cfg.latent_dim)
+    sampled = average.average if average else generator
     wall = time.monotonic()
     values: dict[str, float] = {}
     trained = 0
@@ -435,6 +444,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                     raise
                 step += 1
                 step_var.assign(step)
+                if average:
+                    with dist.strategy.scope():
+                        average.update(step)
                 trained += 1
                 stop = preemption.requested
                 if dist.workers > 1:  # one worker's SIGTERM stops all of them at the same step
@@ -448,7 +460,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 if step % cfg.sample_every == 0 or step == cfg.steps:
                     # Every worker runs G: under MultiWorkerMirrored, reading BN's moving statistics
                     # (sync-on-read variables) is a collective that all workers must join.
-                    _write_samples(run_dir, generator, fixed_z, step, telemetry, chief)
+                    _write_samples(run_dir, sampled, fixed_z, step, telemetry, chief)
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                     checkpoints.save(step)
                     if chief:
@@ -474,7 +486,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         **{f"final_{k}": v for k, v in values.items()},
     }
     if chief:
-        if start >= cfg.steps:
+        if start >= cfg.steps and not adopted:
             log.info("run already finished at step %d; nothing to do", start)
             old = run_dir / "metrics.json"
             if old.exists():
@@ -487,8 +499,24 @@ def train(cfg: TrainConfig) -> TrainResult:
         outputs.push()
     return TrainResult(
         run_dir, max(start, cfg.steps), metrics, uri=out, settings=settings,
-        generator=generator, discriminator=discriminator,
+        generator=generator, discriminator=discriminator, sampled=sampled,
     )
+
+
+def _average(cfg: TrainConfig, generator: tf.keras.Model) -> GeneratorAverage | None:
+    """G's moving average (built like G, in float32, with fused BN: it is only ever sampled)."""
+    if not cfg.g_ema_kimg:
+        return None
+    from medsynth.models.generator import build_generator
+
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("float32")
+    try:
+        average = build_generator(cfg.image_size, **generator_options(cfg.to_dict()))
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+    fuse_batch_norm(average)
+    return GeneratorAverage(generator, average, cfg.batch_size, cfg.g_ema_kimg)
 
 
 def _postfix(values: dict[str, float], images_per_s: float) -> str:
