@@ -45,6 +45,9 @@ def test_compiled_pipeline_has_the_dag_of_design(spec):
     }
     final_backbone = by_name["train-final"]["inputs"]["parameters"]["backbone"]["taskOutputParameter"]
     assert final_backbone["outputParameterKey"] == "winner"
+    # the final training continues the winner's comparison run (named after its backbone)
+    init_run = by_name["train-final"]["inputs"]["parameters"]["init_run"]["taskOutputParameter"]
+    assert init_run == final_backbone
     params = spec["root"]["inputDefinitions"]["parameters"]
     for p in [
         "dataset_uri",
@@ -218,6 +221,7 @@ def test_multi_node_variant_launches_the_final_training_as_a_job(tmp_path):
     assert params["gpus_per_worker"]["componentInputParameter"] == "gpus"
     assert params["d_augment"]["componentInputParameter"] == "d_augment"
     assert params["backbone"]["taskOutputParameter"]["outputParameterKey"] == "winner"
+    assert params["init_run"]["taskOutputParameter"]["outputParameterKey"] == "winner"
     # The trainer image is named at compile time (the launcher's pod has no MEDSYNTH_REGISTRY) and is
     # the image the single-pod train task runs on.
     image = params["image"]["runtimeValue"]["constant"]
@@ -293,6 +297,11 @@ def test_end_to_end_kfp_local_run_produces_every_artifact(tmp_path):
     comparison = json.loads((run / "comparison" / "comparison.json").read_text())
     assert comparison["winner"] in {"efficientnet_lite0", "convnet"}
     assert comparison["criterion"] == "fd_efflite0"  # auto: the pretrained distance, both runs have it
+    # the final training continued the winner's 2-step comparison run: 2 more steps, and its loss
+    # history holds the comparison run's row (each run logs its last step) before its own
+    assert json.loads((run / "final" / "metrics.json").read_text())["steps_this_run"] == 2
+    rows = (run / "final" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in rows] == [2, 4]
     assert (run / "comparison" / "comparison.png").exists()
     kfp_run = next((root / "kfp").iterdir())
     assert (kfp_run / "export" / "model" / "saved_model.pb").exists()
