@@ -73,7 +73,7 @@ def judge(run: Path, data_dir: Path, started: float, args: argparse.Namespace) -
         elapsed = Path(prefix + ".index").stat().st_mtime - started
         rows.append({"step": step, "elapsed_s": elapsed, **m})
         if step == args.steps:
-            from medsynth.evaluate.pictures import save_grid
+            from medsynth.pictures import save_grid
 
             save_grid(fake[:16], run / "final_samples.png", title=f"{run.parent.name} seed {run.name}")
     return rows
