@@ -1,24 +1,22 @@
-"""Schedules: standard cron in, KFP's 6-field cron (seconds first) out."""
+"""Schedules: standard cron in, KFP's 6-field cron (seconds first) out.
+
+KFP parses schedules with robfig/cron v1: six fields, seconds first, and a standard 5-field
+expression is silently read as "second minute hour day month" (`0 3 * * 1` would run every
+hour of January). So 5 fields get a leading "0"; 6 fields are taken as KFP's form. croniter
+checks the values (seconds first, as KFP reads them); what croniter reads but robfig/cron v1
+does not (7 for Sunday, ranges that wrap around, L, W, # and H) is refused here.
+"""
 
 from __future__ import annotations
 
 import re
 
+from croniter import CroniterError, croniter
+
 from medsynth.errors import ConfigError
 
-# KFP parses schedules with robfig/cron v1: six fields, seconds first, and a standard 5-field
-# expression is silently read as "second minute hour day month" (`0 3 * * 1` would run every
-# hour of January). So 5 fields get a leading "0"; 6 fields are taken as KFP's form.
-_CRON_FIELDS = [  # name, low, high, names
-    ("second", 0, 59, None),
-    ("minute", 0, 59, None),
-    ("hour", 0, 23, None),
-    ("day of month", 1, 31, None),
-    ("month", 1, 12, ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]),
-    ("day of week", 0, 6, ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]),
-]
-
-
+_FIELDS = ("second", "minute", "hour", "day of month", "month", "day of week")
+_CRONITER_INDEX = (5, 0, 1, 2, 3, 4)  # where croniter keeps each of KFP's fields (seconds last)
 _DESCRIPTORS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 
 
@@ -41,36 +39,61 @@ def to_kfp_cron(expr: str) -> str:
             f"--cron {expr!r}: expected 5 fields (minute hour day-of-month month day-of-week, e.g. "
             f"'0 3 * * 1' = Mondays 03:00) or KFP's 6 with seconds first; got {len(fields)}"
         )
-    for value, (name, lo, hi, names) in zip(fields, _CRON_FIELDS, strict=True):
-        _check_cron_field(expr, value, name, lo, hi, names)
+    try:
+        croniter.expand(" ".join(fields), second_at_beginning=True)
+    except CroniterError:
+        raise _refused(expr, fields) from None
+    for i, value in enumerate(fields):
+        _check_kfp_dialect(expr, i, value)
     return " ".join(fields)
 
 
-def _check_cron_field(expr: str, value: str, name: str, lo: int, hi: int, names: list[str] | None) -> None:
-    def bad(why: str) -> ConfigError:
-        return ConfigError(f"--cron {expr!r}: {name} field {value!r} {why}")
+def _range(i: int) -> str:
+    lo, hi = croniter.RANGES[_CRONITER_INDEX[i]]
+    return f"{lo}-{hi}"
 
-    def number(tok: str) -> int:
-        if names and tok.upper() in names:
-            return names.index(tok.upper()) + lo
-        if not tok.isdigit():
-            raise bad(f"has {tok!r}; allowed: {lo}-{hi}" + (f" or {names[0]}-{names[-1]}" if names else ""))
-        n = int(tok)
-        if name == "day of week" and n == 7:
-            raise bad("uses 7 for Sunday; KFP's cron counts days of week 0-6: use 0 or SUN")
-        if not lo <= n <= hi:
-            raise bad(f"is out of range {lo}-{hi}")
-        return n
 
-    if value == "?" and name in ("day of month", "day of week"):
-        return
+def _allowed(i: int) -> str:
+    names = [n.upper() for n in croniter.ALPHACONV[_CRONITER_INDEX[i]] if len(n) == 3]
+    return _range(i) + (f" or {names[0]}-{names[-1]}" if names else "")
+
+
+def _bad(expr: str, i: int, value: str, why: str) -> ConfigError:
+    return ConfigError(f"--cron {expr!r}: {_FIELDS[i]} field {value!r} {why}")
+
+
+def _refused(expr: str, fields: list[str]) -> ConfigError:
+    """Name the field croniter refuses on its own (the others `*`), with its reason in our words."""
+    for i, value in enumerate(fields):
+        probe = ["*"] * len(fields)
+        probe[i] = value
+        try:
+            croniter.expand(" ".join(probe), second_at_beginning=True)
+        except CroniterError as e:
+            if "step" in str(e):
+                return _bad(expr, i, value, "has a step that is not a positive integer")
+            if "out of range" in str(e) or "out of bands" in str(e):
+                return _bad(expr, i, value, f"is out of range {_range(i)}")
+            return _bad(expr, i, value, f"has {value!r}; allowed: {_allowed(i)}")
+    return ConfigError(f"--cron {expr!r}: the fields do not fit together (croniter refuses them)")
+
+
+def _check_kfp_dialect(expr: str, i: int, value: str) -> None:
+    """What croniter accepts and robfig/cron v1 refuses or reads otherwise: a value is a number or a
+    3-letter name, days of week count 0-6, and a range runs forwards."""
+    names = croniter.ALPHACONV[_CRONITER_INDEX[i]]
     for part in value.split(","):
-        rng, _, step = part.partition("/")
-        if _ and (not step.isdigit() or int(step) == 0):
-            raise bad("has a step that is not a positive integer")
-        if rng == "*":
-            continue
-        a, dash, b = rng.partition("-")
-        start = number(a)
-        if dash and number(b) < start:
-            raise bad(f"has a backwards range {rng!r}")
+        rng = part.partition("/")[0]
+        numbers = []
+        for token in [] if rng in ("*", "?") else rng.split("-"):
+            if token.isdigit():
+                numbers.append(int(token))
+            elif len(token) == 3 and token.lower() in names:
+                numbers.append(int(names[token.lower()]))
+            else:
+                raise _bad(expr, i, value, f"has {token!r}: KFP's cron reads {_allowed(i)} only")
+            if _FIELDS[i] == "day of week" and numbers[-1] == 7:
+                raise _bad(expr, i, value,
+                           "uses 7 for Sunday; KFP's cron counts days of week 0-6: use 0 or SUN")
+        if len(numbers) == 2 and numbers[1] < numbers[0]:
+            raise _bad(expr, i, value, f"has a backwards range {rng!r}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
+from tabulate import tabulate
+
 from medsynth.kfp_client.results import RunInfo, ScheduleInfo
 
 
@@ -27,9 +29,9 @@ def schedules_table(schedules: Sequence[ScheduleInfo]) -> str:
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join(lines)
+    """Columns two spaces apart, left-aligned, the heading a row like the others; no line ends in spaces."""
+    text = tabulate(rows, tablefmt="plain", disable_numparse=True, stralign="left")
+    return "\n".join(line.rstrip() for line in text.splitlines())
 
 
 def _fmt_time(t: dt.datetime | None) -> str:
