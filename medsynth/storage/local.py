@@ -15,9 +15,8 @@ from medsynth.errors import StorageError
 from medsynth.storage.uris import MARKER, is_temp
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` so that readers see the old file or the new one, never half of it."""
-    path = Path(path)
+def _synced_temp(path: Path, data: bytes) -> str:
+    """A temp file beside `path` holding `data`, flushed to disk before it takes `path`'s name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -25,11 +24,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    return tmp
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` so that readers see the old file or the new one, never half of it."""
+    path = Path(path)
+    tmp = _synced_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):  # gone once renamed
+            os.unlink(tmp)
     return path
 
 
@@ -88,13 +98,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def create_local(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _synced_temp(path, data)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         try:
             os.link(tmp, path)  # fails if `path` exists: the create is atomic and exclusive
         except FileExistsError:
