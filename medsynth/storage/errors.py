@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import medsynth.storage.client as client  # RETRY_SETTINGS is read when a message is made
 from medsynth.errors import StorageError
-from medsynth.storage import client
 from medsynth.storage.client import endpoint, gcs_client, retry, status_code, transient
 from medsynth.storage.uris import Loc
 
