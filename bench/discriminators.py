@@ -57,10 +57,10 @@ def judge(run: Path, data_dir: Path, started: float, args: argparse.Namespace) -
     import tensorflow as tf
 
     from medsynth.data.input import real_frames
-    from medsynth.evaluate.pictures import save_grid
     from medsynth.evaluate.report import generate_frames
     from medsynth.evaluate.suite import MetricsConfig, compute_metrics
     from medsynth.models.generator import build_generator
+    from medsynth.pictures import save_grid
     from medsynth.train.checkpoints import load_run_config, local_checkpoints, restore_generator
     from medsynth.train.config import generator_options
 

@@ -1,14 +1,22 @@
-"""A small progress bar for long work: rate and ETA on a TTY, periodic lines in logs (KFP, CI)."""
+"""The progress bar long work shows: tqdm's, redrawn in place on a TTY, whole lines in logs (KFP, CI)."""
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import TextIO
 
+from tqdm import tqdm
 
-class Progress:
-    """Counts work done; `update()` is cheap, the bar redraws at most every `interval` seconds."""
+
+class Progress(tqdm):
+    """Counts work done; `update()` is cheap, the bar redraws at most every `interval` seconds.
+
+    tqdm redraws one line with carriage returns, which a log keeps as one endless line: away from a
+    TTY each draw is a line of its own instead (the first update and the last state always, at most
+    one every `interval` in between), and nothing is written before the first update.
+    """
+
+    monitor_interval = 0  # no monitor thread: with miniters=0 it would have nothing to adjust
 
     def __init__(
         self,
@@ -19,64 +27,52 @@ class Progress:
         interval: float | None = None,
         initial: int = 0,
     ) -> None:
-        self.total, self.desc, self.unit = total, desc, unit
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval = interval if interval is not None else (0.2 if self.tty else 10.0)
-        self.n = self.start_n = initial
-        self.start = time.monotonic()
-        self._last = 0.0
-        self._drawn_n: int | None = None
+        self._drawn_n: float | None = None
+        self._started = False
+        super().__init__(
+            total=total, desc=desc, unit=unit, initial=initial, file=self.stream,
+            mininterval=self.interval, maxinterval=0, miniters=0,  # draw on time alone, even for update(0)
+            smoothing=0,  # the rate shown is the average since the start, as rate() returns
+            dynamic_ncols=self.tty,
+        )
         self.postfix = ""
+        self._started = True
+        if not self.tty:
+            self.last_print_t = float("-inf")  # a log gets a line at the first update
 
-    def update(self, k: int = 1, postfix: str | None = None) -> None:
-        self.n += k
+    def update(self, n: float = 1, postfix: str | None = None) -> bool | None:
+        """Add `n` done; `postfix` replaces the text after the counts (e.g. the losses, a run's state)."""
         if postfix is not None:
             self.postfix = postfix
-        now = time.monotonic()
-        if now - self._last >= self.interval or (self.total is not None and self.n >= self.total):
-            self._last = now
-            self._draw(now)
+        drawn = super().update(n)
+        if not drawn and self.total is not None and self.n >= self.total and self._drawn_n != self.n:
+            self.refresh()  # the end shows at once, not an interval later
+            drawn = True
+        return drawn
 
     def rate(self) -> float:
-        elapsed = time.monotonic() - self.start
-        return (self.n - self.start_n) / elapsed if elapsed > 0 else 0.0
+        """Units per second since the start."""
+        elapsed = self._time() - self.start_t
+        return (self.n - self.initial) / elapsed if elapsed > 0 else 0.0
 
-    def _draw(self, now: float) -> None:
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if self.tty:
+            drawn = super().display(msg, pos)
+        elif msg is None and self._started:
+            self.fp.write(f"{self}\n")
+            self.fp.flush()
+            drawn = True
+        else:  # tqdm clearing its line (msg ''), or its first draw, has no place in a log
+            return False
         self._drawn_n = self.n
-        rate = self.rate()
-        if self.total:
-            frac = min(1.0, self.n / self.total)
-            eta = (self.total - self.n) / rate if rate > 0 else float("nan")
-            bar = "#" * int(frac * 24)
-            line = (
-                f"{self.desc}: {frac:4.0%} [{bar:<24}] {self.n}/{self.total} "
-                f"{rate:.1f} {self.unit}/s ETA {_fmt(eta)}"
-            )
-        else:
-            line = f"{self.desc}: {self.n} {self.unit} {rate:.1f} {self.unit}/s"
-        if self.postfix:
-            line += f" {self.postfix}"
-        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
-        self.stream.flush()
+        return drawn
 
     def close(self) -> None:
-        if self._drawn_n != self.n:  # the last state is not on screen yet
-            self._draw(time.monotonic())
-        if self.tty:
-            self.stream.write("\n")
-        self.stream.flush()
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _fmt(seconds: float) -> str:
-    if seconds != seconds or seconds == float("inf"):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+        if not self.tty and not self.disable:
+            if self._drawn_n != self.n:
+                self.refresh()  # the last state, once: update() may have drawn it already
+            self.leave = False  # tqdm would draw it again and end the line
+        super().close()

@@ -93,10 +93,10 @@ def gcs_bucket(gcs_emulator: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> st
 @pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Millisecond backoff and a short deadline, so fault and outage tests finish in seconds."""
-    from medsynth import storage
+    from medsynth.storage import client
 
-    monkeypatch.setattr(storage, "RETRY_SETTINGS",
-                        storage.RetrySettings(initial_s=0.01, maximum_s=0.2, multiplier=2.0, deadline_s=20.0))
+    monkeypatch.setattr(client, "RETRY_SETTINGS",
+                        client.RetrySettings(initial_s=0.01, maximum_s=0.2, multiplier=2.0, deadline_s=20.0))
 
 
 @pytest.fixture

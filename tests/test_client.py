@@ -16,10 +16,11 @@ from PIL import Image
 
 from medsynth.data.dicom_writer import read_provenance
 from medsynth.errors import ConfigError, ServingError
-from medsynth.evaluate.pictures import png_bytes
+from medsynth.pictures import png_bytes
+from medsynth.serving.app import ServeConfig
 from medsynth.serving.client import Client, GeneratedImage, image_seed, write_images
 from medsynth.serving.export import export_random_generator
-from medsynth.serving.server import ServeConfig, serve
+from medsynth.serving.server import serve
 
 SIZE, LATENT, MAX_IMAGES = 16, 8, 8
 

@@ -16,8 +16,8 @@ import tensorflow as tf
 from PIL import Image
 
 from medsynth.errors import ConfigError, ServingError
-from medsynth.evaluate.pictures import to_uint8
 from medsynth.models.generator import build_generator
+from medsynth.pictures import to_uint8
 from medsynth.serving.export import (
     MODEL_CARD,
     SIGNATURE_PNG,

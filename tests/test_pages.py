@@ -14,7 +14,7 @@ import pytest
 
 from medsynth.evaluate.compare import bar_chart_figure, compare_runs
 from medsynth.evaluate.pages import report_html
-from medsynth.evaluate.pictures import save_grid
+from medsynth.pictures import save_grid
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(

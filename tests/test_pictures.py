@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from medsynth.evaluate.pictures import save_grid
+from medsynth.pictures import save_grid
 
 
 def _frames() -> np.ndarray:

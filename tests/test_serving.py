@@ -30,8 +30,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from medsynth.serving.app import METRICS_PATH, ServeConfig
 from medsynth.serving.export import export_random_generator
-from medsynth.serving.server import METRICS_PATH, ServeConfig, serve
+from medsynth.serving.server import serve
 
 SIZE, LATENT, MAX_IMAGES, MAX_BYTES = 16, 8, 8, 64 * 1024
 

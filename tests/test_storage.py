@@ -11,6 +11,7 @@ import pytest
 
 from medsynth import storage
 from medsynth.errors import StorageError
+from medsynth.storage import client as storage_client
 
 
 def make_tree(root: Path, files: dict[str, bytes]) -> Path:
@@ -265,7 +266,7 @@ def test_interrupted_publish_is_not_complete(gcs_bucket: str, gcs_emulator, faul
     assert storage.is_complete(uri)
 
     # Republish; object storage goes away halfway (every request after the 12th answers 503).
-    monkeypatch.setattr(storage, "RETRY_SETTINGS", storage.RetrySettings(0.01, 0.05, 2.0, 0.5))
+    monkeypatch.setattr(storage_client, "RETRY_SETTINGS", storage.RetrySettings(0.01, 0.05, 2.0, 0.5))
     proxy = fault_proxy(fail_after=12)
     v2 = dataset_like(2, n_small=20, big=1000)
     with pytest.raises(StorageError, match=r"failed \(HTTP 503\) after retrying"):
@@ -373,7 +374,7 @@ def test_bucket_not_writable(gcs_bucket: str, fault_proxy, tmp_path: Path) -> No
 def test_unreachable_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     from conftest import free_port
 
-    monkeypatch.setattr(storage, "RETRY_SETTINGS", storage.RetrySettings(0.01, 0.05, 2.0, 0.5))
+    monkeypatch.setattr(storage_client, "RETRY_SETTINGS", storage.RetrySettings(0.01, 0.05, 2.0, 0.5))
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://user:s3cr3t@127.0.0.1:{free_port()}")
     with pytest.raises(StorageError) as e:
         storage.read_bytes("gs://bkt/x.json")

@@ -481,7 +481,7 @@ def write_phantom(out: str | Path, n: int, size: int, seed: int = 0, fmt: str = 
     (`loop_00000.dcm`, PatientName PHANTOM^<patient>) + `loop_00000.json` with every frame's key points.
     `phantom.json` describes the whole set.
     """
-    from medsynth.evaluate.pictures import png_bytes
+    from medsynth.pictures import png_bytes
     from medsynth.progress import Progress
     from medsynth.storage import atomic_directory
 

@@ -609,7 +609,7 @@ def _write_outputs(
     synthetic: bool,
     normalisation: dict,
 ) -> None:
-    from medsynth.evaluate.pictures import save_grid
+    from medsynth.pictures import save_grid
 
     shards = out.close()
     top = float(np.iinfo(out.dtype).max)

@@ -1,1 +1,1 @@
-"""Evaluation: image-quality metrics, reports and pictures, backbone comparison."""
+"""Evaluation: image-quality metrics, reports, backbone comparison (pictures: `medsynth.pictures`)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from medsynth.errors import DataError
-from medsynth.evaluate.pictures import to_uint8
+from medsynth.pictures import to_uint8
 
 
 def as_frames(images: np.ndarray, name: str = "frames", min_count: int = 1) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from medsynth.evaluate.pages import report_html
-from medsynth.evaluate.pictures import save_grid, to_uint8
+from medsynth.pictures import save_grid, to_uint8
 from medsynth.progress import Progress
 from medsynth.storage import atomic_write_json, atomic_write_text
 

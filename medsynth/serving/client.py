@@ -318,7 +318,7 @@ def _decode_png(png: bytes) -> np.ndarray:
 # --- writing -------------------------------------------------------------------------------------------
 def write_images(images: Iterable[GeneratedImage], out: str | Path, fmt: str = "png") -> list[Path]:
     """Write each image with its provenance: PNG tEXt chunks, or a synthetic DICOM Secondary Capture."""
-    from medsynth.evaluate.pictures import png_bytes
+    from medsynth.pictures import png_bytes
     from medsynth.storage import atomic_write_bytes
 
     if fmt not in ("png", "dicom"):

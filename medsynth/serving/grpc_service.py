@@ -15,8 +15,8 @@ import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
 from medsynth.errors import ServingError
+from medsynth.serving.app import ServingApp
 from medsynth.serving.protocol import RequestError, invalid
-from medsynth.serving.server import ServingApp
 
 log = logging.getLogger("medsynth.serve")
 

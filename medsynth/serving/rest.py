@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from medsynth.serving.app import METRICS_PATH, ServingApp
 from medsynth.serving.protocol import (
     RequestError,
     error_json,
@@ -23,7 +24,6 @@ from medsynth.serving.protocol import (
     outputs_to_json,
     parse_predict_json,
 )
-from medsynth.serving.server import METRICS_PATH, ServingApp
 
 log = logging.getLogger("medsynth.serve")
 

@@ -34,9 +34,9 @@ import tensorflow as tf
 
 from medsynth import storage
 from medsynth.errors import CheckpointError, ConfigError
-from medsynth.evaluate.pictures import save_curves, save_grid
 from medsynth.models.layers import fuse_batch_norm
 from medsynth.models.summary import count_params
+from medsynth.pictures import save_curves, save_grid
 from medsynth.progress import Progress
 from medsynth.storage import atomic_write_json, atomic_write_text, read_json
 from medsynth.train.augment import parse_policy

@@ -1,29 +1,9 @@
-"""Submit, schedule and list medsynth-train runs on a Kubeflow Pipelines host.
-
-The Python API behind `medsynth submit|schedule|runs`, for users who trigger
-retraining from their own code (e.g. when new data lands in the bucket):
-
-    from medsynth.kfp_client import PipelineClient
-
-    kfp = PipelineClient("https://kubeflow.example.com/pipeline", token=access_token)
-    run = kfp.submit({"dataset_uri": "gs://bucket/angio/2026-11", "train_steps": 40000})
-    final = kfp.wait(run.run_id, timeout=6 * 3600)
-
-It wraps `kfp.Client` (kfp 2.13) and adds what the CLI needs: parameters
-typed and checked against the pipeline's own input definitions before
-anything is sent, standard 5-field cron converted to KFP's 6-field form,
-per-request timeouts (kfp.Client has none and can hang), one health check
-instead of five with 5 s sleeps, and every failure turned into one
-`MedsynthError` line that never contains the token.
-"""
+"""`PipelineClient`: one KFP host; submit, follow, list and schedule runs of medsynth-train."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import difflib
-import functools
-import io
 import json
 import logging
 import os
@@ -31,14 +11,16 @@ import re
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 from medsynth.errors import ConfigError, MedsynthError
+from medsynth.kfp_client.cron import to_kfp_cron
+from medsynth.kfp_client.errors import KfpError, describe, one_line, redact_url
+from medsynth.kfp_client.params import coerce_params, load_package, pipeline_parameters
+from medsynth.kfp_client.results import TERMINAL_STATES, RunInfo, ScheduleInfo
+from medsynth.kfp_client.transport import quiet, timeout_client_class
 
 DEFAULT_EXPERIMENT = "medsynth"
 DEFAULT_SCHEDULE_NAME = "medsynth-retrain"
@@ -49,7 +31,6 @@ NAMESPACE_ENV = "KF_PIPELINES_NAMESPACE"
 TOKEN_FILE_ENV = "KF_PIPELINES_TOKEN_FILE"
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
 UI_ENV = "KF_PIPELINES_UI_ENDPOINT"  # kfp's own: where run links point when the UI is elsewhere
-TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"})
 # The oldest backend medsynth-train runs correctly on: from 2.4 the driver substitutes the run-id
 # placeholder and honours the final task's GPU count given as a pipeline parameter (resourceCount);
 # older ones share one run directory between runs and give the final training no GPU.
@@ -57,267 +38,6 @@ MIN_KFP_VERSION = (2, 4)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-class KfpError(MedsynthError):
-    """The Kubeflow Pipelines host cannot be reached or refused a request."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status  # the HTTP status KFP answered, None when it was not reached
-
-    @property
-    def transient(self) -> bool:
-        return self.status is None or self.status == 429 or self.status >= 500
-
-
-# --- parameters ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ParamSpec:
-    """One run-time parameter of a compiled pipeline (root inputDefinitions)."""
-
-    name: str
-    type: str  # KFP ParameterType: STRING, NUMBER_INTEGER, NUMBER_DOUBLE, BOOLEAN, LIST, STRUCT
-    default: Any = None
-    optional: bool = True
-
-
-_TYPE_WORDS = {
-    "STRING": "a string",
-    "NUMBER_INTEGER": "an integer",
-    "NUMBER_DOUBLE": "a number",
-    "BOOLEAN": "true or false",
-    "LIST": "a JSON list",
-    "STRUCT": "a JSON object",
-}
-
-
-def parse_param_args(items: Sequence[str]) -> dict[str, str]:
-    """`["image_size=128", "dataset_uri=gs://b/x?a=b"]` → dict; splits at the first `=`."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise ConfigError(f"--param {item!r} is malformed: write KEY=VALUE, e.g. --param image_size=128")
-        if key in out:
-            raise ConfigError(f"--param {key} is given twice ({out[key]!r} and {value!r}): keep one")
-        out[key] = value
-    return out
-
-
-def load_package(package: str | Path) -> dict:
-    """The PipelineSpec of a compiled package (.yaml/.yml; the first YAML document)."""
-    import yaml
-
-    path = Path(package)
-    if path.suffix not in (".yaml", ".yml"):
-        raise ConfigError(f"--package {path}: expected a compiled pipeline .yaml (from `medsynth compile`)")
-    try:
-        with path.open() as f:
-            spec = next(iter(yaml.safe_load_all(f)), None)
-    except OSError as e:
-        raise ConfigError(f"--package {path}: cannot read it ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--package {path}: not valid YAML ({_one_line(str(e))[:200]})") from None
-    if not isinstance(spec, dict) or "pipelineInfo" not in spec or "root" not in spec:
-        raise ConfigError(f"--package {path}: not a compiled KFP pipeline (no pipelineInfo/root)")
-    return spec
-
-
-def pipeline_parameters(spec: Mapping) -> dict[str, ParamSpec]:
-    """The run-time parameters a compiled pipeline declares, with their KFP types and defaults."""
-    params = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}) or {}
-    return {
-        name: ParamSpec(
-            name=name,
-            type=p.get("parameterType", "STRING"),
-            default=p.get("defaultValue"),
-            optional=bool(p.get("isOptional", "defaultValue" in p)),
-        )
-        for name, p in params.items()
-    }
-
-
-def coerce_params(values: Mapping[str, Any], specs: Mapping[str, ParamSpec]) -> dict[str, Any]:
-    """Check names and convert values (strings from the command line, or Python values) to the
-    pipeline's types, so a typo or a wrong type fails here, not minutes later on the cluster."""
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        spec = specs.get(name)
-        if spec is None:
-            close = difflib.get_close_matches(name, specs, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(
-                f"unknown pipeline parameter {name!r}{hint}; valid: {', '.join(sorted(specs))}"
-            )
-        out[name] = _coerce(spec, value)
-    missing = [s.name for s in specs.values() if not s.optional and s.name not in out]
-    if missing:
-        raise ConfigError(f"the pipeline needs these parameters: {', '.join(sorted(missing))} "
-                          "(pass --param NAME=VALUE)")
-    return out
-
-
-def _coerce(spec: ParamSpec, value: Any) -> Any:
-    bad = ConfigError(f"parameter {spec.name}={value!r}: must be {_TYPE_WORDS.get(spec.type, spec.type)}")
-    t = spec.type
-    if isinstance(value, str) and t not in ("STRING",):
-        text = value.strip()
-        if t == "NUMBER_INTEGER":
-            if not re.fullmatch(r"[+-]?\d+", text):
-                raise bad
-            return int(text)
-        if t == "NUMBER_DOUBLE":
-            try:
-                number = float(text)
-            except ValueError:
-                raise bad from None
-            if number != number or number in (float("inf"), float("-inf")):
-                raise bad
-            return number
-        if t == "BOOLEAN":
-            low = text.lower()
-            if low in ("true", "1", "yes"):
-                return True
-            if low in ("false", "0", "no"):
-                return False
-            raise bad
-        if t in ("LIST", "STRUCT"):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                raise bad from None
-    if t == "STRING":
-        if not isinstance(value, str):
-            raise bad
-        return value
-    if t == "NUMBER_INTEGER":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if t == "NUMBER_DOUBLE":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad
-        return float(value)
-    if t == "BOOLEAN":
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if t == "LIST" and not isinstance(value, list):
-        raise bad
-    if t == "STRUCT" and not isinstance(value, dict):
-        raise bad
-    return value
-
-
-# --- cron ---------------------------------------------------------------------------------------
-# KFP parses schedules with robfig/cron v1: six fields, seconds first, and a standard 5-field
-# expression is silently read as "second minute hour day month" (`0 3 * * 1` would run every
-# hour of January). So 5 fields get a leading "0"; 6 fields are taken as KFP's form.
-_CRON_FIELDS = [  # name, low, high, names
-    ("second", 0, 59, None),
-    ("minute", 0, 59, None),
-    ("hour", 0, 23, None),
-    ("day of month", 1, 31, None),
-    ("month", 1, 12, ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]),
-    ("day of week", 0, 6, ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]),
-]
-_DESCRIPTORS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
-
-
-def to_kfp_cron(expr: str) -> str:
-    """Standard cron (5 fields) → KFP's 6-field cron with seconds; 6 fields and @daily-style
-    descriptors pass through after validation. Raises ConfigError naming the bad field."""
-    text = " ".join(expr.split())
-    low = text.lower()
-    if low in _DESCRIPTORS:
-        return low
-    if low.startswith("@every"):
-        if re.fullmatch(r"@every (\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+", low):
-            return low
-        raise ConfigError(f"--cron {expr!r}: write @every with a Go duration, e.g. '@every 6h'")
-    fields = text.split(" ") if text else []
-    if len(fields) == 5:
-        fields = ["0", *fields]
-    elif len(fields) != 6:
-        raise ConfigError(
-            f"--cron {expr!r}: expected 5 fields (minute hour day-of-month month day-of-week, e.g. "
-            f"'0 3 * * 1' = Mondays 03:00) or KFP's 6 with seconds first; got {len(fields)}"
-        )
-    for value, (name, lo, hi, names) in zip(fields, _CRON_FIELDS, strict=True):
-        _check_cron_field(expr, value, name, lo, hi, names)
-    return " ".join(fields)
-
-
-def _check_cron_field(expr: str, value: str, name: str, lo: int, hi: int, names: list[str] | None) -> None:
-    def bad(why: str) -> ConfigError:
-        return ConfigError(f"--cron {expr!r}: {name} field {value!r} {why}")
-
-    def number(tok: str) -> int:
-        if names and tok.upper() in names:
-            return names.index(tok.upper()) + lo
-        if not tok.isdigit():
-            raise bad(f"has {tok!r}; allowed: {lo}-{hi}" + (f" or {names[0]}-{names[-1]}" if names else ""))
-        n = int(tok)
-        if name == "day of week" and n == 7:
-            raise bad("uses 7 for Sunday; KFP's cron counts days of week 0-6: use 0 or SUN")
-        if not lo <= n <= hi:
-            raise bad(f"is out of range {lo}-{hi}")
-        return n
-
-    if value == "?" and name in ("day of month", "day of week"):
-        return
-    for part in value.split(","):
-        rng, _, step = part.partition("/")
-        if _ and (not step.isdigit() or int(step) == 0):
-            raise bad("has a step that is not a positive integer")
-        if rng == "*":
-            continue
-        a, dash, b = rng.partition("-")
-        start = number(a)
-        if dash and number(b) < start:
-            raise bad(f"has a backwards range {rng!r}")
-
-
-# --- results ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunInfo:
-    """A pipeline run as the CLI and callers need it."""
-
-    run_id: str
-    name: str
-    state: str
-    url: str
-    created_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
-    error: str | None = None
-    experiment_id: str | None = None
-    tasks: tuple[tuple[str, str], ...] = ()  # (task name, state), as KFP reports them
-
-    @property
-    def done(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    @property
-    def succeeded(self) -> bool:
-        return self.state == "SUCCEEDED"
-
-
-@dataclass(frozen=True)
-class ScheduleInfo:
-    """A recurring run (KFP's name for a schedule)."""
-
-    recurring_run_id: str
-    name: str
-    cron: str | None
-    enabled: bool
-    url: str
-    experiment_id: str | None = None
-    created_at: dt.datetime | None = None
-    max_concurrency: int | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
-
-
-# --- the client ---------------------------------------------------------------------------------
 class PipelineClient:
     """A connection to one KFP host. Nothing is sent until the first call.
 
@@ -366,7 +86,7 @@ class PipelineClient:
         self.version: str | None = None  # the backend's release (healthz tag_name), once connected
 
     def __repr__(self) -> str:  # never the token
-        return f"PipelineClient(host={_redact_url(self.host)!r}, namespace={self.namespace!r})"
+        return f"PipelineClient(host={redact_url(self.host)!r}, namespace={self.namespace!r})"
 
     # - connection -
     @property
@@ -393,7 +113,7 @@ class PipelineClient:
                 )
             credentials = ServiceAccountTokenVolumeCredentials(path)
         with self._api("connecting"):
-            client = _timeout_client_class()(
+            client = timeout_client_class()(
                 timeout=self._timeout,
                 retries=self._retries,
                 host=self.host,
@@ -406,7 +126,7 @@ class PipelineClient:
         self.version = client._medsynth_version
         if self.namespace is None and self.multi_user and not client.get_user_namespace():
             raise ConfigError(
-                f"{_redact_url(self.host)} is a multi-user Kubeflow: pass --namespace (your profile "
+                f"{redact_url(self.host)} is a multi-user Kubeflow: pass --namespace (your profile "
                 "namespace)"
             )
         self._client = client
@@ -421,13 +141,13 @@ class PipelineClient:
     def _api(self, doing: str) -> Iterator[None]:
         """Turn whatever kfp, kfp_server_api or urllib3 raises into one KfpError line."""
         try:
-            with _quiet():
+            with quiet():
                 yield
         except MedsynthError:
             raise
         except Exception as e:  # translated into one line, never swallowed
             status = getattr(e, "status", None) or None
-            raise KfpError(self._scrub(_describe(e, self.host, doing, self._timeout)),
+            raise KfpError(self._scrub(describe(e, self.host, doing, self._timeout)),
                            status if isinstance(status, int) else None) from None
 
     def _scrub(self, text: str) -> str:
@@ -443,11 +163,11 @@ class PipelineClient:
         if release is None:
             logging.getLogger("medsynth").warning(
                 "KFP at %s reports no release (%r): cannot check it is >= %s",
-                _redact_url(self.host), self.version, floor,
+                redact_url(self.host), self.version, floor,
             )
         elif release[:2] < MIN_KFP_VERSION:
             raise KfpError(
-                f"KFP at {_redact_url(self.host)} is {self.version}; medsynth-train needs Kubeflow Pipelines "
+                f"KFP at {redact_url(self.host)} is {self.version}; medsynth-train needs Kubeflow Pipelines "
                 f">= {floor} (older backends leave the run id unsubstituted, so runs share and resume one "
                 "directory, and give the final training no GPU): upgrade the backend"
             )
@@ -466,7 +186,7 @@ class PipelineClient:
         if len(found) > 1:
             raise KfpError(f"several experiments are called {name!r}: pass a unique --experiment")
         if not found:
-            raise KfpError(f"no experiment called {name!r} on {_redact_url(self.host)}")
+            raise KfpError(f"no experiment called {name!r} on {redact_url(self.host)}")
         return found[0].experiment_id
 
     # - runs -
@@ -661,7 +381,7 @@ class PipelineClient:
         except KfpError as e:
             if e.status in (400, 404):
                 raise KfpError(f"no recurring run called or with id {name_or_id!r} on "
-                               f"{_redact_url(self.host)}") from None
+                               f"{redact_url(self.host)}") from None
             raise
 
     def set_schedule_enabled(self, name_or_id: str, enabled: bool) -> ScheduleInfo:
@@ -702,7 +422,7 @@ class PipelineClient:
             url=f"{self.ui}/#/runs/details/{run.run_id}",
             created_at=_time(run.created_at),
             finished_at=_time(run.finished_at),
-            error=_one_line(self._scrub(message)) if message else None,
+            error=one_line(self._scrub(message)) if message else None,
             experiment_id=run.experiment_id,
             tasks=tasks,
         )
@@ -727,71 +447,6 @@ class PipelineClient:
         )
 
 
-@functools.cache
-def _timeout_client_class() -> type:
-    """kfp.Client with per-request timeouts, bounded retries and a single health check.
-
-    kfp.Client sends every request without a timeout (a black-holed host hangs forever) and,
-    when no namespace is set, retries its health check 5 times with 5 s sleeps. The subclass keeps
-    kfp's API and auth handling and only swaps the REST transport.
-    """
-    import kfp
-    import kfp_server_api
-    import urllib3
-    from kfp_server_api import rest
-
-    class _TimeoutRest(rest.RESTClientObject):
-        def __init__(self, configuration: Any, timeout: float) -> None:
-            super().__init__(configuration)
-            self._medsynth_timeout = (min(timeout, 10.0), timeout)  # (connect, read); floats need a tuple
-
-        def request(self, method, url, query_params=None, headers=None, body=None, post_params=None,
-                    _preload_content=True, _request_timeout=None):
-            return super().request(method, url, query_params, headers, body, post_params,
-                                   _preload_content, _request_timeout or self._medsynth_timeout)
-
-    class TimeoutClient(kfp.Client):
-        def __init__(self, *, timeout: float, retries: int, **kwargs: Any) -> None:
-            self._medsynth_timeout = timeout
-            self._medsynth_retries = retries
-            self._medsynth_health = None
-            self._medsynth_version: str | None = None
-            super().__init__(**kwargs)
-            self._medsynth_transport()
-
-        def _medsynth_transport(self) -> None:
-            api_client = self._healthz_api.api_client
-            if isinstance(api_client.rest_client, _TimeoutRest):
-                return
-            # Connection failures are retried for every method (nothing was sent); read failures and
-            # 502/503/504 only for idempotent ones, so a POST never creates a run twice.
-            api_client.configuration.retries = urllib3.Retry(
-                total=self._medsynth_retries, connect=self._medsynth_retries, read=self._medsynth_retries,
-                status=self._medsynth_retries, status_forcelist=(502, 503, 504), backoff_factor=0.2,
-                raise_on_status=False,
-            )
-            api_client.rest_client = _TimeoutRest(api_client.configuration, self._medsynth_timeout)
-
-        def get_kfp_healthz(self, sleep_duration: int = 5) -> Any:
-            self._medsynth_transport()  # kfp calls this from __init__, before our transport exists
-            # The generated model keeps only multi_user; the release is in the raw answer: tag_name
-            # from the API server, apiServerTagName through the KFP UI's proxy.
-            raw = self._healthz_api.healthz_service_get_healthz(_preload_content=False)
-            try:
-                body = json.loads(raw.data or b"{}")
-            except ValueError:
-                body = {}
-            body = body if isinstance(body, dict) else {}
-            self._medsynth_version = body.get("tag_name") or body.get("apiServerTagName") or None
-            self._medsynth_health = kfp_server_api.V2beta1GetHealthzResponse(
-                multi_user=bool(body.get("multi_user", body.get("apiServerMultiUser", False)))
-            )
-            return self._medsynth_health
-
-    return TimeoutClient
-
-
-# --- helpers ------------------------------------------------------------------------------------
 def parse_kfp_version(tag: str | None) -> tuple[int, int, int] | None:
     """`2.4.0`, `v2.5.0-rc.1` → (2, 4, 0), (2, 5, 0); None for `unknown`, `master` or nothing."""
     m = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", (tag or "").strip())
@@ -852,139 +507,3 @@ def _time(value: Any) -> dt.datetime | None:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return url
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """kfp prints links to stdout and warns on every construction, urllib3 logs each retry; the
-    outcome is reported once, as a result or as one KfpError line."""
-    pool_log = logging.getLogger("urllib3.connectionpool")
-    level = pool_log.level
-    pool_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        pool_log.setLevel(level)
-
-
-def _describe(e: BaseException, host: str, doing: str, timeout: float) -> str:
-    """One line for any failure talking to KFP: what we were doing, where, and why."""
-    import urllib3
-    from kfp_server_api.exceptions import ApiException
-
-    where = _redact_url(host)
-    if isinstance(e, ApiException):
-        if not e.status:
-            return f"cannot reach KFP at {where} while {doing}: {_one_line(e.reason or e)}"
-        detail = _body_message(e.body)
-        text = f"KFP at {where} answered HTTP {e.status} {e.reason or ''}".rstrip() + f" while {doing}"
-        if detail:
-            text += f": {detail}"
-        if e.status in (401, 403):
-            text += (" (pass a token: $KF_PIPELINES_TOKEN or --token-file, or --in-cluster in a pod;"
-                     " multi-user Kubeflow also needs --namespace)")
-        elif e.status == 404 and doing == "connecting":
-            text += " (not a KFP API? behind the Kubeflow dashboard the API is at https://HOST/pipeline)"
-        return text
-    reason: BaseException = e
-    if isinstance(e, urllib3.exceptions.MaxRetryError) and e.reason is not None:
-        reason = e.reason
-    prefix = f"cannot reach KFP at {where} while {doing}"
-    # urllib3 2.x: NameResolutionError < NewConnectionError < ConnectTimeoutError, so this order
-    if isinstance(reason, urllib3.exceptions.NameResolutionError):
-        return f"{prefix}: unknown host {urlsplit(host).hostname!r}"
-    if isinstance(reason, urllib3.exceptions.NewConnectionError | ConnectionError):
-        cause = _os_error(reason)
-        if cause is None and isinstance(reason, urllib3.exceptions.ConnectTimeoutError):
-            return f"{prefix}: connection timed out after {min(timeout, 10.0):g} s"
-        return f"{prefix}: {cause.strerror.lower() if cause else 'connection failed'}"
-    if isinstance(reason, urllib3.exceptions.ConnectTimeoutError):
-        return f"{prefix}: connection timed out after {min(timeout, 10.0):g} s"
-    if isinstance(reason, urllib3.exceptions.ReadTimeoutError):
-        return f"{prefix}: no answer within {timeout:g} s (--api-timeout)"
-    if isinstance(reason, urllib3.exceptions.SSLError):
-        return f"{prefix}: TLS failed ({_one_line(str(reason))[:200]})"
-    if isinstance(reason, urllib3.exceptions.ProtocolError | urllib3.exceptions.HTTPError):
-        return f"{prefix}: connection broken ({_one_line(str(reason))[:200]})"
-    if isinstance(e, ValueError):
-        return f"KFP client refused while {doing}: {_one_line(str(e))[:300]}"
-    if isinstance(e, OSError):
-        return f"{doing}: {e.strerror or e} ({getattr(e, 'filename', '') or type(e).__name__})"
-    return f"{doing} on {where} failed: {type(e).__name__}: {_one_line(str(e))[:300]}"
-
-
-def _os_error(e: BaseException | None) -> OSError | None:
-    seen = 0
-    while e is not None and seen < 8:
-        if isinstance(e, OSError) and e.strerror:
-            return e
-        e = e.__cause__ or e.__context__
-        seen += 1
-    return None
-
-
-def _body_message(body: Any) -> str:
-    if body is None:
-        return ""
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    try:
-        data = json.loads(body)
-    except (TypeError, ValueError):
-        return _one_line(body)[:300]
-    if isinstance(data, dict):
-        msg = data.get("message") or data.get("error") or ""
-        return _one_line(msg)[:300] if msg else _one_line(json.dumps(data))[:300]
-    return _one_line(str(data))[:300]
-
-
-# --- tables -------------------------------------------------------------------------------------
-def runs_table(runs: Sequence[RunInfo]) -> str:
-    rows = [("RUN ID", "NAME", "STATE", "CREATED (UTC)", "DURATION")]
-    now = _now()
-    for r in runs:
-        end = r.finished_at or (None if r.done else now)
-        took = _duration((end - r.created_at).total_seconds()) if r.created_at and end else "-"
-        rows.append((r.run_id, r.name, r.state, _fmt_time(r.created_at), took))
-    return _table(rows)
-
-
-def schedules_table(schedules: Sequence[ScheduleInfo]) -> str:
-    rows = [("RECURRING RUN ID", "NAME", "CRON (KFP, with seconds)", "ENABLED", "CREATED (UTC)")]
-    for s in schedules:
-        rows.append((s.recurring_run_id, s.name, s.cron or "-", "yes" if s.enabled else "no",
-                     _fmt_time(s.created_at)))
-    return _table(rows)
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
-def _fmt_time(t: dt.datetime | None) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M") if t else "-"
-
-
-def _duration(seconds: float) -> str:
-    s = max(0, int(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}"

@@ -1,4 +1,8 @@
-"""Pictures people would rather see than read: sample grids and loss curves."""
+"""Pictures people would rather see than read: sample grids and loss curves.
+
+Top level, not under evaluate/: data (previews), train (grids and curves), evaluate and serving
+(provenance PNGs) all draw with it, and it needs nothing of medsynth but storage's atomic write.
+"""
 
 from __future__ import annotations
 
