@@ -62,18 +62,17 @@ def judge(run: Path, data_dir: Path, started: float, args: argparse.Namespace) -
     from medsynth.models.generator import build_generator
     from medsynth.pictures import save_grid
     from medsynth.train.checkpoints import load_run_config, local_checkpoints, restore_generator
-    from medsynth.train.config import generator_options
 
     cfg = load_run_config(run)
     real = real_frames(data_dir, split="val", n=args.eval_frames, seed=0)
 
     def metrics_of(prefix: str, itself: bool = False) -> tuple[dict, object]:
-        g = build_generator(cfg["image_size"], **generator_options(cfg))
+        g = build_generator(cfg.image_size, **cfg.generator_options())
         if itself:
             tf.train.Checkpoint(generator=g).restore(prefix).expect_partial()
         else:
             restore_generator(g, prefix)
-        fake = generate_frames(g, len(real), cfg["latent_dim"], seed=0)
+        fake = generate_frames(g, len(real), cfg.latent_dim, seed=0)
         return compute_metrics(real, fake, MetricsConfig(n=len(real), progress=False)), fake
 
     rows, itself = [], {}
@@ -83,7 +82,7 @@ def judge(run: Path, data_dir: Path, started: float, args: argparse.Namespace) -
         rows.append({"step": step, "elapsed_s": elapsed, **m})
         if step == args.steps:
             save_grid(fake[:16], run / "final_samples.png", title=f"{run.parent.name} seed {run.name}")
-            if cfg.get("g_ema_kimg"):
+            if cfg.g_ema_kimg:
                 itself, _ = metrics_of(prefix, itself=True)
     return rows, itself
 

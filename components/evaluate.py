@@ -1,4 +1,8 @@
-"""evaluate: image-quality metrics of one run on a fixed, seeded set of frames."""
+"""evaluate: image-quality metrics of one run on a fixed, seeded set of frames.
+
+`checkpoint` best (the final run): every kept checkpoint is judged, the best without a collapse
+alarm is reported, and export ships that one.
+"""
 
 from typing import NamedTuple
 
@@ -16,7 +20,9 @@ def evaluate(
     seed: int,
     metrics: Output[Metrics],
     report: Output[HTML],
+    checkpoint: str = "latest",
+    criterion: str = "auto",
 ) -> NamedTuple("EvaluateOutputs", metrics_path=str):
     from medsynth.pipeline_steps import evaluate_step
 
-    return evaluate_step(run_dir, dataset_dir, n, seed, metrics, report)
+    return evaluate_step(run_dir, dataset_dir, n, seed, metrics, report, checkpoint, criterion)

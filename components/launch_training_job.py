@@ -3,7 +3,7 @@
 Runs on the CPU base image as the `medsynth-pipeline` service account (k8s/base/rbac.yaml lets it
 create and follow kubeflow.org jobs); the job's pods run `image`, the trainer image named when the
 pipeline was compiled, with the same `medsynth train` arguments as the single-pod `train` task.
-See medsynth/train/launcher.py.
+See medsynth/cluster/ and medsynth.pipeline_steps.launch_step.
 """
 
 from typing import NamedTuple
@@ -37,20 +37,26 @@ def launch_training_job(
     d_head: str = "auto",
     init_run: str = "",
 ) -> NamedTuple("LaunchOutputs", run_dir=str):
-    from medsynth.train.launcher import launch_step
+    from medsynth.pipeline_steps import TrainTask, launch_step
 
+    task = TrainTask(
+        dataset_dir=dataset_dir,
+        storage_root=storage_root,
+        run_id=run_id,
+        run_name=run_name,
+        backbone=backbone,
+        image_size=image_size,
+        steps=steps,
+        batch_size=batch_size,
+        backbone_weights=backbone_weights,
+        seed=seed,
+        d_augment=d_augment,
+        d_head=d_head,
+        init_run=init_run,
+    )
     return launch_step(
+        task,
         kind,
-        dataset_dir,
-        storage_root,
-        run_id,
-        run_name,
-        backbone,
-        image_size,
-        steps,
-        batch_size,
-        backbone_weights,
-        seed,
         workers,
         gpus_per_worker,
         image,
@@ -58,7 +64,4 @@ def launch_training_job(
         gpu_type=gpu_type,
         spot=spot,
         credentials_secret=credentials_secret,
-        d_augment=d_augment,
-        d_head=d_head,
-        init_run=init_run,
     )

@@ -31,24 +31,22 @@ def train(
     samples: Output[HTML],
     init_run: str = "",
 ) -> NamedTuple("TrainOutputs", run_dir=str):
-    from medsynth.pipeline_steps import train_step
+    from medsynth.pipeline_steps import TrainTask, train_step
 
-    return train_step(
-        dataset_dir,
-        storage_root,
-        run_id,
-        run_name,
-        backbone,
-        image_size,
-        steps,
-        batch_size,
-        backbone_weights,
-        strategy,
-        seed,
-        d_augment,
-        d_head,
-        model,
-        metrics,
-        samples,
-        init_run,
+    task = TrainTask(
+        dataset_dir=dataset_dir,
+        storage_root=storage_root,
+        run_id=run_id,
+        run_name=run_name,
+        backbone=backbone,
+        image_size=image_size,
+        steps=steps,
+        batch_size=batch_size,
+        backbone_weights=backbone_weights,
+        seed=seed,
+        strategy=strategy,
+        d_augment=d_augment,
+        d_head=d_head,
+        init_run=init_run,
     )
+    return train_step(task, model, metrics, samples)

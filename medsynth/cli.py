@@ -7,13 +7,17 @@ function. Any `MedsynthError` becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 from medsynth import __version__
 from medsynth.errors import ConfigError, MedsynthError
+from medsynth.train.config import TrainConfig
 
 Handler = Callable[[argparse.Namespace], int | None]
 COMMANDS: dict[str, Handler] = {}
@@ -98,7 +102,6 @@ def _prepare(args: argparse.Namespace) -> int:
 # --- train --------------------------------------------------------------------------------------
 @_command("train")
 def _train(args: argparse.Namespace) -> int:
-    from medsynth.train.config import TrainConfig
     from medsynth.train.loop import train
 
     cfg = TrainConfig.from_flags(args)
@@ -114,7 +117,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     cfg = EvaluateConfig(run=args.run, data=args.data, n=args.n, seed=args.seed, out=args.out,
                          feature_extractor=args.feature_extractor, inception_weights=args.inception_weights,
-                         prdc_k=args.prdc_k, pretrained=args.pretrained_metrics)
+                         prdc_k=args.prdc_k, pretrained=args.pretrained_metrics, checkpoint=args.checkpoint,
+                         criterion=args.criterion)
     metrics = evaluate_run(cfg)
     for k, v in sorted(metrics.items()):
         print(f"{k}: {v}")
@@ -158,7 +162,7 @@ def _push(args: argparse.Namespace) -> int:
 # --- compile ------------------------------------------------------------------------------------
 @_command("compile")
 def _compile(args: argparse.Namespace) -> int:
-    from medsynth.train.launcher import Placement
+    from medsynth.cluster import Placement
     from pipelines.medsynth_train import compile_pipeline
 
     placement = Placement(gpu_type=args.gpu_type, spot=args.spot, credentials_secret=args.credentials_secret,
@@ -169,6 +173,21 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 # --- submit / schedule / runs (Kubeflow Pipelines) ----------------------------------------------
+@contextlib.contextmanager
+def _pipeline_package(args: argparse.Namespace) -> Iterator[str]:
+    """`--package`, or medsynth-train compiled from this code (with `--backbones`) into a temp file."""
+    if args.package is not None:
+        if args.backbones:
+            raise ConfigError("--backbones applies when compiling; with --package the backbones are fixed")
+        yield args.package
+        return
+    print("compiling medsynth-train from this code …", file=sys.stderr, flush=True)
+    from pipelines.medsynth_train import compile_pipeline
+
+    with tempfile.TemporaryDirectory(prefix="medsynth-kfp-") as tmp:
+        yield str(compile_pipeline(Path(tmp) / "pipeline.yaml", backbones=_csv(args.backbones)))
+
+
 def _kfp_client(args: argparse.Namespace):  # -> medsynth.kfp_client.PipelineClient
     from medsynth.kfp_client import TOKEN_ENV, PipelineClient
 
@@ -191,16 +210,16 @@ def _submit(args: argparse.Namespace) -> int:
 
     params = parse_param_args(args.param)  # bad --param fails before anything is compiled or sent
     client = _kfp_client(args)
-    run = client.submit(
-        params,
-        experiment=args.experiment,
-        run_name=args.run_name,
-        pipeline_root=args.pipeline_root,
-        package=args.package,
-        backbones=_csv(args.backbones),
-        service_account=args.service_account,
-        enable_caching=False if args.no_cache else None,
-    )
+    with _pipeline_package(args) as package:
+        run = client.submit(
+            params,
+            experiment=args.experiment,
+            run_name=args.run_name,
+            pipeline_root=args.pipeline_root,
+            package=package,
+            service_account=args.service_account,
+            enable_caching=False if args.no_cache else None,
+        )
     print(f"run {run.run_id} ({run.name}) created: {run.url}")
     if not args.wait:
         return 0
@@ -241,20 +260,20 @@ def _schedule(args: argparse.Namespace) -> int:
         s = client.delete_schedule(args.delete)
         print(f"recurring run {s.recurring_run_id} ({s.name}) deleted")
         return 0
-    s = client.schedule(
-        args.cron,
-        params,
-        name=args.name,
-        experiment=args.experiment or "medsynth",
-        pipeline_root=args.pipeline_root,
-        package=args.package,
-        backbones=_csv(args.backbones),
-        service_account=args.service_account,
-        max_concurrency=args.max_concurrency,
-        catchup=args.catchup,
-        enabled=not args.paused,
-        enable_caching=False if args.no_cache else None,
-    )
+    with _pipeline_package(args) as package:
+        s = client.schedule(
+            args.cron,
+            params,
+            name=args.name,
+            experiment=args.experiment or "medsynth",
+            pipeline_root=args.pipeline_root,
+            package=package,
+            service_account=args.service_account,
+            max_concurrency=args.max_concurrency,
+            catchup=args.catchup,
+            enabled=not args.paused,
+            enable_caching=False if args.no_cache else None,
+        )
     state = "enabled" if s.enabled else "disabled"
     print(f"recurring run {s.recurring_run_id} ({s.name}) created, {state}, KFP cron {s.cron!r}: {s.url}")
     return 0
@@ -392,71 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse an input whose declared decoded pixels exceed this (checked before decoding)")
 
     s = sub.add_parser("train", help="train the GAN; run again with the same --out to resume")
-    s.add_argument("--data", required=True, help="prepared data set directory or a source URI")
-    s.add_argument("--out", required=True)
-    s.add_argument("--image-size", type=int, default=64)
-    s.add_argument("--steps", type=int, default=1000)
-    s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--checkpoint-every", type=int, default=100)
-    s.add_argument("--sample-every", type=int, default=None)
-    s.add_argument("--backbone", default="xception")
-    s.add_argument("--backbone-weights", default="imagenet", help="imagenet | none | PATH")
-    s.add_argument("--backbone-mode", choices=["frozen", "trainable"], default=None)
-    s.add_argument("--d-head", default="auto",
-                   help="auto | paper | projected: D's head on the backbone (paper: Table 3's GAP → BN → "
-                        "Dense; projected: Projected GAN's multi-scale heads on fixed features)")
-    s.add_argument("--loss", default="auto",
-                   help="auto | bce | hinge (auto: hinge for the projected head, the paper's BCE otherwise)")
-    s.add_argument("--beta-1", type=float, default=0.5, help="Adam's beta_1 for both networks")
-    s.add_argument("--g-ema-kimg", type=float, default=None,
-                   help="half-life in thousands of images of the moving average of G's weights that "
-                        "is sampled, judged and exported (default: batch·10/32, as StyleGAN2-ADA; 0: off)")
-    s.add_argument("--latent-dim", type=int, default=100)
-    s.add_argument("--generator-width", type=int, default=8, help="w in F = 2**level * w (Table 1: 8)")
-    s.add_argument("--generator-upsampling", default="resize", choices=["resize", "transpose"],
-                   help="Table 1's transposed convolutions as written (transpose) or as nearest "
-                        "up-sampling + convolution with the same weights (resize: no checkerboard)")
-    s.add_argument("--r1-gamma", type=float, default=0.0,
-                   help="weight of the R1 penalty on D's gradient at real frames (0: off)")
-    s.add_argument("--batch-norm", default="auto", choices=["auto", "fused", "synchronized"],
-                   help="auto: fused kernels on one replica, synchronised float64 statistics on several "
-                        "(synchronized on one replica reproduces a multi-replica run's numbers)")
-    s.add_argument("--lr-g", type=float, default=2e-4, help="generator learning rate (Adam)")
-    s.add_argument("--lr-d", type=float, default=None,
-                   help="discriminator learning rate (Adam); default 2e-4, 5e-5 for the projected head")
-    s.add_argument("--augment", action="store_true", help="X-ray-plausible augmentation of real frames")
-    s.add_argument("--d-augment", default="auto",
-                   help="DiffAugment of every frame D sees, real and generated: auto (all four), none, "
-                        "or a comma list of brightness, contrast, translation, cutout")
-    s.add_argument(
-        "--strategy",
-        default="auto",
-        help="auto | one | mirrored | multiworker | horovod (auto: horovod under horovodrun, multiworker "
-        "when TF_CONFIG names several workers, mirrored with several GPUs, else one device)",
-    )
-    s.add_argument("--gpus", type=int, default=None, help="GPUs to use on this machine (default: all)")
-    s.add_argument(
-        "--mixed-precision",
-        default="auto",
-        help="auto | off | float16 | bfloat16 (auto: bfloat16 on Ampere+, float16 on older GPUs, off on CPU)",
-    )
-    s.add_argument("--xla", default="auto", help="auto | on | off: XLA-compile the step (auto: on for GPUs)")
-    s.add_argument(
-        "--deterministic",
-        default="auto",
-        help="auto | on | off: op determinism, for bitwise-exact resume (auto: on for CPUs, off on GPUs, "
-        "where it would keep XLA and the fastest cuDNN kernels off)",
-    )
-    s.add_argument("--keep-checkpoints", type=int, default=3, help="newest N kept, locally and in the bucket")
-    s.add_argument("--init-from", default=None, metavar="RUN",
-                   help="a run of the same model (directory or gs://) whose newest checkpoint this run "
-                        "starts from when it has none of its own")
-    s.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
-    s.add_argument(
-        "--pushgateway", default=None, help="host:port of a Prometheus Pushgateway, pushed to at the end"
-    )
-    s.add_argument("--log-every", type=int, default=10, help="steps between loss logs")
+    TrainConfig.add_arguments(s)  # one flag per TrainConfig field, with its help
 
     s = sub.add_parser("evaluate", help="measure a trained run against real frames")
     s.add_argument("--run", required=True)
@@ -471,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pretrained-metrics", default="auto", choices=("auto", "on", "off"),
                    help="*_efflite0 metrics and the linear probe on ImageNet EfficientNet-Lite0 features: "
                         "auto (when its weights package is installed), on (required), off")
+    s.add_argument("--checkpoint", default="latest", choices=("latest", "best"),
+                   help="judge the newest checkpoint, or every kept one and report the best by --criterion "
+                        "that raises no collapse alarm")
+    s.add_argument("--criterion", default="auto",
+                   help="with --checkpoint best: the metric to rank by (auto: fd_efflite0, else swd)")
 
     s = sub.add_parser("export", help="export the generator as a TF Serving SavedModel")
     s.add_argument("--run", required=True)

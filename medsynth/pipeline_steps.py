@@ -10,14 +10,19 @@ pictures) and the SavedModel.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medsynth import storage
 from medsynth.errors import ConfigError
 from medsynth.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, join
+from medsynth.train.config import TrainConfig
+
+log = logging.getLogger("medsynth")
 
 CACHE = Path(tempfile.gettempdir()) / "medsynth-cache"
 DECISION_FILE = "push_decision.json"  # beside the evaluated run's metrics.json
@@ -106,93 +111,60 @@ def prepare_step(
     return (result,)
 
 
-def task_train_config(
-    dataset_dir: str,
-    storage_root: str,
-    run_id: str,
-    run_name: str,
-    backbone: str,
-    image_size: int,
-    steps: int,
-    batch_size: int,
-    backbone_weights: str,
-    seed: int,
-    strategy: str = "auto",
-    d_augment: str = "auto",
-    d_head: str = "auto",
-    metrics_port: int | None = None,
-    init_run: str = "",
-) -> Any:
-    """The TrainConfig of a pipeline training task, single pod or multi-node job alike.
+@dataclass(frozen=True)
+class TrainTask:
+    """What a pipeline training task is given, single pod (`train`) or multi-node job
+    (`launch_training_job`) alike: the components build it with keywords, `config` makes it the
+    run's TrainConfig, in this one place."""
 
-    `init_run`: another run of this pipeline run (the winner's comparison run) to continue from.
-    """
-    from medsynth.train.config import TrainConfig
+    dataset_dir: str
+    storage_root: str
+    run_id: str
+    run_name: str
+    backbone: str
+    image_size: int
+    steps: int
+    batch_size: int
+    backbone_weights: str
+    seed: int
+    strategy: str = "auto"
+    d_augment: str = "auto"
+    d_head: str = "auto"
+    init_run: str = ""  # another run of this pipeline run (the winner's comparison run) to continue
 
-    return TrainConfig(
-        data=dataset_dir,
-        out=join(run_root(storage_root, run_id), run_name),
-        init_from=join(run_root(storage_root, run_id), init_run) if init_run else None,
-        image_size=image_size,
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
-        backbone=backbone,
-        backbone_weights=backbone_weights,
-        strategy=strategy,
-        d_augment=d_augment,
-        d_head=d_head,
-        checkpoint_every=max(1, min(500, steps // 4 or 1)),
-        metrics_port=metrics_port,
-    )
+    def config(self, metrics_port: int | None = None) -> TrainConfig:
+        root = run_root(self.storage_root, self.run_id)
+        return TrainConfig(
+            data=self.dataset_dir,
+            out=join(root, self.run_name),
+            init_from=join(root, self.init_run) if self.init_run else None,
+            image_size=self.image_size,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            backbone=self.backbone,
+            backbone_weights=self.backbone_weights,
+            strategy=self.strategy,
+            d_augment=self.d_augment,
+            d_head=self.d_head,
+            checkpoint_every=max(1, min(500, self.steps // 4 or 1)),
+            metrics_port=metrics_port,
+        )
 
 
-def train_step(
-    dataset_dir: str,
-    storage_root: str,
-    run_id: str,
-    run_name: str,
-    backbone: str,
-    image_size: int,
-    steps: int,
-    batch_size: int,
-    backbone_weights: str,
-    strategy: str,
-    seed: int,
-    d_augment: str,
-    d_head: str,
-    model: Any,
-    metrics: Any,
-    samples: Any,
-    init_run: str = "",
-) -> tuple[str]:
+def train_step(task: TrainTask, model: Any, metrics: Any, samples: Any) -> tuple[str]:
+    from medsynth.cluster import METRICS_PORT_ENV
     from medsynth.evaluate.report import report_html
-    from medsynth.train.launcher import METRICS_PORT_ENV
     from medsynth.train.loop import train
 
     # On the cluster the task's pod sets the port (k8s/monitoring scrapes it); kfp.local sets nothing.
     port = os.environ.get(METRICS_PORT_ENV, "").strip()
-    cfg = task_train_config(
-        dataset_dir,
-        storage_root,
-        run_id,
-        run_name,
-        backbone,
-        image_size,
-        steps,
-        batch_size,
-        backbone_weights,
-        seed,
-        strategy,
-        d_augment,
-        d_head,
-        metrics_port=int(port) if port.isdigit() else None,
-        init_run=init_run,
-    )
+    cfg = task.config(metrics_port=int(port) if port.isdigit() else None)
     run_uri = cfg.out
     result = train(cfg)
     run_dir = Path(result.run_dir) if Path(result.run_dir).is_dir() else local(run_uri)
     out = _dir(model)
+    backbone = task.backbone
     atomic_write_json(out / "run.json", {"run_dir": run_uri, "backbone": backbone, "step": result.step})
     model.metadata.update({"run_dir": run_uri, "backbone": backbone, "step": result.step})
     _log_metrics(metrics, result.metrics)
@@ -205,15 +177,58 @@ def train_step(
         ]
         if (run_dir / rel).exists()
     }
-    _html(samples, report_html(f"training {run_name} ({backbone})", result.metrics, pictures))
+    _html(samples, report_html(f"training {task.run_name} ({backbone})", result.metrics, pictures))
     return (run_uri,)
 
 
-def evaluate_step(run_dir: str, dataset_dir: str, n: int, seed: int, metrics: Any, report: Any) -> tuple[str]:
+def launch_step(
+    task: TrainTask,
+    kind: str,
+    workers: int,
+    gpus_per_worker: int,
+    image: str,
+    namespace: str = "medsynth",
+    gpu_type: str = "",
+    spot: bool = False,
+    credentials_secret: str = "",
+    api_client: Any | None = None,
+    poll_s: float = 15.0,
+) -> tuple[str]:
+    """What the `launch_training_job` component does: the pipeline's `train` task, on several nodes,
+    with the TrainConfig the single-pod task would use."""
+    from medsynth.cluster import launch_training_job, owner_reference
+
+    cfg = task.config()
+    owner = owner_reference(namespace)
+    if owner is None:
+        log.info("the job goes to namespace %s, not this pod's: cancelling relies on SIGTERM", namespace)
+    launch_training_job(
+        cfg,
+        kind,
+        workers,
+        gpus_per_worker,
+        image,
+        namespace=namespace,
+        gpu_type=gpu_type or None,
+        spot=spot,
+        credentials_secret=credentials_secret or None,
+        owner=owner,
+        api_client=api_client,
+        poll_s=poll_s,
+    )
+    return (cfg.out,)
+
+
+def evaluate_step(
+    run_dir: str, dataset_dir: str, n: int, seed: int, metrics: Any, report: Any,
+    checkpoint: str = "latest", criterion: str = "auto",
+) -> tuple[str]:
     from medsynth.evaluate.report import EvaluateConfig, evaluate_run
 
     run = local(run_dir)
-    values = evaluate_run(EvaluateConfig(run=str(run), data=dataset_dir, n=n, seed=seed))
+    cfg = EvaluateConfig(run=str(run), data=dataset_dir, n=n, seed=seed, checkpoint=checkpoint,
+                         criterion=criterion)
+    values = evaluate_run(cfg)
     _log_metrics(metrics, values)
     eval_dir = run / "eval"
     publish_back(eval_dir, join(run_dir, "eval"))
@@ -247,8 +262,9 @@ def export_step(run_dir: str, metrics_path: str, model_name: str, model: Any) ->
     from medsynth.serving.export import export_generator
     from medsynth.train.checkpoints import load_generator
 
-    generator, info = load_generator(local(run_dir))
-    info["metrics"] = storage.read_json(metrics_path)
+    evaluated = storage.read_json(metrics_path)
+    generator, info = load_generator(local(run_dir), evaluated.get("step"))  # the checkpoint judged
+    info["metrics"] = evaluated
     info["model_name"] = model_name
     out = Path(model.path)
     export_generator(generator, out, metadata=info)

@@ -43,11 +43,11 @@ def _task_name(backbone: str) -> str:
 def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Callable:  # noqa: ANN001
     """The pipeline function for a fixed list of backbones to compare and a fixed `Placement`.
 
-    The placement (medsynth.train.launcher.Placement: GPU node type, spot nodes, credentials,
+    The placement (medsynth.cluster.Placement: GPU node type, spot nodes, credentials,
     multi-node final training) shapes the pods' specs, so it is chosen at compile time.
     """
+    from medsynth.cluster import Placement, configure_launch_task, size_task
     from medsynth.models.backbones import get_backbone
-    from medsynth.train.launcher import Placement, configure_launch_task, size_task
 
     placement = placement or Placement()
     backbones = list(backbones or default_backbones())
@@ -147,7 +147,9 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
         else:
             final = placement.on_gpus(train(strategy=strategy, **common), gpus)
         final.set_display_name("train-final").set_caching_options(False)
-        judged = evaluate(run_dir=final.outputs["run_dir"], dataset_dir=dataset_dir, n=eval_frames, seed=seed)
+        # the final run's kept checkpoints are all judged; the best passing one is exported and gated
+        judged = evaluate(run_dir=final.outputs["run_dir"], dataset_dir=dataset_dir, n=eval_frames, seed=seed,
+                          checkpoint="best", criterion=criterion)
         size_task(judged, "evaluate").set_display_name("evaluate-final")
         exported = export(
             run_dir=final.outputs["run_dir"],

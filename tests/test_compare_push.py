@@ -175,3 +175,34 @@ def test_gate_auto_ranks_by_the_pretrained_distance_and_refuses_other_spaces(tmp
     assert "collapse alarm raised by the evaluation: generated pairs MS-SSIM 0.41" in collapsed.summary()
     with pytest.raises(ConfigError, match="unknown gate metric"):
         _push(saved_model, repo, _metrics(tmp_path, "f", swd=1.0), metric="beauty", **quick)
+
+
+@pytest.mark.slow
+def test_final_evaluation_judges_each_kept_checkpoint_and_export_ships_the_one_chosen(tmp_path):
+    from medsynth import pipeline_steps
+    from medsynth.evaluate.compare import best_row
+    from medsynth.evaluate.report import EvaluateConfig, evaluate_run
+    from medsynth.serving.export import MODEL_CARD
+    from medsynth.train.config import TrainConfig
+    from medsynth.train.loop import train
+
+    run = tmp_path / "runs" / "r" / "final"
+    result = train(TrainConfig(data="builtin://phantom", out=str(run), image_size=32, steps=6, batch_size=4,
+                               checkpoint_every=2, backbone="mobilenet", backbone_weights="none",
+                               latent_dim=16, generator_width=2, log_every=2))
+    data = str(next((tmp_path / "runs" / "r" / "_data").rglob("manifest.json")).parent)
+    metrics = evaluate_run(EvaluateConfig(run=str(result.run_dir), data=data, n=16, checkpoint="best"))
+    judged = metrics["checkpoints_judged"]
+    assert [j["step"] for j in judged] == [2, 4, 6]  # the three kept checkpoints
+    assert metrics["step"] == best_row(judged)["step"]  # the best passing one, by the same rule
+    saved = json.loads((run / "eval" / "metrics.json").read_text())
+    assert saved["step"] == metrics["step"]
+
+    class Model:
+        path, metadata = str(tmp_path / "model"), {}
+
+    pipeline_steps.export_step(str(run), str(run / "eval" / "metrics.json"), "generator", Model())
+    card = json.loads((tmp_path / "model" / MODEL_CARD).read_text())
+    assert card["step"] == metrics["step"]  # the SavedModel is the checkpoint the gate judged
+    with pytest.raises(ConfigError, match="--checkpoint"):
+        EvaluateConfig(run=str(run), data=data, checkpoint="first")

@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from medsynth.cli import COMMANDS, build_parser
+from medsynth.cluster import check_ranks
 from medsynth.errors import ConfigError
 from medsynth.kfp_client import coerce_params, load_package, parse_param_args, pipeline_parameters
-from medsynth.train.launcher import check_ranks
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "cluster.md"

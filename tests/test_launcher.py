@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medsynth import cluster
 from medsynth.errors import ConfigError, MedsynthError
-from medsynth.train import launcher
+from medsynth.pipeline_steps import TrainTask, launch_step
 from medsynth.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +46,7 @@ def _cfg(**kw) -> TrainConfig:
 
 
 def test_train_argv_round_trips_through_the_cli_parser():
+    """One source: the CLI's flags, the job argv and its parsing all come from TrainConfig's fields."""
     cfg = _cfg(
         seed=5,
         augment=True,
@@ -56,15 +58,22 @@ def test_train_argv_round_trips_through_the_cli_parser():
         metrics_port=9400,
         pushgateway="pgw:9091",
         generator_width=4,
+        label_smoothing=0.2,
+        generator_norm="instance",
+        init_from="gs://b/runs/r1/xception",
+        g_ema_kimg=0.0,
     )
-    argv = launcher.train_argv(cfg)
-    assert launcher.parse_argv_config(argv) == cfg
-    assert launcher.parse_argv_config(launcher.train_argv(_cfg())) == _cfg()
+    from medsynth.cli import build_parser
 
-
-def test_train_argv_refuses_settings_that_have_no_flag():
-    with pytest.raises(ConfigError, match="label_smoothing"):
-        launcher.train_argv(_cfg(label_smoothing=0.2))
+    argv = cfg.to_argv()
+    assert TrainConfig.from_argv(argv) == cfg
+    assert TrainConfig.from_flags(build_parser().parse_args(["train", *argv])) == cfg  # what a pod runs
+    assert TrainConfig.from_argv(_cfg().to_argv()) == _cfg()
+    # every field has its flag, with help text, in `medsynth train --help`
+    train_help = next(a for a in build_parser()._subparsers._group_actions[0].choices.items()
+                      if a[0] == "train")[1].format_help()
+    for name in TrainConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in train_help, name
 
 
 # --- job specs agree with k8s/training ----------------------------------------------------------
@@ -105,7 +114,7 @@ def test_job_spec_has_the_shape_of_the_k8s_training_manifest(kind, directory, ya
         else ref["spec"]["tfReplicaSpecs"]["Worker"]["replicas"]
     )
     gpus = int(_templates(ref)["Worker"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
-    job = launcher.job_manifest(kind, _cfg(), workers=workers, gpus_per_worker=gpus, image=TRAINER_IMAGE)
+    job = cluster.job_manifest(kind, _cfg(), workers=workers, gpus_per_worker=gpus, image=TRAINER_IMAGE)
     assert (job["apiVersion"], job["kind"]) == (ref["apiVersion"], ref["kind"])
     assert set(_templates(job)) == set(_templates(ref))
     if kind == "mpijob":
@@ -118,7 +127,7 @@ def test_job_spec_has_the_shape_of_the_k8s_training_manifest(kind, directory, ya
         pod, rpod = tmpl["spec"], rt["spec"]
         assert tmpl["metadata"]["labels"] == rt["metadata"]["labels"], role
         # no Istio sidecar in a Kubeflow profile namespace: it would keep finished job pods running
-        assert tmpl["metadata"]["annotations"] == rt["metadata"]["annotations"] == launcher.POD_ANNOTATIONS
+        assert tmpl["metadata"]["annotations"] == rt["metadata"]["annotations"] == cluster.POD_ANNOTATIONS
         for key in ("serviceAccountName", "securityContext", "tolerations", "terminationGracePeriodSeconds"):
             assert pod.get(key) == rpod.get(key), (role, key)
         assert {v["name"] for v in pod["volumes"]} == {v["name"] for v in rpod["volumes"]}, role
@@ -138,7 +147,7 @@ def test_job_spec_has_the_shape_of_the_k8s_training_manifest(kind, directory, ya
             argv = c["command"] + c["args"]
             rargv = rc["command"] + rc["args"]
             assert argv[: argv.index("medsynth")] == rargv[: rargv.index("medsynth")], "launcher flags"
-            parsed = launcher.parse_argv_config(argv[argv.index("train") + 1 :])
+            parsed = TrainConfig.from_argv(argv[argv.index("train") + 1 :])
             assert parsed.strategy == ("horovod" if kind == "mpijob" else "multiworker")
             assert parsed.metrics_port == 9400
             assert parsed.out == _cfg().out and parsed.batch_size == 256
@@ -146,16 +155,16 @@ def test_job_spec_has_the_shape_of_the_k8s_training_manifest(kind, directory, ya
 
 def test_job_spec_checks_its_inputs():
     with pytest.raises(ConfigError, match="does not split over 6 GPUs"):
-        launcher.job_manifest("tfjob", _cfg(batch_size=256), workers=2, gpus_per_worker=3, image="x")
+        cluster.job_manifest("tfjob", _cfg(batch_size=256), workers=2, gpus_per_worker=3, image="x")
     with pytest.raises(ConfigError, match="unknown training job kind"):
-        launcher.job_manifest("pytorchjob", _cfg(), workers=2, gpus_per_worker=1, image="x")
+        cluster.job_manifest("pytorchjob", _cfg(), workers=2, gpus_per_worker=1, image="x")
     with pytest.raises(ConfigError, match="no trainer image"):
-        launcher.job_manifest("tfjob", _cfg(), workers=2, gpus_per_worker=1, image="")
+        cluster.job_manifest("tfjob", _cfg(), workers=2, gpus_per_worker=1, image="")
 
 
 @pytest.mark.parametrize("kind", ["mpijob", "tfjob"])
 def test_spot_and_credentials_reach_every_job_pod(kind):
-    job = launcher.job_manifest(
+    job = cluster.job_manifest(
         kind, _cfg(), workers=2, gpus_per_worker=8, image="i", spot=True, credentials_secret="gcs-key"
     )
     for role, tmpl in _templates(job).items():
@@ -172,28 +181,28 @@ def test_spot_and_credentials_reach_every_job_pod(kind):
         else:
             assert env["GOOGLE_APPLICATION_CREDENTIALS"] == key, role
         if role == "Worker":
-            assert launcher.SPOT_TOLERATION in pod["tolerations"]
-    plain = launcher.job_manifest(kind, _cfg(), workers=2, gpus_per_worker=8, image="i")
+            assert cluster.SPOT_TOLERATION in pod["tolerations"]
+    plain = cluster.job_manifest(kind, _cfg(), workers=2, gpus_per_worker=8, image="i")
     for tmpl in _templates(plain).values():
-        assert launcher.SPOT_TOLERATION not in tmpl["spec"].get("tolerations", [])
+        assert cluster.SPOT_TOLERATION not in tmpl["spec"].get("tolerations", [])
         assert not [v for v in tmpl["spec"]["volumes"] if "secret" in v]
 
 
 def _pod_env(name: str, uid: str, namespace: str) -> dict[str, str]:
-    return dict(zip(launcher.POD_ENV.values(), (name, uid, namespace), strict=True))
+    return dict(zip(cluster.POD_ENV.values(), (name, uid, namespace), strict=True))
 
 
 def test_the_job_is_owned_by_the_launch_pod_only_in_its_own_namespace():
     env = _pod_env("run-x-launch", "u-1", "medsynth")
-    owner = launcher.owner_reference("medsynth", env)
+    owner = cluster.owner_reference("medsynth", env)
     assert owner == {"apiVersion": "v1", "kind": "Pod", "name": "run-x-launch", "uid": "u-1",
                      "blockOwnerDeletion": False}
-    job = launcher.job_manifest("tfjob", _cfg(), workers=2, gpus_per_worker=4, image="i", owner=owner)
+    job = cluster.job_manifest("tfjob", _cfg(), workers=2, gpus_per_worker=4, image="i", owner=owner)
     assert job["metadata"]["ownerReferences"] == [owner]
     # A cross-namespace owner counts as absent: the garbage collector would delete the job at once.
-    assert launcher.owner_reference("other", env) is None
-    assert launcher.owner_reference("medsynth", {}) is None
-    plain = launcher.job_manifest("tfjob", _cfg(), workers=2, gpus_per_worker=4, image="i")
+    assert cluster.owner_reference("other", env) is None
+    assert cluster.owner_reference("medsynth", {}) is None
+    plain = cluster.job_manifest("tfjob", _cfg(), workers=2, gpus_per_worker=4, image="i")
     assert "ownerReferences" not in plain["metadata"]
 
 
@@ -283,7 +292,7 @@ def test_launcher_creates_the_job_and_follows_it_to_success():
     ]
     seen = []
     with FakeKubeApi(script) as api:
-        outcome = launcher.launch_training_job(
+        outcome = cluster.launch_training_job(
             _cfg(),
             "tfjob",
             workers=2,
@@ -298,10 +307,10 @@ def test_launcher_creates_the_job_and_follows_it_to_success():
     (created,) = api.created
     assert created["path"] == "/apis/kubeflow.org/v1/namespaces/medsynth/tfjobs"
     body = created["body"]
-    assert body["metadata"]["name"] == outcome.name == launcher.job_name(_cfg(), "tfjob")
+    assert body["metadata"]["name"] == outcome.name == cluster.job_name(_cfg(), "tfjob")
     c = body["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     assert c["image"] == "img:1"
-    assert launcher.parse_argv_config(c["args"]) == TrainConfig(
+    assert TrainConfig.from_argv(c["args"]) == TrainConfig(
         **{**_cfg().to_dict(), "strategy": "multiworker", "metrics_port": 9400}
     )
     assert not api.deleted
@@ -313,7 +322,7 @@ def test_launcher_reports_a_failed_job_with_its_message():
         _cond("Created", "Running", "Failed", message="worker-1 OOMKilled"),
     ]
     with FakeKubeApi(script) as api, pytest.raises(MedsynthError, match="failed: worker-1 OOMKilled"):
-        launcher.launch_training_job(
+        cluster.launch_training_job(
             _cfg(),
             "mpijob",
             workers=2,
@@ -327,13 +336,13 @@ def test_launcher_reports_a_failed_job_with_its_message():
 
 def test_a_retried_launcher_follows_the_existing_job_and_a_timeout_deletes_it():
     with FakeKubeApi([_cond("Created", "Running", "Succeeded")], existing=True) as api:
-        outcome = launcher.launch_training_job(
+        outcome = cluster.launch_training_job(
             _cfg(), "tfjob", workers=2, gpus_per_worker=4, image="i", api_client=api.client(), poll_s=0.01
         )
     assert outcome.state == "Succeeded" and not api.created  # 409: adopted, not created twice
 
     with FakeKubeApi([_cond("Created", "Running")]) as api, pytest.raises(MedsynthError, match="deleted it"):
-        launcher.launch_training_job(
+        cluster.launch_training_job(
             _cfg(),
             "tfjob",
             workers=2,
@@ -344,7 +353,7 @@ def test_a_retried_launcher_follows_the_existing_job_and_a_timeout_deletes_it():
             timeout_s=0.05,
         )
     assert [p.split("?")[0] for p in api.deleted] == [
-        f"/apis/kubeflow.org/v1/namespaces/medsynth/tfjobs/{launcher.job_name(_cfg(), 'tfjob')}"
+        f"/apis/kubeflow.org/v1/namespaces/medsynth/tfjobs/{cluster.job_name(_cfg(), 'tfjob')}"
     ]
 
 
@@ -352,18 +361,12 @@ def test_launch_step_builds_the_run_dir_in_the_bucket(monkeypatch):
     for k, v in _pod_env("p", "u", "medsynth").items():
         monkeypatch.setenv(k, v)
     with FakeKubeApi([_cond("Succeeded")]) as api:
-        (run_dir,) = launcher.launch_step(
+        task = TrainTask(dataset_dir="gs://b/datasets/phantom/h", storage_root="gs://b/medsynth",
+                         run_id="run-7", run_name="final", backbone="xception", image_size=64, steps=100,
+                         batch_size=32, backbone_weights="imagenet", seed=0, d_augment="translation")
+        (run_dir,) = launch_step(
+            task,
             "tfjob",
-            "gs://b/datasets/phantom/h",
-            "gs://b/medsynth",
-            "run-7",
-            "final",
-            "xception",
-            64,
-            100,
-            32,
-            "imagenet",
-            0,
             workers=2,
             gpus_per_worker=2,
             image="i",
@@ -371,15 +374,14 @@ def test_launch_step_builds_the_run_dir_in_the_bucket(monkeypatch):
             credentials_secret="gcs-key",
             api_client=api.client(),
             poll_s=0.01,
-            d_augment="translation",
         )
     assert run_dir == "gs://b/medsynth/runs/run-7/final"
     body = api.created[0]["body"]
     pod = body["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
-    cfg = launcher.parse_argv_config(pod["containers"][0]["args"])
+    cfg = TrainConfig.from_argv(pod["containers"][0]["args"])
     assert cfg.out == run_dir and cfg.d_augment == "translation"  # the pipeline's setting reaches the pods
     assert pod["containers"][0]["image"] == "i"
-    assert launcher.SPOT_TOLERATION in pod["tolerations"]
+    assert cluster.SPOT_TOLERATION in pod["tolerations"]
     assert [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v] == ["gcs-key"]
     assert body["metadata"]["ownerReferences"][0]["uid"] == "u"
 
@@ -388,14 +390,14 @@ _FOLLOWER = """
 import logging, sys
 from kubernetes import client
 from medsynth.errors import MedsynthError
-from medsynth.train import launcher
+from medsynth import cluster
 from medsynth.train.config import TrainConfig
 logging.basicConfig(level=logging.INFO)
 conf = client.Configuration()
 conf.host = sys.argv[1]
 cfg = TrainConfig(data="gs://b/d", out="gs://b/runs/r1/final", batch_size=8)
 try:
-    launcher.launch_training_job(cfg, "tfjob", 2, 4, "img:1", api_client=client.ApiClient(conf), poll_s=30)
+    cluster.launch_training_job(cfg, "tfjob", 2, 4, "img:1", api_client=client.ApiClient(conf), poll_s=30)
 except MedsynthError as e:
     print("medsynth:", e)
     sys.exit(3)
@@ -435,7 +437,7 @@ def test_configure_gpu_task_compiles_into_the_pipeline_spec(tmp_path):
     @dsl.pipeline(name="gpu-check")
     def pipe(gpus: int = 2):
         task = noop(x=1)
-        launcher.configure_gpu_task(task, gpus, gpu_type="nvidia-l4", spot=True, credentials_secret="gcs-key")
+        cluster.configure_gpu_task(task, gpus, gpu_type="nvidia-l4", spot=True, credentials_secret="gcs-key")
 
     out = tmp_path / "p.yaml"
     compiler.Compiler().compile(pipe, str(out))

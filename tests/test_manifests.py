@@ -476,7 +476,7 @@ def _train_args(argv: list[str]):
     """Parse a container's `medsynth train ...` exactly as the CLI would."""
     i = argv.index("medsynth")
     assert argv[i + 1] == "train", argv
-    return build_parser().parse_args(argv[i + 1 :])
+    return build_parser().parse_args(argv[i + 1 :])  # the CLI's parser, as the pod's `medsynth` runs it
 
 
 def test_mpijob_runs_horovod_over_the_operators_ssh():
@@ -596,7 +596,7 @@ KFP_V2_POD_NEEDS = [
     ("", "pods", "watch", None),
     ("", "pods/log", "get", None),
 ]
-# What the multi-node launch task does in the job namespace (medsynth/train/launcher.py).
+# What the multi-node launch task does in the job namespace (medsynth/cluster/).
 LAUNCH_NEEDS = [
     ("kubeflow.org", plural, verb, None)
     for plural in ("mpijobs", "tfjobs")
@@ -798,15 +798,15 @@ def test_trainer_podmonitor_finds_the_metrics_port_of_training_pods():
 
 
 def test_the_pipeline_training_tasks_are_scraped_wherever_runs_execute():
-    # The labels and the port come from medsynth/train/launcher.py (tests/test_pipeline.py checks the
+    # The labels and the port come from medsynth/cluster/ (tests/test_pipeline.py checks the
     # compiled tasks carry them); pipeline pods run in RUN_NAMESPACE: medsynth or kubeflow.
-    from medsynth.train import launcher
+    from medsynth import cluster
 
     monitor = _one(render(K8S / "monitoring"), "PodMonitor", "medsynth-trainer-kfp")
     assert set(monitor["spec"]["namespaceSelector"]["matchNames"]) == {"medsynth", "kubeflow"}
     assert monitor["spec"]["selector"]["matchLabels"] == {
-        "app.kubernetes.io/name": launcher.LABELS["app.kubernetes.io/name"],
-        "medsynth.io/role": launcher.KFP_TASK_ROLE,
+        "app.kubernetes.io/name": cluster.LABELS["app.kubernetes.io/name"],
+        "medsynth.io/role": cluster.KFP_TASK_ROLE,
     }
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["path"] == "/metrics" and "port" not in endpoint  # KFP pods declare no ports
@@ -814,7 +814,7 @@ def test_the_pipeline_training_tasks_are_scraped_wherever_runs_execute():
     container = ["__meta_kubernetes_pod_container_name"]
     assert [(r["sourceLabels"], r["regex"]) for r in keep] == [(container, "main")]  # Argo's main container
     address = next(r for r in endpoint["relabelings"] if r.get("targetLabel") == "__address__")
-    assert address["replacement"] == f"$1:{launcher.METRICS_PORT}"
+    assert address["replacement"] == f"$1:{cluster.METRICS_PORT}"
 
 
 def _dashboard() -> dict:

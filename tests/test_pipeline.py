@@ -106,7 +106,7 @@ def _placeholder_problems(docs: list) -> list[str]:
 
 @pytest.mark.parametrize("multi_node", [None, "mpijob"])
 def test_every_runtime_placeholder_is_a_whole_parameter_value(tmp_path, multi_node):
-    from medsynth.train.launcher import Placement
+    from medsynth.cluster import Placement
     from pipelines.medsynth_train import compile_pipeline
 
     placement = Placement(multi_node=multi_node)
@@ -146,7 +146,7 @@ def test_components_run_on_project_images_without_runtime_installs(spec):
 
 
 def test_training_tasks_run_on_gpu_nodes_with_the_compiled_placement(tmp_path):
-    from medsynth.train.launcher import Placement
+    from medsynth.cluster import Placement
     from pipelines.medsynth_train import compile_pipeline
 
     placement = Placement(gpu_type="nvidia-l4", spot=True, credentials_secret="gcs-key")
@@ -176,7 +176,7 @@ def _assert_scraped(labels: dict, container: dict) -> None:
 
 
 def test_every_task_has_cpu_and_memory_and_shm_is_backed_by_the_limit(tmp_path):
-    from medsynth.train.launcher import Placement
+    from medsynth.cluster import Placement
     from pipelines.medsynth_train import compile_pipeline
 
     for placement in (Placement(), Placement(multi_node="tfjob")):
@@ -202,7 +202,7 @@ def _gib(quantity: str) -> float:
 
 
 def test_multi_node_variant_launches_the_final_training_as_a_job(tmp_path):
-    from medsynth.train.launcher import Placement
+    from medsynth.cluster import Placement
     from pipelines.medsynth_train import compile_pipeline
 
     placement = Placement(multi_node="tfjob", spot=True, credentials_secret="gcs-key", gpu_type="nvidia-l4")

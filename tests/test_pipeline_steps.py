@@ -40,9 +40,12 @@ def test_run_root_refuses_what_is_not_a_run_id(bad):
 def test_run_root_and_the_training_tasks_share_the_layout():
     root = pipeline_steps.run_root("gs://b/medsynth", "5f1c-uuid")
     assert root == "gs://b/medsynth/runs/5f1c-uuid"
-    cfg = pipeline_steps.task_train_config("gs://b/d", "gs://b/medsynth", "5f1c-uuid", "final", "xception",
-                                           64, 10, 8, "none", 0)
-    assert cfg.out == f"{root}/final"
+    task = pipeline_steps.TrainTask(dataset_dir="gs://b/d", storage_root="gs://b/medsynth",
+                                    run_id="5f1c-uuid", run_name="final", backbone="xception",
+                                    image_size=64, steps=10, batch_size=8, backbone_weights="none", seed=0,
+                                    init_run="xception")
+    cfg = task.config()
+    assert cfg.out == f"{root}/final" and cfg.init_from == f"{root}/xception"
 
 
 def test_push_decision_lands_beside_the_metrics_in_the_bucket(gcs_bucket, tmp_path):
@@ -104,7 +107,9 @@ def test_train_serves_metrics_on_the_port_its_pod_names(monkeypatch, tmp_path, e
     monkeypatch.setattr(loop, "train", fake_train)
     model, metrics, samples = (_artifact(tmp_path / n) for n in ("model", "metrics", "samples.html"))
     metrics.log_metric = lambda *a: None
-    pipeline_steps.train_step(str(tmp_path / "data"), str(tmp_path), "run-1", "final", "xception", 32, 2, 4,
-                              "none", "auto", 0, "auto", "auto", model, metrics, samples)
+    task = pipeline_steps.TrainTask(dataset_dir=str(tmp_path / "data"), storage_root=str(tmp_path),
+                                    run_id="run-1", run_name="final", backbone="xception", image_size=32,
+                                    steps=2, batch_size=4, backbone_weights="none", seed=0)
+    pipeline_steps.train_step(task, model, metrics, samples)
     (cfg,) = seen
     assert cfg.metrics_port == port and cfg.out == str(tmp_path / "runs" / "run-1" / "final")

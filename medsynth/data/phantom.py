@@ -25,9 +25,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from medsynth.errors import ConfigError
+from medsynth.sizes import check_size
 
 FORMATS = ("png", "dicom")
-MIN_SIZE, MAX_SIZE = 8, 1024
 FRAME_TIME_MS = 66.7  # 15 frames/s, a common cine rate
 FRAMES_PER_LOOP = 8  # defaults of the built-in data set: 8 frames per cine loop, 2 loops per patient
 LOOPS_PER_PATIENT = 2
@@ -60,15 +60,6 @@ class PhantomFrame:
 
 
 # --- validation -----------------------------------------------------------------------------------
-def check_size(size: int, flag: str = "--size") -> int:
-    if not isinstance(size, int | np.integer) or isinstance(size, bool):
-        raise ConfigError(f"{flag} must be an integer, got {size!r}")
-    size = int(size)
-    if not (MIN_SIZE <= size <= MAX_SIZE) or size & (size - 1):
-        raise ConfigError(f"{flag} must be a power of two between {MIN_SIZE} and {MAX_SIZE}, got {size}")
-    return size
-
-
 def _check_seed(seed: int) -> int:
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"--seed must be a non-negative integer, got {seed!r}")
@@ -406,7 +397,7 @@ def _locate(index: int, frames_per_loop: int, loops_per_patient: int) -> tuple[i
 def render_frame(size: int, seed: int, index: int, frames_per_loop: int = FRAMES_PER_LOOP,
                  loops_per_patient: int = LOOPS_PER_PATIENT) -> PhantomFrame:
     """Frame `index` of the data set `(seed, frames_per_loop, loops_per_patient)` at `size` pixels."""
-    size = check_size(size)
+    size = check_size(size, "--size")
     seed = _check_seed(seed)
     frames_per_loop = _check_positive(frames_per_loop, "frames_per_loop")
     loops_per_patient = _check_positive(loops_per_patient, "loops_per_patient")
@@ -458,7 +449,7 @@ def phantom_frames(n: int, size: int, seed: int = 0, frames_per_loop: int = FRAM
     Arguments are checked now, not at the first `next()`, so bad input fails where it is given.
     """
     n = _check_positive(n, "-n")
-    size = check_size(size)
+    size = check_size(size, "--size")
     seed = _check_seed(seed)
     _check_positive(frames_per_loop, "frames_per_loop")
     _check_positive(loops_per_patient, "loops_per_patient")
@@ -486,7 +477,7 @@ def write_phantom(out: str | Path, n: int, size: int, seed: int = 0, fmt: str = 
     from medsynth.storage import atomic_directory
 
     n = _check_positive(n, "-n")
-    size = check_size(size)
+    size = check_size(size, "--size")
     seed = _check_seed(seed)
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")

@@ -54,17 +54,21 @@ def load_results(run_root: str | Path, backbones: list[str]) -> list[dict[str, A
     return rows
 
 
-def pick_winner(rows: list[dict[str, Any]], criterion: str = AUTO) -> str:
-    """Best by `criterion` in its own direction; collapsed runs only win when every run collapsed."""
+def best_row(rows: list[dict[str, Any]], criterion: str = AUTO) -> dict[str, Any]:
+    """Best evaluation by `criterion` in its own direction; a collapsed one only wins when every one
+    collapsed. Ranks backbones here and the final run's checkpoints in evaluate.report."""
     criterion = resolve_criterion(criterion, rows)
     usable = [r for r in rows if isinstance(r.get(criterion), (int, float)) and math.isfinite(r[criterion])]
     if not usable:
-        raise DataError(f"no run has a finite {criterion}; cannot pick a backbone")
+        raise DataError(f"no evaluation has a finite {criterion}; cannot pick the best")
     for r in usable[1:]:
         check_comparable(usable[0], r, [criterion])  # feature-space metrics need one extractor
     sign = 1 if PRIMARY_METRICS[criterion] == "lower" else -1
-    best = min(usable, key=lambda r: (bool(r.get("collapse")), sign * r[criterion]))
-    return best["backbone"]
+    return min(usable, key=lambda r: (bool(r.get("collapse")), sign * r[criterion]))
+
+
+def pick_winner(rows: list[dict[str, Any]], criterion: str = AUTO) -> str:
+    return best_row(rows, criterion)["backbone"]
 
 
 def compare_runs(

@@ -33,12 +33,18 @@ class EvaluateConfig:
     inception_weights: str = "imagenet"
     prdc_k: int = 3
     pretrained: str = "auto"  # pretrained-feature (*_efflite0) metrics: auto | on | off
+    # latest: the newest checkpoint; best: every kept checkpoint is judged and the best by `criterion`
+    # without a collapse alarm is the one reported (and exported), as StyleGAN ships its best snapshot
+    checkpoint: str = "latest"
+    criterion: str = "auto"
 
     def __post_init__(self) -> None:
         from medsynth.errors import ConfigError
 
         if self.n < 2:
             raise ConfigError(f"--n must be at least 2 frames to compare, got {self.n}")
+        if self.checkpoint not in ("latest", "best"):
+            raise ConfigError(f"--checkpoint must be latest or best, got {self.checkpoint!r}")
 
 
 def generate_frames(
@@ -56,18 +62,21 @@ def generate_frames(
 
 
 def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Metrics of a run's newest generator against real validation frames, into `<out>/metrics.json`."""
+    """Metrics of a run's generator (its newest checkpoint, or the best kept one) against real
+    validation frames, into `<out>/metrics.json`; `step` there names the checkpoint judged."""
     from medsynth.data.input import real_frames, resolve_dataset
+    from medsynth.evaluate.compare import best_row
+    from medsynth.evaluate.registry import SPACE_KEYS
     from medsynth.evaluate.suite import MetricsConfig, compute_metrics
-    from medsynth.train.checkpoints import load_generator
+    from medsynth.train.checkpoints import checkpoint_steps, load_generator
 
-    generator, info = load_generator(cfg.run)
+    steps = checkpoint_steps(cfg.run) if cfg.checkpoint == "best" else []
+    generator, info = load_generator(cfg.run, steps[0] if steps else None)
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / "eval"
     data_dir = resolve_dataset(
         cfg.data, info["image_size"], cache_root=Path(cfg.run).parent / "_data", seed=cfg.seed
     )
     real = real_frames(data_dir, split="val", n=cfg.n, seed=cfg.seed)
-    fake = generate_frames(generator, len(real), info["latent_dim"], cfg.seed, cfg.batch_size)
     metrics_cfg = MetricsConfig(
         n=len(real),
         seed=cfg.seed,
@@ -76,8 +85,21 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
         inception_weights=cfg.inception_weights,
         pretrained=cfg.pretrained,
     )
-    metrics = compute_metrics(real, fake, metrics_cfg)
+    judged = []
+    for i, step in enumerate(steps or [info["step"]]):
+        if i:
+            generator, info = load_generator(cfg.run, step)
+        fake = generate_frames(generator, len(real), info["latent_dim"], cfg.seed, cfg.batch_size)
+        judged.append(({**compute_metrics(real, fake, metrics_cfg), "step": info["step"]}, fake, info))
+    best = best_row([m for m, _, _ in judged], cfg.criterion)
+    metrics, fake, info = next(j for j in judged if j[0] is best)
     metrics.update({"step": info["step"], "backbone": info["backbone"]})
+    if len(judged) > 1:  # what the choice was made from
+        kept = ("fd_efflite0", "swd", "ms_ssim_fake", *SPACE_KEYS.values())
+        metrics["checkpoints_judged"] = [
+            {"step": m["step"], "collapse": bool(m.get("collapse")), **{k: m[k] for k in kept if k in m}}
+            for m, _, _ in judged
+        ]
     training = info.get("metrics") or {}
     for k in ("images_per_s", "wall_seconds"):
         if training.get(k) is not None:

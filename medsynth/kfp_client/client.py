@@ -8,10 +8,8 @@ import json
 import logging
 import os
 import re
-import sys
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -197,14 +195,14 @@ class PipelineClient:
         experiment: str = DEFAULT_EXPERIMENT,
         run_name: str | None = None,
         pipeline_root: str | None = None,
-        package: str | Path | None = None,
-        backbones: Sequence[str] | None = None,
+        package: str | Path,
         service_account: str | None = None,
         enable_caching: bool | None = None,
     ) -> RunInfo:
-        """Create one run of the pipeline (the package, or medsynth-train compiled from this code)."""
+        """Create one run of the pipeline `package` (a compiled YAML; `medsynth submit` compiles
+        medsynth-train from this code when given none)."""
         _check_pipeline_root(pipeline_root)
-        with _package(package, backbones) as (path, spec):
+        with _package(package) as (path, spec):
             values = coerce_params(params or {}, pipeline_parameters(spec))
             self.require_version()
             name = run_name or f"{spec['pipelineInfo']['name']} {_now():%Y-%m-%d %H-%M-%S}"
@@ -306,8 +304,7 @@ class PipelineClient:
         name: str = DEFAULT_SCHEDULE_NAME,
         experiment: str = DEFAULT_EXPERIMENT,
         pipeline_root: str | None = None,
-        package: str | Path | None = None,
-        backbones: Sequence[str] | None = None,
+        package: str | Path,
         service_account: str | None = None,
         max_concurrency: int = 1,
         catchup: bool = False,
@@ -325,7 +322,7 @@ class PipelineClient:
         _check_pipeline_root(pipeline_root)
         if max_concurrency < 1:
             raise ConfigError(f"--max-concurrency {max_concurrency}: must be at least 1")
-        with _package(package, backbones) as (path, spec):
+        with _package(package) as (path, spec):
             values = coerce_params(params or {}, pipeline_parameters(spec))
             self.require_version()
             existing = self._schedules_named(name)
@@ -454,20 +451,10 @@ def parse_kfp_version(tag: str | None) -> tuple[int, int, int] | None:
 
 
 @contextlib.contextmanager
-def _package(package: str | Path | None, backbones: Sequence[str] | None) -> Iterator[tuple[Path, dict]]:
-    """The package to send and its spec: the given file, or medsynth-train compiled from this code."""
-    if package is not None:
-        if backbones:
-            raise ConfigError("--backbones applies when compiling; with --package the backbones are fixed")
-        path = Path(package)
-        yield path, load_package(path)
-        return
-    print("compiling medsynth-train from this code …", file=sys.stderr, flush=True)
-    from pipelines.medsynth_train import compile_pipeline
-
-    with tempfile.TemporaryDirectory(prefix="medsynth-kfp-") as tmp:
-        path = compile_pipeline(Path(tmp) / "pipeline.yaml", backbones=backbones)
-        yield path, load_package(path)
+def _package(package: str | Path) -> Iterator[tuple[Path, dict]]:
+    """The package to send and its spec."""
+    path = Path(package)
+    yield path, load_package(path)
 
 
 def _count_tasks(pipeline_spec: Any) -> int | None:

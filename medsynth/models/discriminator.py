@@ -70,11 +70,23 @@ def resolve_head(backbone: str, head: str | None) -> str:
     return own if choice == "auto" else choice
 
 
-def resolve_mode(weights: str | os.PathLike | None, mode: str | None, head: str | None = None) -> str:
-    """The backbone mode to use: `mode` if given, else frozen for pretrained weights, trainable for none.
+def usable_weights(backbone: str, weights: str | os.PathLike | None) -> str:
+    """The weights `backbone` is built with: `imagenet` for one that has none (the convnet baseline)
+    means none, since a pipeline compares backbones under one weights parameter."""
+    weights = normalize_weights(weights)
+    return "none" if weights == "imagenet" and not get_backbone(backbone).has_imagenet else weights
+
+
+def resolve_mode(
+    weights: str | os.PathLike | None, mode: str | None, head: str | None = None, backbone: str | None = None
+) -> str:
+    """The backbone mode to use: `mode` if given, else frozen for pretrained weights, trainable for none
+    (the weights `backbone` can really load, when it is named).
 
     The projected head is frozen features by design: it freezes any backbone, and refuses `trainable`.
     """
+    if backbone is not None:
+        weights = usable_weights(backbone, weights)
     if mode is not None:
         mode = str(mode).lower()
         if mode not in MODES:
@@ -121,16 +133,14 @@ def build_discriminator(
     check_image_size(image_size)
     spec = get_backbone(backbone)
     head = resolve_head(spec.name, head)
-    weights = normalize_weights(weights)
-    if weights == "imagenet" and not spec.has_imagenet:
-        # A pipeline compares backbones under one weights parameter; the baseline has none to load.
+    if normalize_weights(weights) != usable_weights(spec.name, weights):
         log.info("discriminator %s: no ImageNet weights exist for it, so it learns from scratch", spec.name)
-        weights = "none"
+    weights = usable_weights(spec.name, weights)
     resolved = resolve_mode(weights, mode, head)
-    if mode is None:
-        log.info("discriminator %s: %s", spec.name, mode_reason(weights, mode, head))
-    elif resolved == "frozen" and weights == "none":
+    if resolved == "frozen" and weights == "none":
         log.warning("discriminator %s: %s", spec.name, mode_reason(weights, mode, head))
+    else:
+        log.info("discriminator %s: %s", spec.name, mode_reason(weights, mode, head))
     net = build_backbone(spec.name, spec.input_size(image_size), weights)
     if head == "projected":
         return projected_discriminator(image_size, spec, net, seed)

@@ -38,26 +38,15 @@ from medsynth.models.layers import (
     spectral_norm,
     use_forward_gradients,
 )
+from medsynth.sizes import check_size
 
-MIN_SIZE, MAX_SIZE = 8, 1024
 UPSAMPLINGS = ("resize", "transpose")
 BASE = 4  # the projected latent is a BASE x BASE map; each level doubles it
 
 
 def check_image_size(image_size: int) -> int:
-    """`image_size` if the generator can make it (a power of two in [8, 1024]), else a ConfigError."""
-    if (
-        not isinstance(image_size, int)
-        or isinstance(image_size, bool)
-        or image_size < MIN_SIZE
-        or image_size > MAX_SIZE
-        or image_size & (image_size - 1)
-    ):
-        raise ConfigError(
-            f"image size {image_size} is not a power of two between {MIN_SIZE} and {MAX_SIZE}; "
-            "the generator doubles a 4x4 map once per level (use e.g. 32, 64, 128 or 256)"
-        )
-    return image_size
+    """`image_size` if the generator can make it (medsynth.sizes), else a ConfigError."""
+    return check_size(image_size, "image size")
 
 
 def levels_for(image_size: int) -> int:

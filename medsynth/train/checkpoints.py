@@ -30,7 +30,7 @@ import tensorflow as tf
 from medsynth import storage
 from medsynth.errors import CheckpointError
 from medsynth.storage import atomic_write_json, read_json
-from medsynth.train.config import generator_options
+from medsynth.train.config import TrainConfig
 
 CONFIG_FILE = "config.json"
 SIGNATURE_FILE = "model.json"
@@ -189,13 +189,19 @@ class RunCheckpoints:
             log.info("pruned %s/%s (keeping %d)", self.remote, group, self.keep)
 
 
-def load_run_config(run_dir: str | Path) -> dict[str, Any]:
+def _saved_config(run_dir: str | Path) -> dict[str, Any]:
+    """config.json as the run wrote it: its TrainConfig and what it knew (run id, data set, settings)."""
     path = f"{str(run_dir).rstrip('/')}/{CONFIG_FILE}"
     if not storage.exists(path):
         raise CheckpointError(
             f"{run_dir} is not a training run (no {CONFIG_FILE}); pass the --out of `medsynth train`"
         )
     return read_json(path)
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig a run was trained with."""
+    return TrainConfig.from_saved(_saved_config(run_dir))
 
 
 def _local_run_dir(run_dir: str) -> Path:
@@ -212,34 +218,47 @@ def restore_generator(generator: tf.keras.Model, prefix: str) -> str:
     return key
 
 
-def load_generator(run_dir: str | Path) -> tuple[tf.keras.Model, dict[str, Any]]:
-    """The run's generator with its newest trained weights, and what is known about the run.
+def _run_checkpoints(run_dir: str) -> list[tuple[int, str]]:
+    """(step, prefix) of a run's complete checkpoints, local or downloaded from object storage."""
+    if storage.is_gcs(run_dir):
+        return pull_checkpoints(f"{run_dir}/checkpoints", _local_run_dir(run_dir) / "checkpoints")
+    return local_checkpoints(Path(run_dir) / "checkpoints")
+
+
+def checkpoint_steps(run_dir: str | Path) -> list[int]:
+    """The steps of a run's complete checkpoints, oldest first."""
+    return [step for step, _ in _run_checkpoints(str(run_dir).rstrip("/"))]
+
+
+def load_generator(run_dir: str | Path, step: int | None = None) -> tuple[tf.keras.Model, dict[str, Any]]:
+    """The run's generator with its newest trained weights (or those of checkpoint `step`), and what
+    is known about the run.
 
     `run_dir` is a local run or one in object storage (its complete checkpoints are downloaded).
     """
     from medsynth.models.generator import build_generator
 
     text = str(run_dir).rstrip("/")
-    cfg = load_run_config(text)
-    generator = build_generator(cfg["image_size"], **generator_options(cfg))
-    if storage.is_gcs(text):
-        found = pull_checkpoints(f"{text}/checkpoints", _local_run_dir(text) / "checkpoints")
-        latest = found[-1][1] if found else None
-    else:
-        latest = tf.train.latest_checkpoint(str(Path(text) / "checkpoints"))
-    if latest is None:
+    saved = _saved_config(text)
+    cfg = TrainConfig.from_saved(saved)
+    generator = build_generator(cfg.image_size, **cfg.generator_options())
+    found = dict(_run_checkpoints(text))
+    if not found:
         raise CheckpointError(f"{run_dir} has no checkpoint yet; train it first")
+    if step is not None and step not in found:
+        raise CheckpointError(f"{run_dir} has no checkpoint of step {step} (it has {sorted(found)})")
+    latest = found[max(found) if step is None else step]
     weights = restore_generator(generator, latest)
     step = int(latest.rsplit("-", 1)[-1])
     info: dict[str, Any] = {
         "weights": weights,
-        "image_size": cfg["image_size"],
-        "latent_dim": cfg["latent_dim"],
-        "backbone": cfg["backbone"],
-        "backbone_weights": cfg["backbone_weights"],
-        "run_id": cfg.get("run_id", Path(text).name),
+        "image_size": cfg.image_size,
+        "latent_dim": cfg.latent_dim,
+        "backbone": cfg.backbone,
+        "backbone_weights": cfg.backbone_weights,
+        "run_id": saved.get("run_id", Path(text).name),
         "step": step,
-        "seed": cfg["seed"],
+        "seed": cfg.seed,
     }
     metrics_path = f"{text}/metrics.json"
     if storage.exists(metrics_path):

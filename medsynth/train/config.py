@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import math
-from dataclasses import dataclass
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from medsynth.errors import ConfigError
@@ -17,49 +19,72 @@ SWITCHES = ("auto", "on", "off")  # auto: on for GPUs, off on CPU
 BATCH_NORMS = ("auto", "fused", "synchronized")
 
 
+def _opt(default: Any, help: str = "", **argparse_kw: Any) -> Any:  # noqa: A002 - argparse's word
+    """A field with its `medsynth train` flag's help (and argparse keywords such as choices or metavar):
+    the flag, the job argv and their parsing are derived from these fields, nowhere else."""
+    return field(default=default, metadata={"help": help, **argparse_kw})
+
+
 @dataclass
 class TrainConfig:
-    data: str
-    out: str
-    image_size: int = 64
-    steps: int = 1000
-    batch_size: int = 16
-    seed: int = 0
-    checkpoint_every: int = 100
-    sample_every: int | None = None
-    keep_checkpoints: int = 3
-    # another run of the same model whose newest checkpoint this run starts from if it has none yet
-    init_from: str | None = None
-    backbone: str = "xception"
-    backbone_weights: str = "imagenet"
-    backbone_mode: str | None = None
-    d_head: str = "auto"  # paper | projected; auto: the backbone's own (medsynth.models.discriminator)
-    loss: str = "auto"  # bce | hinge; auto: hinge for the projected head (as Projected GAN), else bce
-    latent_dim: int = 100
-    generator_width: int = 8
-    generator_norm: str = "batch"
-    # Table 1's transposed convolutions as nearest up-sampling + convolution (same weights): measured
-    # at 32 px, they cut the checkerboard speckle of the 3x3/2 and the 2-pixel grid of the 1x1/2 layer
-    generator_upsampling: str = "resize"
-    lr_g: float = 2e-4
-    lr_d: float | None = None  # None: 2e-4, or 5e-5 for the projected head (measured: 2e-4 lets it win)
-    beta_1: float = 0.5
-    # half-life of G's moving average (thousands of images; medsynth.train.ema), sampled, judged and
-    # exported in G's place; None: StyleGAN2-ADA's batch·10/32, 0: off (G itself is used)
-    g_ema_kimg: float | None = None
-    label_smoothing: float = 0.1
-    r1_gamma: float = 0.0
-    augment: bool = False
-    d_augment: str = "auto"  # DiffAugment of everything D sees; auto: medsynth.train.augment's default
-    strategy: str = "auto"
-    metrics_port: int | None = None
-    pushgateway: str | None = None  # host:port of a Prometheus Pushgateway; pushed to at the end
-    deterministic: str = "auto"  # op determinism; auto: on for CPUs (exact resume), off on GPUs (XLA)
-    log_every: int = 10
-    gpus: int | None = None  # None: all visible
-    mixed_precision: str = "auto"
-    xla: str = "auto"
-    batch_norm: str = "auto"
+    data: str = field(metadata={"help": "prepared data set directory or a source URI"})
+    out: str = field(metadata={"help": "the run's directory (local or gs://); run again to resume"})
+    image_size: int = _opt(64, "frame side, a power of two (medsynth.sizes)")
+    steps: int = _opt(1000, "training steps in all (a resumed run continues to this many)")
+    batch_size: int = _opt(16, "global batch, split across replicas")
+    seed: int = _opt(0)
+    checkpoint_every: int = _opt(100)
+    sample_every: int | None = _opt(None, "steps between sample grids (default: 10 per run, at most "
+                                           "one per checkpoint)")
+    keep_checkpoints: int = _opt(3, "newest N kept, locally and in the bucket")
+    init_from: str | None = _opt(None, "a run of the same model (directory or gs://) whose newest "
+                                       "checkpoint this run starts from when it has none of its own",
+                                 metavar="RUN")
+    backbone: str = _opt("xception", "D's backbone (medsynth summary lists them)")
+    backbone_weights: str = _opt("imagenet", "imagenet | none | PATH")
+    backbone_mode: str | None = _opt(None, "frozen | trainable (default: frozen with pretrained "
+                                           "weights, trainable with none)", choices=("frozen", "trainable"))
+    d_head: str = _opt("auto", "auto | paper | projected: D's head on the backbone (paper: Table 3's "
+                               "GAP → BN → Dense; projected: Projected GAN's multi-scale heads on fixed "
+                               "features; auto: the backbone's own)")
+    loss: str = _opt("auto", "auto | bce | hinge (auto: hinge for the projected head, as Projected GAN; "
+                             "the paper's BCE otherwise)")
+    latent_dim: int = _opt(100)
+    generator_width: int = _opt(8, "w in F = 2**level * w (Table 1: 8)")
+    generator_norm: str = _opt("batch", "G's normalisation (medsynth.models.layers.NORMALIZATIONS)")
+    # measured at 32 px: resize cuts the checkerboard speckle of the 3x3/2 and the 2-pixel grid of 1x1/2
+    generator_upsampling: str = _opt("resize", "Table 1's transposed convolutions as written (transpose) "
+                                               "or as nearest up-sampling + convolution with the same "
+                                               "weights (resize: no checkerboard)",
+                                     choices=("resize", "transpose"))
+    lr_g: float = _opt(2e-4, "generator learning rate (Adam)")
+    lr_d: float | None = _opt(None, "discriminator learning rate (Adam); default 2e-4, 5e-5 for the "
+                                    "projected head (measured: 2e-4 lets it win)")
+    beta_1: float = _opt(0.5, "Adam's beta_1 for both networks")
+    g_ema_kimg: float | None = _opt(None, "half-life in thousands of images of the moving average of "
+                                          "G's weights that is sampled, judged and exported (default: "
+                                          "batch·10/32, as StyleGAN2-ADA; 0: off)")
+    label_smoothing: float = _opt(0.1, "one-sided: real labels 1 - this (BCE)")
+    r1_gamma: float = _opt(0.0, "weight of the R1 penalty on D's gradient at real frames (0: off)")
+    augment: bool = _opt(False, "X-ray-plausible augmentation of real frames")
+    d_augment: str = _opt("auto", "DiffAugment of every frame D sees, real and generated: auto (all "
+                                  "four), none, or a comma list of brightness, contrast, translation, cutout")
+    strategy: str = _opt("auto", "auto | one | mirrored | multiworker | horovod (auto: horovod under "
+                                 "horovodrun, multiworker when TF_CONFIG names several workers, mirrored "
+                                 "with several GPUs, else one device)")
+    metrics_port: int | None = _opt(None, "serve Prometheus /metrics here")
+    pushgateway: str | None = _opt(None, "host:port of a Prometheus Pushgateway, pushed to at the end")
+    deterministic: str = _opt("auto", "auto | on | off: op determinism, for bitwise-exact resume (auto: "
+                                      "on for CPUs, off on GPUs, where it would keep XLA and the fastest "
+                                      "cuDNN kernels off)")
+    log_every: int = _opt(10, "steps between loss logs")
+    gpus: int | None = _opt(None, "GPUs to use on this machine (default: all)")
+    mixed_precision: str = _opt("auto", "auto | off | float16 | bfloat16 (auto: bfloat16 on Ampere+, "
+                                        "float16 on older GPUs, off on CPU)")
+    xla: str = _opt("auto", "auto | on | off: XLA-compile the step (auto: on for GPUs)")
+    batch_norm: str = _opt("auto", "auto: fused kernels on one replica, synchronised float64 statistics "
+                                   "on several (synchronized on one replica reproduces a multi-replica "
+                                   "run's numbers)", choices=BATCH_NORMS)
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -68,10 +93,9 @@ class TrainConfig:
 
         need(isinstance(self.steps, int) and self.steps >= 0, f"--steps must be >= 0, got {self.steps}")
         need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
-        need(
-            self.image_size >= 8 and math.log2(self.image_size).is_integer(),
-            f"--image-size {self.image_size} is not a power of two >= 8 (try 32, 64, 128 or 256)",
-        )
+        from medsynth.sizes import check_size
+
+        check_size(self.image_size, "--image-size")
         need(self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
         need(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
         need(
@@ -130,7 +154,10 @@ class TrainConfig:
         if self.loss is None or self.loss == "auto":
             self.loss = "hinge" if self.d_head == "projected" else "bce"
         check_loss(self.loss)
-        resolve_mode(self.backbone_weights, self.backbone_mode, self.d_head)  # projected + trainable
+        # resolved here, once: the checkpoint's signature and the D that is built read this
+        self.backbone_mode = resolve_mode(
+            self.backbone_weights, self.backbone_mode, self.d_head, self.backbone
+        )
 
     def model_signature(self) -> dict[str, Any]:
         """What a checkpoint must agree with to be restorable into this run's models."""
@@ -138,27 +165,71 @@ class TrainConfig:
                 "backbone", "backbone_mode", "d_head")
         d = {k: getattr(self, k) for k in keys}
         d["g_ema"] = self.g_ema_kimg > 0  # the checkpoint holds the average or not
-        from medsynth.models.discriminator import resolve_mode
-
-        d["backbone_mode"] = resolve_mode(self.backbone_weights, self.backbone_mode, self.d_head)
         return d
 
+    def generator_options(self) -> dict[str, Any]:
+        """`build_generator`'s keyword arguments."""
+        return {"latent_dim": self.latent_dim, "width": self.generator_width, "norm": self.generator_norm,
+                "upsampling": self.generator_upsampling}
+
+    # --- the one source of `medsynth train`'s flags and of a job's argv -----------------------------
     @classmethod
-    def from_flags(cls, args: Any) -> TrainConfig:
-        """From `medsynth train`'s parsed flags: every field that has a flag of the same name."""
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """`medsynth train`'s flags, one per field: `--image-size` for image_size, and so on."""
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kw = dict(f.metadata)
+            base = _base_type(hints[f.name])
+            if base is bool:
+                parser.add_argument(_flag(f.name), action="store_true", **kw)
+                continue
+            required = f.default is dataclasses.MISSING
+            default = None if required else f.default
+            parser.add_argument(_flag(f.name), type=base, default=default, required=required, **kw)
+
+    @classmethod
+    def from_flags(cls, args: argparse.Namespace) -> TrainConfig:
+        """From `medsynth train`'s parsed flags."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+    def to_argv(self) -> list[str]:
+        """`medsynth train` flags that rebuild this config exactly (`from_argv` parses them back)."""
+        argv: list[str] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or value is False:
+                continue
+            argv += [_flag(f.name)] if value is True else [_flag(f.name), str(value)]
+        return argv
+
+    @classmethod
+    def from_argv(cls, argv: Sequence[str]) -> TrainConfig:
+        parser = argparse.ArgumentParser(prog="medsynth train")
+        cls.add_arguments(parser)
+        return cls.from_flags(parser.parse_args(list(argv)))
+
+    # --- what a run saved -----------------------------------------------------------------------
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> TrainConfig:
+        """The config a run wrote beside its outputs (config.json holds more: run id, data set hash,
+        settings). Runs written before an option existed get the value they were trained with."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in saved.items() if k in names}
+        values.setdefault("generator_upsampling", "transpose")  # the only layout before the option
+        for where in ("data", "out"):  # where it trained is not needed to rebuild its models
+            values.setdefault(where, "")
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def generator_options(cfg: dict[str, Any]) -> dict[str, Any]:
-    """`build_generator`'s keyword arguments from a run's config (runs written before an option existed
-    get the value they were trained with)."""
-    return {
-        "latent_dim": cfg["latent_dim"],
-        "width": cfg["generator_width"],
-        "norm": cfg["generator_norm"],
-        "upsampling": cfg.get("generator_upsampling", "transpose"),
-    }
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(hint: Any) -> type:
+    """int for `int` and `int | None`: the type argparse converts a flag's text with."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint

@@ -41,7 +41,7 @@ from medsynth.progress import Progress
 from medsynth.storage import atomic_write_json, atomic_write_text, read_json
 from medsynth.train.augment import parse_policy
 from medsynth.train.checkpoints import CONFIG_FILE, RunCheckpoints
-from medsynth.train.config import TrainConfig, generator_options
+from medsynth.train.config import TrainConfig
 from medsynth.train.ema import GeneratorAverage
 from medsynth.train.step import AdversarialStep, sample_latents
 from medsynth.train.strategy import Distribution, make_distribution, stable_sync_batch_norm
@@ -159,7 +159,7 @@ def build_models(cfg: TrainConfig, policy: str = "float32") -> tuple[tf.keras.Mo
     previous = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy(policy)
     try:
-        generator = build_generator(cfg.image_size, **generator_options(cfg.to_dict()))
+        generator = build_generator(cfg.image_size, **cfg.generator_options())
         discriminator = build_discriminator(
             cfg.image_size, backbone=cfg.backbone, weights=cfg.backbone_weights, mode=cfg.backbone_mode,
             head=cfg.d_head, seed=cfg.seed,
@@ -512,7 +512,7 @@ def _average(cfg: TrainConfig, generator: tf.keras.Model) -> GeneratorAverage | 
     previous = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy("float32")
     try:
-        average = build_generator(cfg.image_size, **generator_options(cfg.to_dict()))
+        average = build_generator(cfg.image_size, **cfg.generator_options())
     finally:
         tf.keras.mixed_precision.set_global_policy(previous)
     fuse_batch_norm(average)

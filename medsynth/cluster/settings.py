@@ -1,0 +1,61 @@
+"""Names, ports, labels and pod sizes the cluster side agrees on with k8s/ and images/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "kubeflow.org"
+KINDS = {
+    # kind: (apiVersion version, plural, strategy its pods run)
+    "mpijob": ("v2beta1", "mpijobs", "horovod"),
+    "tfjob": ("v1", "tfjobs", "multiworker"),
+}
+NAMESPACE = "medsynth"
+SERVICE_ACCOUNT = "medsynth-trainer"  # k8s/base/serviceaccounts.yaml: Workload Identity, bucket access
+METRICS_PORT = 9400  # k8s/monitoring's PodMonitor scrapes this port
+SSH_PORT = 2222  # images/trainer/sshd_config
+HOME = "/home/medsynth"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+SPOT_TOLERATION = {
+    "key": "cloud.google.com/gke-spot",
+    "operator": "Equal",
+    "value": "true",
+    "effect": "NoSchedule",
+}
+GPU_NODE_LABEL = "cloud.google.com/gke-accelerator"
+LABELS = {"app.kubernetes.io/name": "medsynth-trainer", "app.kubernetes.io/component": "training"}
+# The pipeline's own training pods: k8s/monitoring/podmonitor-kfp.yaml scrapes them by this role.
+KFP_TASK_ROLE = "kfp-task"
+# In an Istio-injected (Kubeflow profile) namespace a sidecar would keep job and task pods running.
+POD_ANNOTATIONS = {"sidecar.istio.io/inject": "false"}
+METRICS_PORT_ENV = "MEDSYNTH_METRICS_PORT"  # read by pipeline_steps.train_step
+CREDENTIALS_MOUNT = "/var/secrets/google"
+CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
+# Where the launch task finds its own pod (downward API), to own the job it creates.
+POD_ENV = {"name": "MEDSYNTH_POD_NAME", "uid": "MEDSYNTH_POD_UID", "namespace": "MEDSYNTH_POD_NAMESPACE"}
+
+
+@dataclass(frozen=True)
+class PodSize:
+    """CPU/memory requests and limits of one pipeline task's pod."""
+
+    cpu: str
+    memory: str
+    cpu_limit: str
+    memory_limit: str
+
+
+# Requests fit the smallest node each task runs on (a g2-standard-8 with one L4 for training); the
+# training limit leaves room for the 8 GiB memory-backed /dev/shm, which counts against it.
+TASK_SIZES = {
+    "prepare": PodSize("2", "8Gi", "4", "16Gi"),
+    "evaluate": PodSize("2", "8Gi", "4", "16Gi"),
+    "compare": PodSize("1", "2Gi", "2", "4Gi"),
+    "export": PodSize("1", "4Gi", "2", "8Gi"),
+    "push": PodSize("1", "4Gi", "2", "8Gi"),
+    "launch": PodSize("250m", "512Mi", "1", "1Gi"),
+    "train": PodSize("4", "16Gi", "16", "48Gi"),
+}
+
+# TrainConfig field -> `medsynth train` flag. Fields not here have no flag and must keep their defaults.
