@@ -13,6 +13,10 @@ worker needs to resume exactly.
 With `--out gs://…` the run trains in a local working directory and object
 storage gets every checkpoint (marker last) and the other outputs; a new pod,
 on any node, resumes from the newest complete checkpoint in the bucket.
+
+This module is the loop; what it runs lives beside it: `devices` (precision, determinism, XLA),
+`models` (G, D, optimizers, G's average: the TrainState), `feed` (each replica's slice of the
+batch), `outputs` (where the run writes), `step` (one adversarial update), `checkpoints`.
 """
 
 from __future__ import annotations
