@@ -8,20 +8,18 @@ working directory keyed by `--out`, checkpoints go to the bucket through `RunChe
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 from medsynth import storage
+from medsynth.cache import cache_root
 from medsynth.storage import atomic_write_text
 from medsynth.train.strategy import Distribution
 
-WORKDIR_ENV = "MEDSYNTH_WORKDIR"  # where runs with a gs:// --out train locally (default: the temp dir)
 _OUTPUTS_KEPT_LOCAL = ("checkpoints",)
 
 
 def _local_workdir(out: str, dist: Distribution) -> Path:
-    root = Path(os.environ.get(WORKDIR_ENV) or tempfile.gettempdir()) / "medsynth-work"
+    root = cache_root("work")  # MEDSYNTH_WORKDIR, when set, names it (medsynth.cache)
     key = hashlib.sha256(out.encode()).hexdigest()[:16]
     return root / key / (f"worker-{dist.worker}" if dist.workers > 1 else "chief") / "run"
 
