@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from medsynth import storage
+from medsynth.cache import cache_root
 from medsynth.errors import ConfigError
 from medsynth.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, join
 from medsynth.train.config import TrainConfig
 
 log = logging.getLogger("medsynth")
 
-CACHE = Path(tempfile.gettempdir()) / "medsynth-cache"
+CACHE = cache_root("pipeline")  # working copies of gs:// runs and data sets
 DECISION_FILE = "push_decision.json"  # beside the evaluated run's metrics.json
 
 

@@ -24,9 +24,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from http_fake import FakeServer, send_json
 
 API = "/apis/v2beta1"
 _JSON_TYPES: dict[str, Callable[[Any], bool]] = {
@@ -85,38 +87,22 @@ class FakeKfp:
         self._default_script: list[str] = ["PENDING", "RUNNING", "SUCCEEDED"]
         self._clock = 1_800_000_000
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: FakeServer | None = None
 
     # - lifecycle -
     def start(self) -> FakeKfp:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _handle(self) -> None:
-                fake._dispatch(self)
-
-            do_GET = do_POST = do_DELETE = _handle  # noqa: N815
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = FakeServer(self._dispatch).start()
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
     @property
     def endpoint(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     # - test controls -
     def fail(self, method: str, path: str, status: int, body: Any = None, times: int = 1) -> None:
@@ -170,17 +156,7 @@ class FakeKfp:
         self._send(h, status, payload)
 
     def _send(self, h: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
-        if not isinstance(payload, bytes):
-            payload = json.dumps(payload if payload is not None else {}).encode()
-        data = payload
-        try:
-            h.send_response(status)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Length", str(len(data)))
-            h.end_headers()
-            h.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        send_json(h, status, payload if payload is not None else {})
 
     def _route(self, r: Request) -> tuple[int, Any]:
         p = r.path

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import http.client
-import json
 import random
 import socket
 import struct
 import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from http_fake import FakeServer, send_json
 
 KINDS = ("503", "reset", "reset_after", "truncate", "corrupt")
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
@@ -41,27 +43,23 @@ class FaultProxy:
         self.stats: collections.Counter[str] = collections.Counter()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
-        self._server.proxy = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # Quiet: clients hang up on purpose here (after our own resets); nothing to report.
+        self._server = FakeServer(functools.partial(_handle, self), quiet=True)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     @property
     def faults(self) -> int:
         return sum(n for k, n in self.stats.items() if k in KINDS)
 
     def start(self) -> FaultProxy:
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -87,104 +85,88 @@ class FaultProxy:
             return None
 
 
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # clients hang up on purpose here (after our own resets); nothing to report
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
-        pass
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
-
-    def _handle(self) -> None:
-        proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]
-        body = self._read_body()
-        media = self.command == "GET" and ("alt=media" in self.path or self.path.startswith("/download/"))
-        fault = proxy.decide(self.command, media)
-        if fault == "forbidden":
-            return self._json(403, "medsynth-test@example.iam.gserviceaccount.com does not have "
-                                   "storage.objects.create access to the Google Cloud Storage object.")
-        if fault in ("503", "outage"):
-            return self._json(503, "Service Unavailable (injected)")
-        if fault == "reset":
-            return self._reset()
-        status, reason, headers, data = self._forward(proxy, body)
-        if fault == "reset_after" or (fault == "truncate" and len(data) < 2):
-            return self._reset()
-        if fault == "corrupt" and data:
-            i = len(data) // 2
-            data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
-        self.send_response(status, reason)
-        for k, v in headers:
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command == "HEAD":
-            return None
-        if fault == "truncate":
-            self.wfile.write(data[: len(data) // 2])
-            self.wfile.flush()
-            return self._reset()
-        self.wfile.write(data)
+def _handle(proxy: FaultProxy, h: BaseHTTPRequestHandler) -> None:
+    body = _read_body(h)
+    media = h.command == "GET" and ("alt=media" in h.path or h.path.startswith("/download/"))
+    fault = proxy.decide(h.command, media)
+    if fault == "forbidden":
+        return _json(h, 403, "medsynth-test@example.iam.gserviceaccount.com does not have "
+                             "storage.objects.create access to the Google Cloud Storage object.")
+    if fault in ("503", "outage"):
+        return _json(h, 503, "Service Unavailable (injected)")
+    if fault == "reset":
+        return _reset(h)
+    status, reason, headers, data = _forward(proxy, h, body)
+    if fault == "reset_after" or (fault == "truncate" and len(data) < 2):
+        return _reset(h)
+    if fault == "corrupt" and data:
+        i = len(data) // 2
+        data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+    h.send_response(status, reason)
+    for k, v in headers:
+        h.send_header(k, v)
+    h.send_header("Content-Length", str(len(data)))
+    h.end_headers()
+    if h.command == "HEAD":
         return None
+    if fault == "truncate":
+        h.wfile.write(data[: len(data) // 2])
+        h.wfile.flush()
+        return _reset(h)
+    h.wfile.write(data)
+    return None
 
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            parts = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(parts)
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
 
-    def _forward(self, proxy: FaultProxy, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
-        # The Host header goes through unchanged: the emulator builds resumable-upload URLs from it,
-        # so follow-up requests come back through this proxy.
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-        if body or self.command in ("POST", "PUT", "PATCH"):
-            headers["Content-Length"] = str(len(body))
-        conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+def _read_body(h: BaseHTTPRequestHandler) -> bytes:
+    if h.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        parts = []
+        while True:
+            size = int(h.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while h.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(parts)
+            parts.append(h.rfile.read(size))
+            h.rfile.readline()
+    n = int(h.headers.get("Content-Length") or 0)
+    return h.rfile.read(n) if n else b""
+
+
+def _forward(
+    proxy: FaultProxy, h: BaseHTTPRequestHandler, body: bytes
+) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    # The Host header goes through unchanged: the emulator builds resumable-upload URLs from it,
+    # so follow-up requests come back through this proxy.
+    headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP_BY_HOP}
+    if body or h.command in ("POST", "PUT", "PATCH"):
+        headers["Content-Length"] = str(len(body))
+    conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+    try:
+        # The emulator may answer (404) and hang up before it has read the whole body.
+        with contextlib.suppress(OSError):
+            conn.request(h.command, h.path, body=body or None, headers=headers)
         try:
-            # The emulator may answer (404) and hang up before it has read the whole body.
-            with contextlib.suppress(OSError):
-                conn.request(self.command, self.path, body=body or None, headers=headers)
-            try:
-                resp = conn.getresponse()
-                data = resp.read()
-            except (OSError, http.client.HTTPException):
-                return 502, "Bad Gateway", [("Content-Type", "text/plain")], b"upstream failed"
-            out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
-            return resp.status, resp.reason, out, data
-        finally:
-            conn.close()
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException):
+            return 502, "Bad Gateway", [("Content-Type", "text/plain")], b"upstream failed"
+        out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
+        return resp.status, resp.reason, out, data
+    finally:
+        conn.close()
 
-    def _json(self, code: int, message: str) -> None:
-        error = {"code": code, "message": message, "errors": [{"message": message}]}
-        data = json.dumps({"error": error}).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
-    def _reset(self) -> None:
-        """Close with RST, like a load balancer dropping the connection."""
-        self.close_connection = True
-        try:
-            self.wfile.flush()
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-        except OSError:
-            pass
+def _json(h: BaseHTTPRequestHandler, code: int, message: str) -> None:
+    error = {"code": code, "message": message, "errors": [{"message": message}]}
+    send_json(h, code, {"error": error}, content_type="application/json; charset=UTF-8")
+
+
+def _reset(h: BaseHTTPRequestHandler) -> None:
+    """Close with RST, like a load balancer dropping the connection."""
+    h.close_connection = True
+    try:
+        h.wfile.flush()
+        h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        h.connection.close()
+    except OSError:
+        pass

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from http_fake import FakeServer, send_json
 from PIL import Image
 
 from medsynth.data.dicom_writer import read_provenance
@@ -112,43 +112,23 @@ class FlakyServer:
     def __init__(self, failures: list[int]) -> None:
         self.failures = list(failures)
         self.predicts = 0
-        png = png_bytes(np.full((4, 4), 9, np.uint8))
-        owner = self
+        self.png = png_bytes(np.full((4, 4), 9, np.uint8))
+        self.http = FakeServer(self._handle).start()
+        self.port = self.http.port
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _reply(self, status: int, doc: dict) -> None:
-                body = json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:  # noqa: N802
-                version = {"version": "2", "state": "AVAILABLE",
-                           "status": {"error_code": "OK", "error_message": ""}}
-                self._reply(200, {"model_version_status": [version]})
-
-            def do_POST(self) -> None:  # noqa: N802
-                n = len(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"])
-                owner.predicts += 1
-                if owner.failures:
-                    self._reply(owner.failures.pop(0), {"error": "try again later"})
-                else:
-                    self._reply(200, {"predictions": [{"b64": base64.b64encode(png).decode()}] * n})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        if h.command == "GET":
+            version = {"version": "2", "state": "AVAILABLE",
+                       "status": {"error_code": "OK", "error_message": ""}}
+            return send_json(h, 200, {"model_version_status": [version]})
+        n = len(json.loads(h.rfile.read(int(h.headers["Content-Length"])))["instances"])
+        self.predicts += 1
+        if self.failures:
+            return send_json(h, self.failures.pop(0), {"error": "try again later"})
+        return send_json(h, 200, {"predictions": [{"b64": base64.b64encode(self.png).decode()}] * n})
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.http.stop()
 
 
 @pytest.mark.parametrize("failures,ok", [([503, 429, 503], True), ([503] * 5, False), ([400], False)])

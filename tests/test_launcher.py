@@ -12,13 +12,13 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import yaml
+from http_fake import FakeServer, send_json
 
 from medsynth import cluster
 from medsynth.errors import ConfigError, MedsynthError
@@ -219,62 +219,53 @@ class FakeKubeApi:
         self.script = script
         self.existing = existing
         self.objects: dict[str, dict] = {}
-        api = self
+        # HTTP/1.0: one request per connection, so a body nobody reads (DELETE's) cannot spill over.
+        self.server = FakeServer(self._handle, protocol="HTTP/1.0")
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):  # noqa: ANN002
-                pass
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        if h.command == "POST":
+            return self._create(h)
+        if h.command == "GET":
+            return self._get(h)
+        if h.command == "DELETE":
+            self.deleted.append(h.path)
+            return send_json(h, 200, {"kind": "Status", "status": "Success"})
+        return h.send_error(501)
 
-            def _send(self, code: int, obj: dict) -> None:
-                body = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    def _create(self, h: BaseHTTPRequestHandler) -> None:
+        m = re.fullmatch(r"/apis/kubeflow.org/(\w+)/namespaces/([\w-]+)/(\w+)", h.path)
+        body = json.loads(h.rfile.read(int(h.headers["Content-Length"])))
+        if not m:
+            return send_json(h, 404, {"kind": "Status", "code": 404})
+        name = body["metadata"]["name"]
+        if self.existing or name in self.objects:
+            return send_json(h, 409, {"kind": "Status", "code": 409, "reason": "AlreadyExists"})
+        self.created.append({"path": h.path, "body": body})
+        self.objects[name] = body
+        return send_json(h, 201, body)
 
-            def do_POST(self):  # noqa: N802
-                m = re.fullmatch(r"/apis/kubeflow.org/(\w+)/namespaces/([\w-]+)/(\w+)", self.path)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if not m:
-                    return self._send(404, {"kind": "Status", "code": 404})
-                name = body["metadata"]["name"]
-                if api.existing or name in api.objects:
-                    return self._send(409, {"kind": "Status", "code": 409, "reason": "AlreadyExists"})
-                api.created.append({"path": self.path, "body": body})
-                api.objects[name] = body
-                return self._send(201, body)
-
-            def do_GET(self):  # noqa: N802
-                m = re.fullmatch(r"/apis/kubeflow.org/(\w+)/namespaces/([\w-]+)/(\w+)/([\w.-]+)", self.path)
-                if not m:
-                    return self._send(404, {"kind": "Status", "code": 404})
-                obj = copy.deepcopy(api.objects.get(m.group(4)) or {"metadata": {"name": m.group(4)}})
-                step = api.script[min(api.gets, len(api.script) - 1)]
-                api.gets += 1
-                obj["status"] = {"conditions": step}
-                return self._send(200, obj)
-
-            def do_DELETE(self):  # noqa: N802
-                api.deleted.append(self.path)
-                return self._send(200, {"kind": "Status", "status": "Success"})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def _get(self, h: BaseHTTPRequestHandler) -> None:
+        m = re.fullmatch(r"/apis/kubeflow.org/(\w+)/namespaces/([\w-]+)/(\w+)/([\w.-]+)", h.path)
+        if not m:
+            return send_json(h, 404, {"kind": "Status", "code": 404})
+        obj = copy.deepcopy(self.objects.get(m.group(4)) or {"metadata": {"name": m.group(4)}})
+        step = self.script[min(self.gets, len(self.script) - 1)]
+        self.gets += 1
+        obj["status"] = {"conditions": step}
+        return send_json(h, 200, obj)
 
     def __enter__(self) -> "FakeKubeApi":
-        self.thread.start()
+        self.server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
     def client(self):
         from kubernetes import client
 
         conf = client.Configuration()
-        conf.host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        conf.host = self.server.url
         return client.ApiClient(conf)
 
 
@@ -407,7 +398,7 @@ except MedsynthError as e:
 def test_sigterm_makes_the_launcher_delete_its_job():
     # A real process and a real signal: a cancelled KFP run stops the launcher's pod with SIGTERM.
     with FakeKubeApi([_cond("Created", "Running")]) as api:
-        url = f"http://127.0.0.1:{api.server.server_address[1]}"
+        url = api.server.url
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen([sys.executable, "-c", _FOLLOWER, url], env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -201,7 +201,7 @@ def test_bad_config_is_refused_with_the_flag_named(tmp_path, kw, match):
 
 
 def test_determinism_is_on_for_cpus_and_lets_gpus_use_xla():
-    from medsynth.train.loop import resolve_determinism, resolve_xla
+    from medsynth.train.devices import resolve_determinism, resolve_xla
     from medsynth.train.strategy import make_distribution
 
     assert resolve_determinism("auto", None) is True  # CPU: bitwise-exact resume
@@ -218,7 +218,8 @@ def test_determinism_is_on_for_cpus_and_lets_gpus_use_xla():
 
 
 def test_mixed_precision_keeps_outputs_float32_and_scales_float16_losses(tmp_path):
-    from medsynth.train.loop import _optimizer, build_models, resolve_precision
+    from medsynth.train.devices import resolve_precision
+    from medsynth.train.models import _optimizer, build_models
 
     assert resolve_precision("auto", None) == "float32"  # CPU
     assert resolve_precision("auto", (7, 5)) == "mixed_float16"  # T4

@@ -213,10 +213,10 @@ def get_extractor(kind: str = "auto", weights: str = "imagenet", *, batch_size: 
 
 def resolve_inception_weights(spec: str, cache_dir: str | None = None) -> Path:
     """A local file for a weights spec: `imagenet` (Keras download or its cache), a path, or a gs:// URI."""
-    from medsynth.models.efficientnet_lite import weights_cache_root
+    from medsynth.cache import cache_root
     from medsynth.storage import fetch
 
-    cache = Path(cache_dir) if cache_dir else weights_cache_root()
+    cache = Path(cache_dir) if cache_dir else cache_root("weights")
     if spec == "imagenet":
         return _keras_imagenet_file()
     if not spec:

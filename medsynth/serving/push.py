@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medsynth import storage
+from medsynth.cache import cache_root
 from medsynth.errors import ConfigError, ServingError
 from medsynth.serving.export import list_versions
 from medsynth.storage import atomic_directory, atomic_write_json
@@ -97,7 +98,7 @@ def push(cfg: PushConfig) -> PushDecision:
 
     if cfg.metric not in CRITERIA:
         raise ConfigError(f"unknown gate metric {cfg.metric!r}; choose one of {', '.join(CRITERIA)}")
-    model = storage.fetch(cfg.model, Path(tempfile.gettempdir()) / "medsynth-push-cache")
+    model = storage.fetch(cfg.model, cache_root("push"))
     if not (Path(model) / "saved_model.pb").exists():
         raise ServingError(f"--model {cfg.model} is not a SavedModel directory (no saved_model.pb)")
     new = storage.read_json(cfg.metrics)

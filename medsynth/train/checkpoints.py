@@ -28,6 +28,7 @@ from typing import Any
 import tensorflow as tf
 
 from medsynth import storage
+from medsynth.cache import cache_root
 from medsynth.errors import CheckpointError
 from medsynth.storage import atomic_write_json, read_json
 from medsynth.train.config import TrainConfig
@@ -206,7 +207,7 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
 
 def _local_run_dir(run_dir: str) -> Path:
     key = hashlib.sha256(run_dir.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "medsynth-cache" / "runs" / key
+    return cache_root("runs") / key
 
 
 def restore_generator(generator: tf.keras.Model, prefix: str) -> str:
