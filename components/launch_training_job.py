@@ -39,21 +39,7 @@ def launch_training_job(
 ) -> NamedTuple("LaunchOutputs", run_dir=str):
     from medsynth.pipeline_steps import TrainTask, launch_step
 
-    task = TrainTask(
-        dataset_dir=dataset_dir,
-        storage_root=storage_root,
-        run_id=run_id,
-        run_name=run_name,
-        backbone=backbone,
-        image_size=image_size,
-        steps=steps,
-        batch_size=batch_size,
-        backbone_weights=backbone_weights,
-        seed=seed,
-        d_augment=d_augment,
-        d_head=d_head,
-        init_run=init_run,
-    )
+    task = TrainTask.of(locals())  # every input named like a TrainTask field
     return launch_step(
         task,
         kind,

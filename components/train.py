@@ -33,20 +33,5 @@ def train(
 ) -> NamedTuple("TrainOutputs", run_dir=str):
     from medsynth.pipeline_steps import TrainTask, train_step
 
-    task = TrainTask(
-        dataset_dir=dataset_dir,
-        storage_root=storage_root,
-        run_id=run_id,
-        run_name=run_name,
-        backbone=backbone,
-        image_size=image_size,
-        steps=steps,
-        batch_size=batch_size,
-        backbone_weights=backbone_weights,
-        seed=seed,
-        strategy=strategy,
-        d_augment=d_augment,
-        d_head=d_head,
-        init_run=init_run,
-    )
+    task = TrainTask.of(locals())  # every input named like a TrainTask field
     return train_step(task, model, metrics, samples)

@@ -8,19 +8,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from medsynth import __version__
 from medsynth.errors import ConfigError, MedsynthError
 from medsynth.train.config import TrainConfig
 
+T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], int | None]
 COMMANDS: dict[str, Handler] = {}
+
+
+def _from_args(cls: type[T], args: argparse.Namespace, **others: Any) -> T:
+    """A command's config dataclass from the flags named like its fields (`others`: the rest)."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(others)
+    return cls(**{k: v for k, v in vars(args).items() if k in names}, **others)
 
 
 def _command(name: str) -> Callable[[Handler], Handler]:
@@ -81,19 +90,7 @@ def _summary(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from medsynth.data.prepare import PrepareConfig, prepare
 
-    cfg = PrepareConfig(
-        source=args.source,
-        out=args.out,
-        image_size=args.image_size,
-        name=args.name,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        min_frames=args.min_frames,
-        phantom_frames=args.phantom_frames,
-        dtype=args.dtype,
-        workers=args.workers,
-        max_pixels_mb=args.max_pixels_mb,
-    )
+    cfg = _from_args(PrepareConfig, args)
     result = prepare(cfg)
     print(f"dataset ready: {result}")
     return 0
@@ -115,10 +112,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from medsynth.evaluate.report import EvaluateConfig, evaluate_run
 
-    cfg = EvaluateConfig(run=args.run, data=args.data, n=args.n, seed=args.seed, out=args.out,
-                         feature_extractor=args.feature_extractor, inception_weights=args.inception_weights,
-                         prdc_k=args.prdc_k, pretrained=args.pretrained_metrics, checkpoint=args.checkpoint,
-                         criterion=args.criterion)
+    cfg = _from_args(EvaluateConfig, args, pretrained=args.pretrained_metrics)
     metrics = evaluate_run(cfg)
     for k, v in sorted(metrics.items()):
         print(f"{k}: {v}")
@@ -130,12 +124,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from medsynth.serving.export import ExportConfig, export_run
 
-    cfg = ExportConfig(
-        run=args.run,
-        model_repository=args.model_repository,
-        model_name=args.model_name,
-        version=args.version,
-    )
+    cfg = _from_args(ExportConfig, args)
     path = export_run(cfg)
     print(f"exported SavedModel: {path}")
     return 0
@@ -146,14 +135,7 @@ def _export(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from medsynth.serving.push import PushConfig, push
 
-    cfg = PushConfig(
-        model=args.model,
-        model_repository=args.model_repository,
-        model_name=args.model_name,
-        metrics=args.metrics,
-        margin=args.margin,
-        metric=args.metric,
-    )
+    cfg = _from_args(PushConfig, args)
     decision = push(cfg)
     print(decision.summary())
     return 0 if decision.pushed else 1

