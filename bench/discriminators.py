@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -174,7 +175,7 @@ def main() -> int:
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--eval-frames", type=int, default=256)
-    ap.add_argument("--phantom-frames", type=int, default=2048)
+    ap.add_argument("--phantom-frames", type=int, default=3072)  # > 256 held-out frames
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--out", default="bench-out/discriminators")
@@ -197,6 +198,8 @@ def main() -> int:
             if old and old["checkpoints"] and old["checkpoints"][-1]["step"] == args.steps:
                 results.setdefault(name, {})[seed] = old
                 continue
+            if run.exists():  # stopped half-way: its checkpoints' times would not be this run's
+                shutil.rmtree(run)
             print(f"== {name} seed {seed}", flush=True)
             train_metrics = train_one(data_dir, run, name, seed, args)
             checkpoints, itself = judge(run, data_dir, train_metrics["started"], args)
