@@ -2,14 +2,15 @@
 
 `FakeServer(handle)` serves `handle(request)` for every method on a free port of 127.0.0.1, each
 connection in its own daemon thread; use it as a context manager, or `start()` / `stop()`.
-`handle` gets the `BaseHTTPRequestHandler` and answers through it (`send_json` for JSON).
+`handle` gets the `BaseHTTPRequestHandler` and answers through it (`send_json` for JSON,
+`send_lines` for a stream of JSON lines such as a Kubernetes watch).
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -75,5 +76,29 @@ def send_json(
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
         h.wfile.write(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+def send_lines(h: BaseHTTPRequestHandler, status: int, lines: Iterable[Any]) -> None:
+    """Stream each of `lines` JSON-encoded on a line of its own, as it comes (`lines` may wait
+    between them), then close the connection; a client that hung up ends the stream.
+
+    Chunked, as an API server sends a watch: a body of unknown length without it is read to its
+    end before the client sees a line. HTTP/1.1 for this answer alone (chunks need it), with
+    `Connection: close`, so a server on HTTP/1.0 still closes every connection.
+    """
+    h.protocol_version = "HTTP/1.1"
+    try:
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        for line in lines:
+            data = json.dumps(line).encode() + b"\n"
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            h.wfile.flush()
+        h.wfile.write(b"0\r\n\r\n")
     except (BrokenPipeError, ConnectionResetError):
         pass

@@ -12,13 +12,15 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
-from http_fake import FakeServer, send_json
+from http_fake import FakeServer, send_json, send_lines
 
 from medsynth import cluster
 from medsynth.errors import ConfigError, MedsynthError
@@ -210,15 +212,36 @@ def test_the_job_is_owned_by_the_launch_pod_only_in_its_own_namespace():
 
 
 class FakeKubeApi:
-    """The few custom-object endpoints the launcher uses; `script` is the conditions each GET returns."""
+    """The custom-object endpoints the launcher uses: create, list, watch and delete.
 
-    def __init__(self, script: list[list[dict]], existing: bool = False) -> None:
+    `script` is the job's history: the conditions of each version in turn (None: deleted), version
+    i at resourceVersion 10 * (i + 1). A list (by fieldSelector metadata.name=…) returns the next
+    version each time, as if the job moved on between reads; a watch from resourceVersion r streams
+    every version after r (MODIFIED, or DELETED for None), then holds the stream until its
+    timeoutSeconds and ends it, with a BOOKMARK (the cluster's version moved on) when asked for.
+    The first `gone` watches get 410 Gone instead: an ERROR event, or the HTTP status when
+    `gone_as_status`; the next `broken` ones break off after their first event.
+    """
+
+    def __init__(
+        self,
+        script: list[list[dict] | None],
+        existing: bool = False,
+        gone: int = 0,
+        gone_as_status: bool = False,
+        broken: int = 0,
+    ) -> None:
         self.created: list[dict] = []
         self.deleted: list[str] = []
-        self.gets = 0
+        self.lists = 0
+        self.watches: list[dict[str, str]] = []  # each watch's query parameters
         self.script = script
         self.existing = existing
+        self.gone = gone
+        self.gone_as_status = gone_as_status
+        self.broken = broken
         self.objects: dict[str, dict] = {}
+        self.closing = threading.Event()
         # HTTP/1.0: one request per connection, so a body nobody reads (DELETE's) cannot spill over.
         self.server = FakeServer(self._handle, protocol="HTTP/1.0")
 
@@ -244,21 +267,65 @@ class FakeKubeApi:
         self.objects[name] = body
         return send_json(h, 201, body)
 
+    def _version(self, name: str, i: int) -> dict | None:
+        if self.script[i] is None:
+            return None
+        obj = copy.deepcopy(self.objects.get(name) or {"metadata": {"name": name}})
+        obj["metadata"]["resourceVersion"] = str(10 * (i + 1))
+        obj["status"] = {"conditions": self.script[i]}
+        return obj
+
     def _get(self, h: BaseHTTPRequestHandler) -> None:
-        m = re.fullmatch(r"/apis/kubeflow.org/(\w+)/namespaces/([\w-]+)/(\w+)/([\w.-]+)", h.path)
-        if not m:
+        url = urlsplit(h.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        m = re.fullmatch(r"metadata\.name=([\w.-]+)", query.get("fieldSelector", ""))
+        if not re.fullmatch(r"/apis/kubeflow.org/(\w+)/namespaces/([\w-]+)/(\w+)", url.path) or not m:
             return send_json(h, 404, {"kind": "Status", "code": 404})
-        obj = copy.deepcopy(self.objects.get(m.group(4)) or {"metadata": {"name": m.group(4)}})
-        step = self.script[min(self.gets, len(self.script) - 1)]
-        self.gets += 1
-        obj["status"] = {"conditions": step}
-        return send_json(h, 200, obj)
+        if query.get("watch", "").lower() == "true":
+            return self._watch(h, m.group(1), query)
+        i = min(self.lists, len(self.script) - 1)
+        self.lists += 1
+        obj = self._version(m.group(1), i)
+        listed = {"metadata": {"resourceVersion": str(10 * (i + 1))}, "items": [obj] if obj else []}
+        return send_json(h, 200, listed)
+
+    def _watch(self, h: BaseHTTPRequestHandler, name: str, query: dict[str, str]) -> None:
+        start = time.monotonic()
+        self.watches.append(query)
+        if self.gone:
+            self.gone -= 1
+            expired = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired",
+                       "message": f"too old resource version: {query['resourceVersion']}", "code": 410}
+            if self.gone_as_status:
+                return send_json(h, 410, expired)
+            return send_lines(h, 200, [{"type": "ERROR", "object": expired}])
+        drop = self.broken > 0
+        self.broken -= drop
+
+        def events():
+            since = int(query["resourceVersion"])
+            for i in range(len(self.script)):
+                if 10 * (i + 1) > since:
+                    obj = self._version(name, i)
+                    if obj is None:
+                        yield {"type": "DELETED", "object": self._version(name, i - 1)}
+                        return
+                    yield {"type": "MODIFIED", "object": obj}
+                    if drop:  # no end chunk: the client sees the connection break
+                        raise ConnectionResetError("the fake drops this watch")
+            self.closing.wait(start + int(query["timeoutSeconds"]) - time.monotonic())
+            if query.get("allowWatchBookmarks", "").lower() == "true":
+                newest = {"resourceVersion": str(max(since, 10 * len(self.script)) + 1)}
+                yield {"type": "BOOKMARK", "object": {"kind": "TFJob", "metadata": newest}}
+
+        return send_lines(h, 200, events())
 
     def __enter__(self) -> "FakeKubeApi":
         self.server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.closing.set()  # ends the watches still held open
         self.server.stop()
 
     def client(self):
@@ -403,16 +470,85 @@ def test_sigterm_makes_the_launcher_delete_its_job():
         proc = subprocess.Popen([sys.executable, "-c", _FOLLOWER, url], env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
-        while api.gets == 0 and time.monotonic() < deadline and proc.poll() is None:
+        while not api.watches and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        assert api.gets >= 1, proc.communicate()[0]
+        assert api.watches, proc.communicate()[0]
+        time.sleep(0.2)  # the launcher is blocked reading the watch, which the fake holds for 30 s
+        sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)  # well before its 30 s poll: the wait is interrupted
+        try:
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        stopped_in = time.monotonic() - sent
     assert proc.returncode == 3, out
     assert "got SIGTERM" in out and "deleted it" in out
+    assert api.watches[0]["timeoutSeconds"] == "30" and stopped_in < 10, stopped_in  # not the window's end
     (deleted,) = api.deleted
     name = api.created[0]["body"]["metadata"]["name"]
     assert deleted.split("?")[0] == f"/apis/kubeflow.org/v1/namespaces/medsynth/tfjobs/{name}"
+
+
+def _follow(api: FakeKubeApi, seen: list[str] | None = None, **kw) -> cluster.JobOutcome:
+    """The launcher on a TFJob, in watch windows of 5 s unless told; `seen` collects its states."""
+    kw = {"poll_s": 5, "on_state": None if seen is None else seen.append, **kw}
+    return cluster.launch_training_job(_cfg(), "tfjob", workers=2, gpus_per_worker=4, image="i",
+                                       api_client=api.client(), **kw)
+
+
+@pytest.mark.parametrize("end", ["Succeeded", "Failed"])
+def test_one_watch_sees_the_job_go_from_running_to_its_end(end):
+    seen: list[str] = []
+    script = [_cond("Created", "Running"), _cond("Created", "Running"), _cond("Running", end, message="oom")]
+    with FakeKubeApi(script) as api:
+        if end == "Failed":
+            with pytest.raises(MedsynthError, match="failed: oom"):
+                _follow(api, seen)
+        else:
+            assert _follow(api, seen).transitions == ["Running", "Succeeded"]
+    assert seen == ["Running", end]
+    # listed once, then one watch window of poll_s seconds streamed the rest
+    (watch,) = api.watches
+    assert api.lists == 1 and watch["resourceVersion"] == "10" and watch["timeoutSeconds"] == "5"
+    assert watch["fieldSelector"] == f"metadata.name={cluster.job_name(_cfg(), 'tfjob')}"
+    assert not api.deleted
+
+
+@pytest.mark.parametrize("as_status", [False, True], ids=["error-event", "http-status"])
+def test_a_410_gone_watch_lists_the_job_again_and_goes_on(as_status):
+    seen: list[str] = []
+    script = [_cond("Created"), _cond("Created", "Running"), _cond("Running"), _cond("Running", "Succeeded")]
+    with FakeKubeApi(script, gone=1, gone_as_status=as_status) as api:
+        assert _follow(api, seen).state == "Succeeded"
+    assert seen == ["Created", "Running", "Succeeded"]
+    # the list after the 410 gave a newer version to watch from
+    assert api.lists == 2 and [w["resourceVersion"] for w in api.watches] == ["10", "20"]
+
+
+def test_a_watch_that_breaks_off_goes_on_from_its_last_version():
+    seen: list[str] = []
+    with FakeKubeApi([_cond("Created"), _cond("Running"), _cond("Succeeded")], broken=1) as api:
+        assert _follow(api, seen).state == "Succeeded"
+    assert seen == ["Created", "Running", "Succeeded"]
+    assert api.lists == 1 and [w["resourceVersion"] for w in api.watches] == ["10", "20"]
+
+
+def test_a_quiet_job_is_watched_window_after_window_until_the_timeout():
+    seen: list[str] = []
+    with FakeKubeApi([_cond("Created", "Running")]) as api, pytest.raises(MedsynthError, match="deleted it"):
+        _follow(api, seen, poll_s=1, timeout_s=1.5)
+    assert seen == ["Running"]  # a bookmark is no state
+    # the second window goes on from the first one's bookmark, and ends with the timeout
+    assert [(w["resourceVersion"], w["timeoutSeconds"]) for w in api.watches] == [("10", "1"), ("11", "1")]
+    assert len(api.deleted) == 1
+
+
+@pytest.mark.parametrize("script", [[_cond("Running"), None], [None]], ids=["watched", "listed"])
+def test_a_job_deleted_by_someone_else_ends_the_launcher(script):
+    with FakeKubeApi(script) as api, pytest.raises(MedsynthError, match="deleted before it finished"):
+        _follow(api)
+    assert not api.deleted  # nothing left to delete
 
 
 # --- the single-pod KFP task -------------------------------------------------------------------------

@@ -600,7 +600,7 @@ KFP_V2_POD_NEEDS = [
 LAUNCH_NEEDS = [
     ("kubeflow.org", plural, verb, None)
     for plural in ("mpijobs", "tfjobs")
-    for verb in ("create", "get", "watch", "delete")
+    for verb in ("create", "list", "watch", "delete")
 ]
 PIPELINE_SA = "medsynth-pipeline"
 

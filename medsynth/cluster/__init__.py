@@ -6,9 +6,10 @@ pins the task to the GPU node pool (node selector, tolerations), gives NCCL a me
 Identity.
 
 Several nodes: `follow.launch_training_job` creates an MPIJob (Horovod, MPI Operator) or a TFJob
-(MultiWorkerMirroredStrategy, Training Operator) through the Kubernetes API and follows its
-status until it succeeds or fails. The pods run the trainer image the pipeline was compiled with
-(an input of the task: the launcher's own pod cannot know the registry) and `medsynth train` with
+(MultiWorkerMirroredStrategy, Training Operator) through the Kubernetes API and watches its
+status (a `kubernetes.watch` stream, renewed every `poll_s`) until it succeeds or fails. The pods
+run the trainer image the pipeline was compiled with (an input of the task: the launcher's own pod
+cannot know the registry) and `medsynth train` with
 the flags `TrainConfig.to_argv` makes from the same `TrainConfig` the single-pod path uses, so both paths
 train the same thing; the job specs have the shape of k8s/training/ (tested).
 A retried launcher finds its job by name (derived from `--out`) and follows it instead of
