@@ -188,9 +188,10 @@ def _kfp_client(args: argparse.Namespace):  # -> medsynth.kfp_client.PipelineCli
 
 @_command("submit")
 def _submit(args: argparse.Namespace) -> int:
-    from medsynth.kfp_client import parse_param_args
+    from medsynth.kfp_client import check_pipeline_root, parse_param_args
 
     params = parse_param_args(args.param)  # bad --param fails before anything is compiled or sent
+    check_pipeline_root(args.pipeline_root)
     client = _kfp_client(args)
     with _pipeline_package(args) as package:
         run = client.submit(
@@ -216,9 +217,10 @@ def _submit(args: argparse.Namespace) -> int:
 
 @_command("schedule")
 def _schedule(args: argparse.Namespace) -> int:
-    from medsynth.kfp_client import parse_param_args, schedules_table
+    from medsynth.kfp_client import check_pipeline_root, parse_param_args, schedules_table
 
     params = parse_param_args(args.param)
+    check_pipeline_root(args.pipeline_root)
     if args.cron is not None:
         from medsynth.kfp_client import to_kfp_cron
 

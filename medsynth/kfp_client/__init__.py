@@ -28,6 +28,7 @@ from medsynth.kfp_client.client import (
     TOKEN_ENV,
     TOKEN_FILE_ENV,
     PipelineClient,
+    check_pipeline_root,
 )
 from medsynth.kfp_client.cron import to_kfp_cron
 from medsynth.kfp_client.errors import KfpError
@@ -41,7 +42,7 @@ __all__ = [
     "TOKEN_ENV",
     "TOKEN_FILE_ENV",
     "KfpError",
-    "PipelineClient",
+    "PipelineClient", "check_pipeline_root",
     "RunInfo",
     "ScheduleInfo",
     "coerce_params",

@@ -201,7 +201,7 @@ class PipelineClient:
     ) -> RunInfo:
         """Create one run of the pipeline `package` (a compiled YAML; `medsynth submit` compiles
         medsynth-train from this code when given none)."""
-        _check_pipeline_root(pipeline_root)
+        check_pipeline_root(pipeline_root)
         with _package(package) as (path, spec):
             values = coerce_params(params or {}, pipeline_parameters(spec))
             self.require_version()
@@ -319,7 +319,7 @@ class PipelineClient:
         the first run's prepared data set. Point dataset_uri at new data, or pass
         `enable_caching=False` (every task runs)."""
         kfp_cron = to_kfp_cron(cron)
-        _check_pipeline_root(pipeline_root)
+        check_pipeline_root(pipeline_root)
         if max_concurrency < 1:
             raise ConfigError(f"--max-concurrency {max_concurrency}: must be at least 1")
         with _package(package) as (path, spec):
@@ -467,7 +467,8 @@ def _count_tasks(pipeline_spec: Any) -> int | None:
         return None
 
 
-def _check_pipeline_root(pipeline_root: str | None) -> None:
+def check_pipeline_root(pipeline_root: str | None) -> None:
+    """A KFP pipeline root is an object-store URI; checked before anything is compiled or sent."""
     if pipeline_root is not None and not re.match(r"[a-z][a-z0-9+.-]*://\S+", pipeline_root):
         raise ConfigError(
             f"--pipeline-root {pipeline_root!r}: give an object-store URI, e.g. gs://BUCKET/pipeline-root"
