@@ -20,6 +20,7 @@ from typing import Any
 
 from medsynth import storage
 from medsynth.cache import cache_root
+from medsynth.cluster.settings import NAMESPACE
 from medsynth.errors import ConfigError
 from medsynth.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, join
 from medsynth.train.config import TrainConfig
@@ -194,7 +195,7 @@ def launch_step(
     workers: int,
     gpus_per_worker: int,
     image: str,
-    namespace: str = "medsynth",
+    namespace: str = NAMESPACE,
     gpu_type: str = "",
     spot: bool = False,
     credentials_secret: str = "",

@@ -202,21 +202,22 @@ class PipelineClient:
         """Create one run of the pipeline `package` (a compiled YAML; `medsynth submit` compiles
         medsynth-train from this code when given none)."""
         check_pipeline_root(pipeline_root)
-        with _package(package) as (path, spec):
-            values = coerce_params(params or {}, pipeline_parameters(spec))
-            self.require_version()
-            name = run_name or f"{spec['pipelineInfo']['name']} {_now():%Y-%m-%d %H-%M-%S}"
-            exp = self.experiment_id(experiment, create=True)
-            with self._api("creating the run"):
-                run = self.kfp.run_pipeline(
-                    experiment_id=exp,
-                    job_name=name,
-                    pipeline_package_path=str(path),
-                    params=values,
-                    pipeline_root=pipeline_root,
-                    enable_caching=enable_caching,
-                    service_account=service_account,
-                )
+        path = Path(package)
+        spec = load_package(path)
+        values = coerce_params(params or {}, pipeline_parameters(spec))
+        self.require_version()
+        name = run_name or f"{spec['pipelineInfo']['name']} {_now():%Y-%m-%d %H-%M-%S}"
+        exp = self.experiment_id(experiment, create=True)
+        with self._api("creating the run"):
+            run = self.kfp.run_pipeline(
+                experiment_id=exp,
+                job_name=name,
+                pipeline_package_path=str(path),
+                params=values,
+                pipeline_root=pipeline_root,
+                enable_caching=enable_caching,
+                service_account=service_account,
+            )
         return self._run_info(run)
 
     def get_run(self, run_id: str) -> RunInfo:
@@ -322,31 +323,32 @@ class PipelineClient:
         check_pipeline_root(pipeline_root)
         if max_concurrency < 1:
             raise ConfigError(f"--max-concurrency {max_concurrency}: must be at least 1")
-        with _package(package) as (path, spec):
-            values = coerce_params(params or {}, pipeline_parameters(spec))
-            self.require_version()
-            existing = self._schedules_named(name)
-            if existing:
-                raise ConfigError(
-                    f"a recurring run called {name!r} exists (id {existing[0].recurring_run_id}): "
-                    f"delete it first (medsynth schedule --delete {name}) or choose another --name"
-                )
-            exp = self.experiment_id(experiment, create=True)
-            with self._api("creating the recurring run"):
-                rr = self.kfp.create_recurring_run(
-                    experiment_id=exp,
-                    job_name=name,
-                    description=f"{spec['pipelineInfo']['name']} on cron {cron.strip()!r}",
-                    cron_expression=kfp_cron,
-                    max_concurrency=max_concurrency,
-                    no_catchup=not catchup,
-                    params=values,
-                    pipeline_package_path=str(path),
-                    enabled=enabled,
-                    pipeline_root=pipeline_root,
-                    enable_caching=enable_caching,
-                    service_account=service_account,
-                )
+        path = Path(package)
+        spec = load_package(path)
+        values = coerce_params(params or {}, pipeline_parameters(spec))
+        self.require_version()
+        existing = self._schedules_named(name)
+        if existing:
+            raise ConfigError(
+                f"a recurring run called {name!r} exists (id {existing[0].recurring_run_id}): "
+                f"delete it first (medsynth schedule --delete {name}) or choose another --name"
+            )
+        exp = self.experiment_id(experiment, create=True)
+        with self._api("creating the recurring run"):
+            rr = self.kfp.create_recurring_run(
+                experiment_id=exp,
+                job_name=name,
+                description=f"{spec['pipelineInfo']['name']} on cron {cron.strip()!r}",
+                cron_expression=kfp_cron,
+                max_concurrency=max_concurrency,
+                no_catchup=not catchup,
+                params=values,
+                pipeline_package_path=str(path),
+                enabled=enabled,
+                pipeline_root=pipeline_root,
+                enable_caching=enable_caching,
+                service_account=service_account,
+            )
         return self._schedule_info(rr)
 
     def list_schedules(self, *, experiment: str | None = None) -> list[ScheduleInfo]:
@@ -448,13 +450,6 @@ def parse_kfp_version(tag: str | None) -> tuple[int, int, int] | None:
     """`2.4.0`, `v2.5.0-rc.1` → (2, 4, 0), (2, 5, 0); None for `unknown`, `master` or nothing."""
     m = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", (tag or "").strip())
     return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else None
-
-
-@contextlib.contextmanager
-def _package(package: str | Path) -> Iterator[tuple[Path, dict]]:
-    """The package to send and its spec."""
-    path = Path(package)
-    yield path, load_package(path)
 
 
 def _count_tasks(pipeline_spec: Any) -> int | None:

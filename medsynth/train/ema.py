@@ -27,9 +27,10 @@ def default_kimg(batch_size: int) -> float:
 def ema_beta(step: int | tf.Tensor, batch_size: int, kimg: float, rampup: float = RAMPUP) -> tf.Tensor:
     """The weight of the old average after `step` updates (step counts from 1)."""
     seen = tf.cast(step, tf.float64) * batch_size
-    half_life = tf.minimum(kimg * 1000.0, seen * rampup) if rampup else tf.constant(kimg * 1000.0, tf.float64)
+    cap = tf.constant(kimg * 1000.0, tf.float64)
+    half_life = tf.minimum(cap, seen * rampup) if rampup else cap
     half_life = tf.maximum(half_life, 1e-8)
-    return tf.cast(tf.pow(0.5, batch_size / half_life), tf.float32)
+    return tf.cast(tf.pow(tf.constant(0.5, tf.float64), batch_size / half_life), tf.float32)
 
 
 class GeneratorAverage:
@@ -46,11 +47,12 @@ class GeneratorAverage:
             a.assign(tf.convert_to_tensor(w))
         self._update = tf.function(self._lerp, reduce_retracing=True)
 
-    def _lerp(self, beta: tf.Tensor) -> None:
+    def _lerp(self, step: tf.Tensor) -> None:
+        beta = ema_beta(step, self.batch_size, self.kimg)  # in the compiled update, not op by op
         for a, w in zip(self.average.weights, self.generator.weights, strict=True):
             w = tf.cast(tf.convert_to_tensor(w), a.dtype)
             a.assign(w + tf.cast(beta, a.dtype) * (a - w))
 
     def update(self, step: int) -> None:
         """Fold in G after its `step`-th update."""
-        self._update(ema_beta(step, self.batch_size, self.kimg))
+        self._update(tf.constant(step, tf.int64))
