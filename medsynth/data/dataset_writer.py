@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from medsynth import __version__, storage
 from medsynth.data import deid
+from medsynth.data.coco import CONVENTION
 from medsynth.data.images import RESIZE_POLICY
+from medsynth.data.keypoints import CLASSES, MAX_POINTS, FramePoints
 from medsynth.data.prepare_config import PrepareConfig
 from medsynth.data.shards import Record, ShardWriter
 from medsynth.data.sources import Entry
 
-FORMAT_VERSION = 1  # bump when the stored bytes for the same input and settings change
+FORMAT_VERSION = 2  # bump when the stored bytes for the same input and settings change (2: key points)
 SPLITS = ("train", "val")
 PREVIEW_FRAMES = 16
 
@@ -60,8 +63,8 @@ class _Stats:
 class DatasetWriter:
     """Shard writers, counts, statistics and preview frames of the data set being written."""
 
-    def __init__(self, root: Path, hasher: deid.Hasher, dtype: np.dtype, shard_bytes: int) -> None:
-        self.root, self.hasher, self.dtype = root, hasher, dtype
+    def __init__(self, root: Path, dtype: np.dtype, shard_bytes: int) -> None:
+        self.root, self.dtype = root, dtype
         self.writers = {s: ShardWriter(root / "shards", s, max_bytes=shard_bytes) for s in SPLITS}
         self.frames = {s: 0 for s in SPLITS}
         self.loops: dict[str, set[int]] = {s: set() for s in SPLITS}
@@ -70,13 +73,32 @@ class DatasetWriter:
         self.stats = _Stats()
         self.preview: list[np.ndarray] = []
         self._preview_loops: set[int] = set()
+        self.labelled = {s: 0 for s in SPLITS}
+        self.points = {c: 0 for c in CLASSES}
+        self.dropped_over_max = 0  # key points beyond MAX_POINTS in one frame (the tip is always kept)
 
     def add(
-        self, split: str, frames: np.ndarray, patient: str, study: str, loop: int, first_frame: int
+        self,
+        split: str,
+        frames: np.ndarray,
+        patient: str,
+        study: str,
+        loop: int,
+        first_frame: int,
+        keypoints: list[FramePoints | None] | None = None,
     ) -> None:
+        """One input's frames (a loop, or one image) and their key points (None: unlabelled)."""
         w = self.writers[split]
         for k, image in enumerate(frames):
-            w.write(Record(image, patient, study, loop, first_frame + k))
+            kp = keypoints[k] if keypoints is not None else None
+            if kp is not None:
+                p, c, m, dropped = kp.padded(MAX_POINTS)
+                kp = FramePoints.from_padded(p, c, m)
+                self.dropped_over_max += dropped
+                self.labelled[split] += 1
+                for cls in kp.classes.tolist():
+                    self.points[CLASSES[cls]] += 1
+            w.write(Record(image, patient, study, loop, first_frame + k, kp))
         self.frames[split] += len(frames)
         self.loops[split].add(loop)
         self.patients[split].add(patient)
@@ -118,6 +140,71 @@ def _write_preview(path: Path, out: DatasetWriter, name: str, synthetic: bool) -
     save_grid(preview, path, title=title, synthetic=synthetic)
 
 
+@dataclass
+class LabelReport:
+    """What the manifest says about where the key points came from and what was lost on the way."""
+
+    source: str  # how labels were obtained, in words
+    label_files: list[str] = field(default_factory=list)  # salted hashes of the label files' names
+    dropped_outside_crop: int = 0
+    ignored_points: int = 0  # labelled key points of names that are none of CLASSES
+    quarantined: int = 0  # labels (an image entry's points, or a whole file) quarantined
+
+
+def _keypoints_section(out: DatasetWriter, labels: LabelReport) -> dict:
+    return {
+        "classes": list(CLASSES),
+        "convention": CONVENTION,
+        "max_points": MAX_POINTS,
+        "source": labels.source,
+        "labelled_frames": dict(out.labelled),
+        "points": dict(out.points),
+        "dropped_outside_crop": labels.dropped_outside_crop,
+        "dropped_over_max_points": out.dropped_over_max,
+        "ignored_points": labels.ignored_points,
+        "label_files": labels.label_files,
+        "quarantined_labels": labels.quarantined,
+    }
+
+
+def _write_quarantine(root: Path, quarantine: list[dict]) -> None:
+    storage.atomic_write_json(
+        root / "quarantine.json",
+        {
+            "count": len(quarantine),
+            "note": "index = position of the input in the source sorted by relative path (null for a "
+            "label file's problem that names no input); name = salted one-way hash of that path, or of "
+            "the label file's path for stage 'labels' (file names may hold PHI)",
+            "entries": quarantine,
+        },
+    )
+
+
+def _content_summary(out: DatasetWriter, labels: LabelReport) -> dict:
+    """The manifest fields that describe what the shards hold (closes the shards)."""
+    shards = out.close()
+    top = float(np.iinfo(out.dtype).max)
+    return {
+        "format": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "software": {"medsynth": __version__, **_versions()},
+        "dtype": out.dtype.name,
+        "frames": out.total,
+        "splits": {
+            s: {
+                "frames": out.frames[s],
+                "loops": len(out.loops[s]),
+                "patients": sorted(out.patients[s]),
+                "studies": sorted(out.studies[s]),
+            }
+            for s in SPLITS
+        },
+        "pixel_stats": out.stats.as_dict(top),
+        "keypoints": _keypoints_section(out, labels),
+        "shards": shards,
+    }
+
+
 def _write_outputs(
     root: Path,
     cfg: PrepareConfig,
@@ -130,49 +217,26 @@ def _write_outputs(
     *,
     synthetic: bool,
     normalisation: dict,
+    labels: LabelReport,
 ) -> None:
     """Close the shards, then write the preview, the quarantine list and the manifest that lists them."""
-    shards = out.close()
-    top = float(np.iinfo(out.dtype).max)
+    content = _content_summary(out, labels)
     if out.preview:
         _write_preview(root / "preview.png", out, name, synthetic)
-    storage.atomic_write_json(
-        root / "quarantine.json",
-        {
-            "count": len(quarantine),
-            "note": "index = position of the input in the source sorted by relative path; "
-            "name = salted one-way hash of that path (file names may hold PHI)",
-            "entries": quarantine,
-        },
-    )
+    _write_quarantine(root, quarantine)
     manifest = {
-        "format": FORMAT_VERSION,
         "name": name,
         "hash": content_hash,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "software": {"medsynth": __version__, **_versions()},
         "synthetic": synthetic,
         "image_size": cfg.image_size,
         "channels": 1,
-        "dtype": out.dtype.name,
         "normalisation": normalisation,
         "resize": RESIZE_POLICY,
-        "frames": out.total,
-        "splits": {
-            s: {
-                "frames": out.frames[s],
-                "loops": len(out.loops[s]),
-                "patients": sorted(out.patients[s]),
-                "studies": sorted(out.studies[s]),
-            }
-            for s in SPLITS
-        },
         "split_policy": "by patient (else study, else series, else file) via a seeded order of salted hashes",
-        "pixel_stats": out.stats.as_dict(top),
         "source": source,
         "quarantined": len(quarantine),
-        "shards": shards,
         "settings": settings | {"min_frames": cfg.min_frames, "val_fraction": cfg.val_fraction},
+        **content,
     }
     storage.atomic_write_json(root / "manifest.json", manifest)
 

@@ -148,7 +148,7 @@ def _read_dicom(data: bytes, size: int, max_bytes: int) -> Decoded:
             vrange = voi_range(ds)
         except Exception as e:
             raise DicomRejected(f"invalid VOI LUT or window ({type(e).__name__})") from None
-    frames, lo, hi = [], np.inf, -np.inf
+    frames, original, lo, hi = [], [], np.inf, -np.inf
     try:
         for arr in iter_pixels(ds):
             if mono:
@@ -161,6 +161,7 @@ def _read_dicom(data: bytes, size: int, max_bytes: int) -> Decoded:
                 raise DicomRejected(f"unexpected frame shape {values.shape}")
             if vrange is None:
                 lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+            original.append(values.shape)
             frames.append(_resize_raw(values, size))
     except ImageRejected:
         raise
@@ -179,7 +180,9 @@ def _read_dicom(data: bytes, size: int, max_bytes: int) -> Decoded:
     stack = (stack - a) / (b - a) if b > a else np.zeros_like(stack)
     if photometric == "MONOCHROME1":
         stack = 1.0 - stack
-    return Decoded(np.clip(stack, 0.0, 1.0).astype(np.float32), header.bits, "dicom")
+    return Decoded(
+        np.clip(stack, 0.0, 1.0).astype(np.float32), header.bits, "dicom", np.asarray(original, np.int64)
+    )
 
 
 def _resize_raw(values: np.ndarray, size: int) -> np.ndarray:

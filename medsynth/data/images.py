@@ -35,6 +35,7 @@ class Decoded:
     frames: np.ndarray  # float32 [n, S, S]
     bits: int  # significant bits of the source (8 or 16; drives uint8 vs uint16 storage)
     kind: str  # "png", "jpeg", "tiff", "dicom"
+    original: np.ndarray  # int [n, 2]: each frame's (height, width) before the crop: key points follow it
 
 
 def sniff(head: bytes) -> str | None:
@@ -89,15 +90,17 @@ def read_image(data: bytes, size: int, max_bytes: int) -> Decoded:
         frames_declared = getattr(img, "n_frames", 1)
         _check_size(img, frames_declared, max_bytes)
         bits = _bits(img.mode)
-        out = []
+        out, original = [], []
         try:
             for page in ImageSequence.Iterator(img):
-                out.append(square_resize(_unit(page), size))
+                unit = _unit(page)
+                original.append(unit.shape)
+                out.append(square_resize(unit, size))
         except (OSError, ValueError, SyntaxError) as e:
             raise ImageRejected(f"{kind} file is truncated or corrupt ({type(e).__name__})") from None
     if not out:
         raise ImageRejected(f"{kind} file has no frames")
-    return Decoded(np.stack(out), bits, kind)
+    return Decoded(np.stack(out), bits, kind, np.asarray(original, np.int64))
 
 
 def _open(data: bytes) -> Image.Image:

@@ -9,6 +9,10 @@
   seeded shuffle buffer → repeat → batch → parse + `decode_raw` + scale + augment per batch.
 Everything is a TF op (no `py_function`), so `tf.train.Checkpoint(iterator=iter(ds))` saves and
 restores the exact position; under a `tf.distribute` strategy use `skip_batches` instead.
+
+Key points (`keypoints=True`) ride along as padded sets (`keypoints.MAX_POINTS`), moved by the same
+flips and rotations as the pixels; `labelled_only=True` streams only labelled frames (the tracker's and
+the conditional generator's training data). `labelled_frames` reads them as numpy arrays.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from medsynth import storage
+from medsynth.data.keypoints import MAX_POINTS, LabelledFrames
 from medsynth.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -156,8 +161,18 @@ def make_dataset(
     cache: bool = True,
     shuffle: bool = True,
     skip_batches: int = 0,
+    keypoints: bool = False,
+    labelled_only: bool = False,
 ):
     """float32 batches [batch, S, S, 1] in [-1, 1], deterministic per seed, checkpointable.
+
+    With `keypoints=True` each batch is a tuple `(images [B, S, S, 1] float32, points [B, K, 2] float32,
+    classes [B, K] int32, mask [B, K] bool)`, K = `MAX_POINTS`, in the convention of
+    `medsynth.data.keypoints`; augmentation's flips and rotation move the points with the pixels (a
+    point rotated out of the frame is masked off). An unlabelled frame has an all-False mask, like a
+    labelled frame with no point in view: pass `labelled_only=True` to stream only labelled frames
+    (a `DataError` naming the data set when its split has none). Without either, batches are exactly
+    those of earlier versions.
 
     `skip_batches=k` starts at batch k of the same stream: resuming at step k gives exactly the batches
     an uninterrupted run would have seen. This is the resume path under `tf.distribute` strategies,
@@ -185,7 +200,14 @@ def make_dataset(
     files = _shard_files(dataset_dir, manifest, split)
     size = int(manifest["image_size"])
     dtype = _dtype(manifest)
-    frames = int(manifest["splits"][split]["frames"])
+    stored = frames = int(manifest["splits"][split]["frames"])
+    if labelled_only:
+        frames = labelled_count(manifest, split)
+        if not frames:
+            raise DataError(
+                f"data set {dataset_dir} has no labelled {split} frames; prepare a source with key points "
+                "(COCO files beside the frames, or builtin://phantom)"
+            )
     per_batch = batch_size
     if input_context is not None:
         per_batch = input_context.get_per_replica_batch_size(batch_size)
@@ -212,13 +234,31 @@ def make_dataset(
         x = tf.cast(tf.reshape(pixels, [per_batch, size, size, 1]), tf.float32) / scale - 1.0
         return x if params is None else augment_batch(x, aug_seed, params)
 
+    def transform_points(pixels, aug_seed, points, classes, mask):
+        """The same for a batch with its key points, padded [B, K, ...]."""
+        x = tf.cast(tf.reshape(pixels, [per_batch, size, size, 1]), tf.float32) / scale - 1.0
+        if params is not None:
+            x, points, mask = augment_batch(x, aug_seed, params, points, mask)
+        return x, points, classes, mask
+
     if params is None or (params.rotate_deg == 0 and params.noise_std == 0):
         # XLA fuses the elementwise chain into one pass: 5x faster with the default augmentation on 2
         # CPU cores (measured); its CPU random numbers are slower, so noise and rotation run unfused.
         transform = tf.function(transform, jit_compile=True)
+        transform_points = tf.function(transform_points, jit_compile=True)
 
-    if cache and frames * size * size * dtype.size <= memory_budget():
-        images = tf.constant(_load_split(files, size, dtype, frames))
+    point_bytes = MAX_POINTS * 13 if keypoints or labelled_only else 0
+    if cache and stored * (size * size * dtype.size + point_bytes) <= memory_budget():
+        if keypoints or labelled_only:
+            pixels, points, classes, mask, labelled = _load_split(files, size, dtype, stored, keypoints=True)
+            if labelled_only:
+                keep = np.flatnonzero(labelled)
+                pixels, points, classes, mask = pixels[keep], points[keep], classes[keep], mask[keep]
+                frames = len(keep)
+            points, classes, mask = tf.constant(points), tf.constant(classes), tf.constant(mask)
+        else:
+            pixels = _load_split(files, size, dtype, stored)
+        images = tf.constant(pixels)
         n = tf.constant(frames, tf.int64)
         stop = 2**62 if repeat else frames
         start = pipeline_id + pipelines * per_batch * int(skip_batches)
@@ -227,7 +267,13 @@ def make_dataset(
         def lookup(position):
             idx = _epoch_permutations(position, n, seed) if shuffle else position % n
             # Augmentation is keyed by the stream position (a frame recurs every epoch).
-            return transform(tf.gather(images, idx), tf.stack([tf.constant(seed, tf.int64), position[0]]))
+            key = tf.stack([tf.constant(seed, tf.int64), position[0]])
+            if keypoints:
+                return transform_points(
+                    tf.gather(images, idx), key, tf.gather(points, idx), tf.gather(classes, idx),
+                    tf.gather(mask, idx),
+                )  # fmt: skip
+            return transform(tf.gather(images, idx), key)
 
         ds = ds.map(lookup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         options.experimental_symbolic_checkpoint = True
@@ -251,6 +297,8 @@ def make_dataset(
         ds = tf.data.TFRecordDataset(files[0], buffer_size=4 << 20)
     if shard_records:
         ds = ds.shard(pipelines, pipeline_id)
+    if labelled_only:
+        ds = ds.filter(_is_labelled)
     record_bytes = size * size * dtype.size + 128
     if shuffle:
         ds = ds.shuffle(
@@ -264,9 +312,13 @@ def make_dataset(
         ds = ds.skip(int(skip_batches))
 
     def decode(i, serialized):
+        key = tf.stack([tf.constant(seed, tf.int64), i])
+        if keypoints:
+            pixels, points, classes, mask, _ = _parse(serialized, dtype, keypoints=True)
+            return transform_points(pixels, key, points, classes, mask)
         parsed = tf.io.parse_example(serialized, {"image": tf.io.FixedLenFeature([], tf.string)})
         pixels = tf.io.decode_raw(parsed["image"], dtype, little_endian=True)
-        return transform(pixels, tf.stack([tf.constant(seed, tf.int64), i]))
+        return transform(pixels, key)
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
@@ -295,32 +347,82 @@ def _epoch_permutations(idx, n, seed: int):
     return tf.gather_nd(perms, tf.stack([epochs - first, idx % n], axis=1))
 
 
-def _load_split(files: list[str], size: int, dtype, frames: int) -> np.ndarray:
-    """Every frame of a split, in shard order, as one array (the in-memory mode's source)."""
+def labelled_count(manifest: dict, split: str) -> int:
+    """Labelled frames of a split as the manifest says (0 for data sets from before key points)."""
+    return int((manifest.get("keypoints") or {}).get("labelled_frames", {}).get(split, 0))
+
+
+def _is_labelled(serialized):
+    import tensorflow as tf
+
+    spec = {"labelled": tf.io.FixedLenFeature([], tf.int64, default_value=0)}
+    return tf.io.parse_single_example(serialized, spec)["labelled"] > 0
+
+
+def _parse(serialized, dtype, keypoints: bool = False):
+    """A batch of serialized examples → pixels [B, H*W] (+ points [B, K, 2], classes [B, K] int32,
+    mask [B, K], labelled [B] with `keypoints`). Shards from before key points read as unlabelled."""
+    import tensorflow as tf
+
+    spec = {"image": tf.io.FixedLenFeature([], tf.string)}
+    if keypoints:
+        spec |= {
+            "kp_xy": tf.io.RaggedFeature(tf.float32),
+            "kp_class": tf.io.RaggedFeature(tf.int64),
+            "labelled": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        }
+    parsed = tf.io.parse_example(serialized, spec)
+    pixels = tf.io.decode_raw(parsed["image"], dtype, little_endian=True)
+    if not keypoints:
+        return pixels
+    b = tf.shape(pixels)[0]
+    xy = parsed["kp_xy"].to_tensor(0.0, shape=[None, 2 * MAX_POINTS])
+    points = tf.reshape(xy, [b, MAX_POINTS, 2])
+    classes = tf.cast(parsed["kp_class"].to_tensor(0, shape=[None, MAX_POINTS]), tf.int32)
+    mask = tf.sequence_mask(parsed["kp_class"].row_lengths(), MAX_POINTS)
+    return pixels, points, classes, mask, parsed["labelled"] > 0
+
+
+def _load_split(files: list[str], size: int, dtype, frames: int, keypoints: bool = False):
+    """Every frame of a split, in shard order, as one array (the in-memory mode's source); with
+    `keypoints`, also (points, classes, mask, labelled) as numpy arrays."""
     import tensorflow as tf
 
     out = np.empty((frames, size, size), dtype.as_numpy_dtype)
+    if keypoints:
+        points = np.zeros((frames, MAX_POINTS, 2), np.float32)
+        classes = np.zeros((frames, MAX_POINTS), np.int32)
+        mask = np.zeros((frames, MAX_POINTS), bool)
+        labelled = np.zeros((frames,), bool)
     j = 0
     for serialized in tf.data.TFRecordDataset(files).batch(512).as_numpy_iterator():
-        parsed = tf.io.parse_example(serialized, {"image": tf.io.FixedLenFeature([], tf.string)})
-        pixels = tf.io.decode_raw(parsed["image"], dtype, little_endian=True).numpy()
+        parsed = _parse(serialized, dtype, keypoints)
+        pixels = (parsed[0] if keypoints else parsed).numpy()
         if j + len(pixels) > frames:
             raise DataError(f"shards of {files[0]}'s data set hold more frames than its manifest says")
         out[j : j + len(pixels)] = pixels.reshape(-1, size, size)
+        if keypoints:
+            k = slice(j, j + len(pixels))
+            points[k], classes[k], mask[k], labelled[k] = (t.numpy() for t in parsed[1:])
         j += len(pixels)
     if j != frames:
         raise DataError(f"shards hold {j} frames, the manifest says {frames}: the data set is incomplete")
-    return out
+    return (out, points, classes, mask, labelled) if keypoints else out
 
 
-def augment_batch(x, seed, params: Augment = Augment()):
+def augment_batch(x, seed, params: Augment = Augment(), points=None, mask=None):
     """Augment a batch [B, S, S, 1] in [-1, 1]; per-image parameters from a stateless RNG keyed by `seed`.
 
+    With key points (`points` [B, K, 2], `mask` [B, K]) returns `(x, points, mask)`: flips mirror the
+    points exactly as the pixels, rotation turns them about the same centre, and a point rotated off
+    the frame is masked off. The images are the same with or without points.
     Works on [B, S, S] internally: TF's CPU reverse is ~3x slower with a trailing channel axis of 1.
     """
     import math
 
     import tensorflow as tf
+
+    from medsynth.data.keypoints import flip_lr
 
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=6)
     b = tf.shape(x)[0]
@@ -330,10 +432,17 @@ def augment_batch(x, seed, params: Augment = Augment()):
     def uniform(i, lo=0.0, hi=1.0):
         return tf.random.stateless_uniform([b], seed=seeds[i], minval=lo, maxval=hi)
 
+    side = int(x.shape[1]) if points is not None else 0  # static: the key points' mirror axis
     if params.flip_lr > 0:
-        x = tf.where((uniform(0) < params.flip_lr)[:, None, None], tf.reverse(x, [2]), x)
+        flip = (uniform(0) < params.flip_lr)[:, None, None]
+        x = tf.where(flip, tf.reverse(x, [2]), x)
+        if points is not None:
+            points = tf.where(flip, flip_lr(points, side), points)
     if params.flip_ud > 0:
-        x = tf.where((uniform(1) < params.flip_ud)[:, None, None], tf.reverse(x, [1]), x)
+        flip = (uniform(1) < params.flip_ud)[:, None, None]
+        x = tf.where(flip, tf.reverse(x, [1]), x)
+        if points is not None:
+            points = tf.where(flip, points * [1.0, -1.0] + [0.0, side - 1.0], points)
     if params.rotate_deg > 0:  # about the centre, reflecting at the borders: values stay in range
         angle = uniform(2, -1.0, 1.0) * (params.rotate_deg * math.pi / 180.0)
         cos, sin = tf.cos(angle), tf.sin(angle)
@@ -350,6 +459,13 @@ def augment_batch(x, seed, params: Augment = Augment()):
             interpolation="BILINEAR",
             fill_mode="REFLECT",
         )[..., 0]
+        if points is not None:
+            # The transform maps output pixel p to input R p + offset; a key point goes the other way.
+            px = points[..., 0] - x_off[:, None]
+            py = points[..., 1] - y_off[:, None]
+            c, s = cos[:, None], sin[:, None]
+            points = tf.stack([c * px + s * py, c * py - s * px], axis=-1)
+            mask = tf.logical_and(mask, tf.reduce_all((points >= -0.5) & (points <= side - 0.5), axis=-1))
     changes_range = params.contrast > 0 or params.brightness > 0 or params.noise_std > 0
     if params.contrast > 0 or params.brightness > 0:
         # One fused affine map per image: (x - mean) * contrast + mean + brightness.
@@ -363,6 +479,8 @@ def augment_batch(x, seed, params: Augment = Augment()):
         x = x + tf.random.stateless_uniform(tf.shape(x), seed=seeds[5], minval=-half, maxval=half)
     if changes_range:
         x = tf.clip_by_value(x, -1.0, 1.0)
+    if points is not None:
+        return x[..., None], points, mask
     return x[..., None]
 
 
@@ -406,3 +524,51 @@ def real_frames(dataset_dir: str | Path, split: str = "val", n: int = 256, seed:
             j += len(chosen)
         pos += len(serialized)
     return out[:j]
+
+
+def labelled_frames(
+    dataset_dir: str | Path, split: str = "val", n: int | None = None, seed: int = 0
+) -> LabelledFrames:
+    """The labelled frames of a split (uint8, whatever is stored) with their key points: all of them, or
+    a seeded sample of `n` (in shard order). For the tracker and its evaluation; a `DataError` when the
+    split has no labelled frames, or fewer than `n`."""
+    import tensorflow as tf
+
+    dataset_dir = Path(dataset_dir)
+    manifest = load_manifest(dataset_dir)
+    files = _shard_files(dataset_dir, manifest, split)
+    available = labelled_count(manifest, split)
+    if not available:
+        raise DataError(
+            f"data set {dataset_dir} has no labelled {split} frames; prepare a source with key points "
+            "(COCO files beside the frames, or builtin://phantom)"
+        )
+    if n is not None and not 0 < n <= available:
+        raise DataError(f"data set {dataset_dir} has {available} labelled {split} frames; {n} were asked for")
+    pick = (
+        np.arange(available)
+        if n is None
+        else np.sort(np.random.default_rng(seed).choice(available, n, False))
+    )
+    size, dtype = int(manifest["image_size"]), _dtype(manifest)
+    scale = 255.0 / float(np.iinfo(dtype.as_numpy_dtype).max)
+    parts: list[tuple] = []
+    seen = 0  # labelled frames passed so far
+    for serialized in tf.data.TFRecordDataset(files).batch(512).as_numpy_iterator():
+        pixels, points, classes, mask, labelled = (t.numpy() for t in _parse(serialized, dtype, True))
+        rows = np.flatnonzero(labelled)
+        chosen = pick[(pick >= seen) & (pick < seen + len(rows))] - seen
+        seen += len(rows)
+        if len(chosen):
+            r = rows[chosen]
+            images = pixels[r].reshape(-1, size, size)
+            if dtype != tf.uint8:
+                images = np.rint(images.astype(np.float64) * scale)
+            parts.append((images.astype(np.uint8), points[r], classes[r], mask[r]))
+    if seen != available:
+        raise DataError(
+            f"shards of {dataset_dir} hold {seen} labelled {split} frames, the manifest says {available}"
+        )
+    return LabelledFrames(
+        *(np.concatenate([p[k] for p in parts]) for k in range(4)), synthetic=bool(manifest.get("synthetic"))
+    )

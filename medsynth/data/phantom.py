@@ -52,8 +52,15 @@ class PhantomFrame:
 
     def meta(self, seed: int | None = None) -> dict:
         """What goes into the JSON beside the image."""
-        out = {"keypoints": self.keypoints, "patient": self.patient, "loop": self.loop, "frame": self.frame,
-               "size": int(self.pixels.shape[0]), "synthetic": True, "source": "medsynth phantom"}
+        out = {
+            "keypoints": self.keypoints,
+            "patient": self.patient,
+            "loop": self.loop,
+            "frame": self.frame,
+            "size": int(self.pixels.shape[0]),
+            "synthetic": True,
+            "source": "medsynth phantom",
+        }
         if seed is not None:
             out["seed"] = seed
         return out
@@ -89,8 +96,18 @@ class _Tree:
     bifurcations: np.ndarray  # [b, 2]
 
 
-def _grow(rng: np.random.Generator, start: np.ndarray, heading: float, length: float, w0: float, w1: float,
-          gen: int, max_gen: int, vessels: list, bifs: list) -> None:
+def _grow(
+    rng: np.random.Generator,
+    start: np.ndarray,
+    heading: float,
+    length: float,
+    w0: float,
+    w1: float,
+    gen: int,
+    max_gen: int,
+    vessels: list,
+    bifs: list,
+) -> None:
     """One vessel: a smooth curve (random walk in curvature) that tapers and sheds side branches."""
     ds = 0.012
     k = max(4, int(length / ds))
@@ -145,10 +162,30 @@ def _patient_tree(seed: int, patient: int) -> _Tree:
     bifs.append(end.copy())
     w_a = w_lm * rng.uniform(0.78, 0.86)
     w_b = w_lm * rng.uniform(0.68, 0.78)
-    _grow(rng, end, end_heading + rng.uniform(0.35, 0.7), rng.uniform(0.55, 0.75), w_a, w_a * 0.2, 1, 3,
-          vessels, bifs)
-    _grow(rng, end, end_heading - rng.uniform(0.6, 1.1), rng.uniform(0.4, 0.6), w_b, w_b * 0.2, 1, 2,
-          vessels, bifs)
+    _grow(
+        rng,
+        end,
+        end_heading + rng.uniform(0.35, 0.7),
+        rng.uniform(0.55, 0.75),
+        w_a,
+        w_a * 0.2,
+        1,
+        3,
+        vessels,
+        bifs,
+    )
+    _grow(
+        rng,
+        end,
+        end_heading - rng.uniform(0.6, 1.1),
+        rng.uniform(0.4, 0.6),
+        w_b,
+        w_b * 0.2,
+        1,
+        2,
+        vessels,
+        bifs,
+    )
     return _Tree(tuple(vessels), np.array(bifs))
 
 
@@ -179,8 +216,12 @@ def _loop(seed: int, loop: int, loops_per_patient: int) -> _Loop:
     tree = _patient_tree(seed, patient)
     prng = _rng(seed, _BODY, patient)  # the patient's body and usual projection
     base_angle = prng.uniform(0.9, 1.9)  # trunk heads down-right to down-left (LAO/RAO-like)
-    body = (prng.uniform(-0.08, 0.08), prng.uniform(0.08, 0.12), prng.uniform(0.72, 0.88),
-            prng.uniform(0.8, 1.2))
+    body = (
+        prng.uniform(-0.08, 0.08),
+        prng.uniform(0.08, 0.12),
+        prng.uniform(0.72, 0.88),
+        prng.uniform(0.8, 1.2),
+    )
     rng = _rng(seed, _LOOP, loop)
 
     # Projection: rotation, foreshortening along a random axis, zoom.
@@ -243,8 +284,19 @@ def _loop(seed: int, loop: int, loops_per_patient: int) -> _Loop:
         center[1] + rng.normal(0, 0.03),
         rng.uniform(0.28, 0.38),  # heart radius
     )
-    return _Loop(patient, vessels, bifs, catheter, cw, rng.uniform(0.008, 0.011), center, motion,
-                 rng.uniform(0.8, 1.15), rng.uniform(0.6, 1.6), anatomy)
+    return _Loop(
+        patient,
+        vessels,
+        bifs,
+        catheter,
+        cw,
+        rng.uniform(0.008, 0.011),
+        center,
+        motion,
+        rng.uniform(0.8, 1.15),
+        rng.uniform(0.6, 1.6),
+        anatomy,
+    )
 
 
 def _deform(p: np.ndarray, lp: _Loop, phase: float) -> np.ndarray:
@@ -330,8 +382,9 @@ def _tube_polygon(p: np.ndarray, hw: np.ndarray, cap_points: int = 5) -> np.ndar
     cap = _cap_angles(cap_points)
     centres = np.concatenate([p, np.repeat(p[-1:], cap_points, 0), p[::-1], np.repeat(p[:1], cap_points, 0)])
     radii = np.concatenate([hw, np.full(cap_points, hw[-1]), hw[::-1], np.full(cap_points, hw[0])])
-    angles = np.concatenate([ang + math.pi / 2, ang[-1] + cap, ang[::-1] - math.pi / 2,
-                             ang[0] + math.pi + cap])
+    angles = np.concatenate(
+        [ang + math.pi / 2, ang[-1] + cap, ang[::-1] - math.pi / 2, ang[0] + math.pi + cap]
+    )
     return centres + radii[:, None] * np.stack([np.cos(angles), np.sin(angles)], 1)
 
 
@@ -375,8 +428,9 @@ def _scene(seed: int, loop: int, loops_per_patient: int, size: int) -> _Scene:
     cat_poly = _tube_polygon(cat, np.full(m, chw), cap_points=3)
     cat_w = np.concatenate([lp.catheter_weight, np.ones(3), lp.catheter_weight[::-1], np.zeros(3)])
     add(cat_poly, cat_w, 255)
-    tip = cat[-1] + chw * 1.5 * np.stack([np.cos(np.linspace(0, 2 * math.pi, 9)[:-1]),
-                                           np.sin(np.linspace(0, 2 * math.pi, 9)[:-1])], 1)
+    tip = cat[-1] + chw * 1.5 * np.stack(
+        [np.cos(np.linspace(0, 2 * math.pi, 9)[:-1]), np.sin(np.linspace(0, 2 * math.pi, 9)[:-1])], 1
+    )
     add(tip, 1.0, 255)  # radio-opaque tip marker
     return _Scene(np.concatenate(parts), np.concatenate(weights), tuple(polys))
 
@@ -394,8 +448,13 @@ def _locate(index: int, frames_per_loop: int, loops_per_patient: int) -> tuple[i
     return loop // loops_per_patient, loop, frame
 
 
-def render_frame(size: int, seed: int, index: int, frames_per_loop: int = FRAMES_PER_LOOP,
-                 loops_per_patient: int = LOOPS_PER_PATIENT) -> PhantomFrame:
+def render_frame(
+    size: int,
+    seed: int,
+    index: int,
+    frames_per_loop: int = FRAMES_PER_LOOP,
+    loops_per_patient: int = LOOPS_PER_PATIENT,
+) -> PhantomFrame:
     """Frame `index` of the data set `(seed, frames_per_loop, loops_per_patient)` at `size` pixels."""
     size = check_size(size, "--size")
     seed = _check_seed(seed)
@@ -442,8 +501,13 @@ def render_frame(size: int, seed: int, index: int, frames_per_loop: int = FRAMES
     return PhantomFrame(pixels, keypoints, patient_name(patient), loop, frame)
 
 
-def phantom_frames(n: int, size: int, seed: int = 0, frames_per_loop: int = FRAMES_PER_LOOP,
-                   loops_per_patient: int = LOOPS_PER_PATIENT) -> Iterator[PhantomFrame]:
+def phantom_frames(
+    n: int,
+    size: int,
+    seed: int = 0,
+    frames_per_loop: int = FRAMES_PER_LOOP,
+    loops_per_patient: int = LOOPS_PER_PATIENT,
+) -> Iterator[PhantomFrame]:
     """The first `n` frames of the data set, in order (loop by loop, patient by patient).
 
     Arguments are checked now, not at the first `next()`, so bad input fails where it is given.
@@ -456,22 +520,37 @@ def phantom_frames(n: int, size: int, seed: int = 0, frames_per_loop: int = FRAM
     return (render_frame(size, seed, i, frames_per_loop, loops_per_patient) for i in range(n))
 
 
-def phantom_array(n: int, size: int, seed: int = 0, frames_per_loop: int = FRAMES_PER_LOOP,
-                  loops_per_patient: int = LOOPS_PER_PATIENT) -> tuple[np.ndarray, list[dict]]:
+def phantom_array(
+    n: int,
+    size: int,
+    seed: int = 0,
+    frames_per_loop: int = FRAMES_PER_LOOP,
+    loops_per_patient: int = LOOPS_PER_PATIENT,
+) -> tuple[np.ndarray, list[dict]]:
     """All `n` frames as one uint8 array [n, size, size] plus their metadata, for training code."""
     frames = list(phantom_frames(n, size, seed, frames_per_loop, loops_per_patient))
     return np.stack([f.pixels for f in frames]), [f.meta(seed) for f in frames]
 
 
 # --- writing ----------------------------------------------------------------------------------------
-def write_phantom(out: str | Path, n: int, size: int, seed: int = 0, fmt: str = "png",
-                  frames_per_loop: int = FRAMES_PER_LOOP, loops_per_patient: int = LOOPS_PER_PATIENT) -> Path:
+def write_phantom(
+    out: str | Path,
+    n: int,
+    size: int,
+    seed: int = 0,
+    fmt: str = "png",
+    frames_per_loop: int = FRAMES_PER_LOOP,
+    loops_per_patient: int = LOOPS_PER_PATIENT,
+) -> Path:
     """Write `n` frames to the directory `out` (replaced atomically).
 
     png: `frame_00000.png` + `frame_00000.json` per frame. dicom: one multi-frame XA file per cine loop
     (`loop_00000.dcm`, PatientName PHANTOM^<patient>) + `loop_00000.json` with every frame's key points.
-    `phantom.json` describes the whole set.
+    `phantom.json` describes the whole set; `annotations.json` holds every frame's key points as COCO
+    Keypoints (`data/coco.py`; DICOM: one image entry per frame, with its `frame`), which is what
+    `prepare` reads beside user data, so the phantom tests that path end to end.
     """
+    from medsynth.data.coco import CocoImage, write_coco
     from medsynth.pictures import png_bytes
     from medsynth.progress import Progress
     from medsynth.storage import atomic_directory
@@ -485,19 +564,34 @@ def write_phantom(out: str | Path, n: int, size: int, seed: int = 0, fmt: str = 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / "phantom.json").exists():
-        raise ConfigError(f"--out {out} is a non-empty directory that is not a phantom data set; "
-                          "give a new or empty directory (it is replaced as a whole)")
+        raise ConfigError(
+            f"--out {out} is a non-empty directory that is not a phantom data set; "
+            "give a new or empty directory (it is replaced as a whole)"
+        )
 
-    info = {"n": n, "size": size, "seed": seed, "format": fmt, "frames_per_loop": frames_per_loop,
-            "loops_per_patient": loops_per_patient, "synthetic": True, "source": "medsynth phantom"}
+    info = {
+        "n": n,
+        "size": size,
+        "seed": seed,
+        "format": fmt,
+        "frames_per_loop": frames_per_loop,
+        "loops_per_patient": loops_per_patient,
+        "synthetic": True,
+        "source": "medsynth phantom",
+    }
+    coco: list[CocoImage] = []
     with atomic_directory(out) as tmp, Progress(n, "phantom", unit="frame") as bar:
         frames = phantom_frames(n, size, seed, frames_per_loop, loops_per_patient)
         if fmt == "png":
             for i, f in enumerate(frames):
-                text = {"Software": "medsynth phantom", "medsynth:synthetic": "true",
-                        "medsynth:keypoints": json.dumps(f.keypoints)}
+                text = {
+                    "Software": "medsynth phantom",
+                    "medsynth:synthetic": "true",
+                    "medsynth:keypoints": json.dumps(f.keypoints),
+                }
                 (tmp / f"frame_{i:05d}.png").write_bytes(png_bytes(f.pixels, text))
                 _write_json(tmp / f"frame_{i:05d}.json", f.meta(seed) | {"index": i})
+                coco.append(CocoImage(f"frame_{i:05d}.png", size, size, _points_in_view(f)))
                 bar.update()
         else:
             loop_frames: list[PhantomFrame] = []
@@ -506,18 +600,36 @@ def write_phantom(out: str | Path, n: int, size: int, seed: int = 0, fmt: str = 
                     _write_loop_dicom(tmp, loop_frames, seed, i - len(loop_frames), loops_per_patient)
                     loop_frames = []
                 loop_frames.append(f)
+                coco.append(
+                    CocoImage(f"loop_{f.loop:05d}.dcm", size, size, _points_in_view(f), frame=f.frame)
+                )
                 bar.update()
             _write_loop_dicom(tmp, loop_frames, seed, n - len(loop_frames), loops_per_patient)
+        write_coco(
+            tmp / "annotations.json",
+            coco,
+            synthetic=True,
+            description=f"medsynth phantom key points (seed {seed}, {size} px)",
+        )
         _write_json(tmp / "phantom.json", info)
     return out
+
+
+def _points_in_view(f: PhantomFrame):  # noqa: ANN202 - FramePoints, imported lazily
+    """The frame's key points that lie on it (bifurcations are already; the tip is kept only if it is)."""
+    from medsynth.data.keypoints import FramePoints
+
+    points = FramePoints.from_dict(f.keypoints)
+    return points.keep(points.inside(f.pixels.shape[0]))
 
 
 def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def _write_loop_dicom(folder: Path, frames: list[PhantomFrame], seed: int, first_index: int,
-                      loops_per_patient: int) -> None:
+def _write_loop_dicom(
+    folder: Path, frames: list[PhantomFrame], seed: int, first_index: int, loops_per_patient: int
+) -> None:
     from medsynth.data.dicom_writer import make_uid, write_xa
 
     f0 = frames[0]
@@ -549,9 +661,18 @@ def _write_loop_dicom(folder: Path, frames: list[PhantomFrame], seed: int, first
         frame_time_ms=FRAME_TIME_MS,
         uid_entropy=["phantom", seed, loops_per_patient, "loop", f0.loop, size, len(frames)],
     )
-    _write_json(folder / f"{name}.json", {
-        "patient": f0.patient, "loop": f0.loop, "seed": seed, "size": size, "synthetic": True,
-        "first_index": first_index,
-        "frames": [{"frame": f.frame, "index": first_index + k, "keypoints": f.keypoints}
-                   for k, f in enumerate(frames)],
-    })
+    _write_json(
+        folder / f"{name}.json",
+        {
+            "patient": f0.patient,
+            "loop": f0.loop,
+            "seed": seed,
+            "size": size,
+            "synthetic": True,
+            "first_index": first_index,
+            "frames": [
+                {"frame": f.frame, "index": first_index + k, "keypoints": f.keypoints}
+                for k, f in enumerate(frames)
+            ],
+        },
+    )

@@ -41,8 +41,17 @@ import numpy as np
 
 from medsynth import storage
 from medsynth.data import deid
-from medsynth.data.dataset_writer import FORMAT_VERSION, DatasetWriter, _model_scaling, _q, _write_outputs
+from medsynth.data.dataset_writer import (
+    FORMAT_VERSION,
+    DatasetWriter,
+    LabelReport,
+    _model_scaling,
+    _q,
+    _write_outputs,
+)
 from medsynth.data.images import RESIZE_POLICY
+from medsynth.data.keypoints import FramePoints
+from medsynth.data.labels import frame_labels, labels_digest, match_labels
 from medsynth.data.prepare_config import PrepareConfig
 from medsynth.data.sources import Entry, Limits, Listing, open_source
 from medsynth.data.splits import assign_splits, input_group
@@ -87,14 +96,18 @@ def _prepare_phantom(cfg: PrepareConfig, listing: Listing) -> Path | str:
     splits = assign_splits(patients, cfg.val_fraction, seed)
 
     def build(root: Path) -> None:
-        out = DatasetWriter(root, hasher, np.dtype(np.uint8), cfg.shard_mb << 20)
+        out = DatasetWriter(root, np.dtype(np.uint8), cfg.shard_mb << 20)
+        report = LabelReport("rendered by the phantom with its frames (every frame labelled)")
         jobs = ((i, size, seed) for i in range(n))
         with Progress(n, "prepare builtin://phantom", unit="frame") as bar:
-            for _, pixels, patient, loop, frame in _parallel(
+            for _, pixels, patient, loop, frame, kp in _parallel(
                 _phantom_task, jobs, n, _workers(cfg), (None, Limits()), chunksize=8
             ):
                 p = hasher.hash("patient", deid.prehash("patient-id", patient))
-                out.add(splits.get(p, "train"), pixels[None], p, p, loop, frame)
+                points = FramePoints.from_dict(kp)
+                inside = points.inside(size)
+                report.dropped_outside_crop += int((~inside).sum())
+                out.add(splits.get(p, "train"), pixels[None], p, p, loop, frame, [points.keep(inside)])
                 bar.update()
         source = listing.describe() | {"frames": n, "seed": seed}
         _write_outputs(
@@ -111,6 +124,7 @@ def _prepare_phantom(cfg: PrepareConfig, listing: Listing) -> Path | str:
                 "policy": "phantom frames are rendered at image_size as uint8 (MONOCHROME2)",
                 **_model_scaling("uint8"),
             },
+            labels=report,
         )
 
     return _finish(cfg, name, content_hash, build, f"{n} phantom frames")
@@ -132,22 +146,28 @@ def _prepare_files(cfg: PrepareConfig, listing: Listing, limits: Limits) -> Path
     if dtype == "auto":
         dtype = "uint16" if any(s.bits > 8 for s in good) else "uint8"
     settings = _settings(cfg, dtype)
-    content_hash = _content_hash(source_digest, settings)
+    # Labels change the data set (its hash) but not the de-identification salt, so not the split either.
+    content_hash = _content_hash(source_digest, settings, labels_digest(listing.labels))
     hasher = deid.Hasher(source_digest)
     name = cfg.name or "dataset"
 
     groups = {s.index: input_group(s, entries[s.index], hasher) for s in good}
 
-    def decode_pass(root: Path, splits: dict[str, str], failed: dict[int, str]) -> tuple[DatasetWriter, dict]:
+    def decode_pass(
+        root: Path, splits: dict[str, str], failed: dict[int, str]
+    ) -> tuple[DatasetWriter, dict, LabelReport, list[dict]]:
         """Decode every good input not known to fail into per-split shards; returns what failed now."""
-        out = DatasetWriter(root, hasher, np.dtype(dtype), cfg.shard_mb << 20)
+        out = DatasetWriter(root, np.dtype(dtype), cfg.shard_mb << 20)
+        labels = match_labels(listing.labels, entries, hasher)
+        report = LabelReport("COCO key-point files of the source", list(labels.names))
+        report.ignored_points = labels.ignored_points
         failed_now: dict[int, str] = {}
         loop_ids: dict[str, int] = {}
         loop_frames: dict[int, int] = {}
         todo = [s for s in good if s.index not in failed]
         jobs = ((entries[s.index], dtype, cfg.image_size) for s in todo)
         with Progress(len(todo), "prepare: decode", unit="file") as bar:
-            for index, frames, problem in _parallel(
+            for index, frames, problem, original in _parallel(
                 _decode_task, jobs, len(todo), workers, init, chunksize=1
             ):
                 bar.update(postfix=f"{out.total} frames")
@@ -158,14 +178,19 @@ def _prepare_files(cfg: PrepareConfig, listing: Listing, limits: Limits) -> Path
                 loop = loop_ids.setdefault(loop_key, len(loop_ids))
                 first = loop_frames.get(loop, 0)
                 loop_frames[loop] = first + len(frames)
-                out.add(splits[patient], frames, patient, study, loop, first)
+                points, dropped = frame_labels(
+                    labels.by_input.get(index, []), original, cfg.image_size, labels, index
+                )
+                report.dropped_outside_crop += dropped
+                out.add(splits[patient], frames, patient, study, loop, first, points)
         out.close()
-        return out, failed_now
+        report.quarantined = len(labels.quarantine)
+        return out, failed_now, report, labels.quarantine
 
     def build(root: Path) -> None:
         failed: dict[int, str] = {}
         splits = assign_splits((g[0] for g in groups.values()), cfg.val_fraction, cfg.seed)
-        out, failed_now = decode_pass(root, splits, failed)
+        out, failed_now, report, label_quarantine = decode_pass(root, splits, failed)
         failed.update(failed_now)
         if failed_now and min(out.frames.values()) == 0:
             # Files that pass the header check but fail to decode can leave a split without patients;
@@ -175,12 +200,13 @@ def _prepare_files(cfg: PrepareConfig, listing: Listing, limits: Limits) -> Path
             )
             if len(set(alive.values())) == 2:
                 shutil.rmtree(root / "shards")
-                out, _ = decode_pass(root, alive, failed)
+                out, _, report, label_quarantine = decode_pass(root, alive, failed)
         quarantine = [_q(hasher, entries[s.index], s.problem, "scan") for s in scans if s.problem]
         quarantine += [_q(hasher, entries[i], reason, "decode") for i, reason in failed.items()]
         if out.total < cfg.min_frames:
             raise _too_few_frames(cfg, out.total, quarantine, len(entries))
         quarantine.sort(key=lambda q: q["index"])
+        quarantine += label_quarantine  # after the inputs, in label file order
         kinds: dict[str, int] = {}
         for s in good:
             if s.index not in failed:
@@ -203,6 +229,7 @@ def _prepare_files(cfg: PrepareConfig, listing: Listing, limits: Limits) -> Path
             settings,
             synthetic=False,
             normalisation=normalisation,
+            labels=report,
         )
 
     return _finish(cfg, name, content_hash, build, f"{len(good)} inputs")
@@ -235,8 +262,7 @@ def _too_few_frames(cfg: PrepareConfig, total: int, quarantine: list[dict], inpu
     return DataError(
         f"source {cfg.source}: only {total} good frames, "
         f"fewer than --min-frames {cfg.min_frames}; "
-        f"{len(quarantine)} of {inputs} inputs quarantined"
-        + (f" ({summary})" if summary else "")
+        f"{len(quarantine)} of {inputs} inputs quarantined" + (f" ({summary})" if summary else "")
     )
 
 
@@ -252,9 +278,10 @@ def _settings(cfg: PrepareConfig, dtype: str, extra: dict | None = None) -> dict
     }
 
 
-def _content_hash(source_digest: str, settings: dict) -> str:
+def _content_hash(source_digest: str, settings: dict, labels: str | None = None) -> str:
     blob = json.dumps(
-        {"format": FORMAT_VERSION, "source": source_digest, "settings": settings}, sort_keys=True
+        {"format": FORMAT_VERSION, "source": source_digest, "settings": settings, "labels": labels},
+        sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -21,20 +21,31 @@ from pathlib import Path
 
 import numpy as np
 
+from medsynth.data.keypoints import MAX_POINTS, FramePoints
+
 DEFAULT_SHARD_BYTES = 128 * 1024 * 1024
 
-FEATURES = ("image", "height", "width", "dtype", "patient", "study", "loop", "frame")
+FEATURES = (
+    "image", "height", "width", "dtype", "patient", "study", "loop", "frame", "kp_xy", "kp_class", "labelled"
+)  # fmt: skip
+KEYPOINT_FEATURES = ("kp_xy", "kp_class", "labelled")  # since format 2; older shards read as unlabelled
 
 
 @dataclass
 class Record:
-    """One frame as stored: pixels plus the de-identified grouping it belongs to."""
+    """One frame as stored: pixels, the de-identified grouping it belongs to, and its key points.
+
+    Key points are stored unpadded (`kp_xy` = x0, y0, x1, y1, ... float32; `kp_class` int64, an index
+    into `keypoints.CLASSES`; at most `MAX_POINTS`, the tip first) with `labelled` 0/1, in the
+    convention of `medsynth.data.keypoints`; `keypoints=None` is an unlabelled frame.
+    """
 
     image: np.ndarray  # [H, W] uint8 or uint16
     patient: str  # salted hash
     study: str  # salted hash
     loop: int  # index of the cine loop within the data set
     frame: int  # index of the frame within its loop
+    keypoints: FramePoints | None = None  # None: unlabelled
 
 
 def _varint(n: int) -> bytes:
@@ -63,6 +74,16 @@ def _int64_feature(value: int) -> bytes:
     return _field(3, _field(1, _varint(int(value))))  # Feature.int64_list{packed value}
 
 
+def _float_list_feature(values: np.ndarray) -> bytes:
+    data = np.asarray(values, "<f4").tobytes()
+    return _field(2, _field(1, data) if data else b"")  # Feature.float_list{packed value}
+
+
+def _int64_list_feature(values: np.ndarray) -> bytes:
+    data = b"".join(_varint(int(v)) for v in values)
+    return _field(3, _field(1, data) if data else b"")  # Feature.int64_list{packed value}
+
+
 def encode(record: Record) -> bytes:
     """A serialized `tf.train.Example` with the features in `FEATURES`."""
     image = np.ascontiguousarray(record.image)
@@ -80,6 +101,12 @@ def encode(record: Record) -> bytes:
         "loop": _int64_feature(record.loop),
         "frame": _int64_feature(record.frame),
     }
+    kp = record.keypoints
+    if kp is not None and len(kp) > MAX_POINTS:
+        raise ValueError(f"a frame holds at most {MAX_POINTS} key points, got {len(kp)}")
+    features["kp_xy"] = _float_list_feature(kp.points.ravel() if kp is not None else np.zeros(0))
+    features["kp_class"] = _int64_list_feature(kp.classes if kp is not None else np.zeros(0))
+    features["labelled"] = _int64_feature(int(kp is not None))
     entries = b"".join(_field(1, _field(1, k.encode()) + _field(2, v)) for k, v in features.items())
     return _field(1, entries)  # Example.features{feature map}
 
@@ -107,12 +134,19 @@ def decode(serialized: bytes) -> Record:
     h, w = f["height"].int64_list.value[0], f["width"].int64_list.value[0]
     image = np.frombuffer(f["image"].bytes_list.value[0], dtype=dtype).reshape(h, w)
     image = image.astype(dtype.newbyteorder("="))
+    keypoints = None
+    if "labelled" in f and f["labelled"].int64_list.value[0]:
+        keypoints = FramePoints(
+            np.asarray(f["kp_xy"].float_list.value, np.float32).reshape(-1, 2),
+            np.asarray(f["kp_class"].int64_list.value, np.int32),
+        )
     return Record(
         image=image,
         patient=f["patient"].bytes_list.value[0].decode(),
         study=f["study"].bytes_list.value[0].decode(),
         loop=f["loop"].int64_list.value[0],
         frame=f["frame"].int64_list.value[0],
+        keypoints=keypoints,
     )
 
 

@@ -8,6 +8,12 @@ listing (and quarantine.json by a salted hash, see `deid.Hasher.name`).
 Archives are read member by member in memory, never extracted, and checked before anything is read:
 entries with absolute paths or `..` are refused, so are members whose compression ratio or size is
 beyond the limits, and an archive whose declared total is beyond the limit is refused as a whole.
+
+Label files: a `.json` beside the frames that holds COCO Keypoints (CVAT, Label Studio, our own
+`annotations.json`) is read here, in this process, and handed to `prepare` as a `LabelFile`; other
+JSON (the phantom's per-frame meta files, tool exports) is a side-car file, skipped and counted. The
+decision is by content (`coco.looks_like_coco`), never by name. Label file names are PHI like any
+other path: only salted hashes of them reach outputs.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import posixpath
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from medsynth.data.coco import looks_like_coco
 from medsynth.errors import DataError
 
 BUILTINS = ("phantom",)
@@ -49,6 +57,14 @@ class Entry:
     problem: str | None = None  # set when the listing already shows the entry is unsafe
 
 
+@dataclass(frozen=True, slots=True)
+class LabelFile:
+    """A COCO key-point file of the source, read whole (label files are small)."""
+
+    rel: str  # relative path or member name; may hold PHI, never logged or written
+    data: bytes
+
+
 @dataclass
 class Listing:
     scheme: str  # "file", "zip", "gs", "builtin"
@@ -57,6 +73,7 @@ class Listing:
     reader: Reader | None = None
     builtin: str | None = None
     cleanup: list[Path] = field(default_factory=list)
+    labels: list[LabelFile] = field(default_factory=list)  # sorted by relative path
 
     def describe(self) -> dict:
         """A PHI-free description for the manifest: the kind of source and counts, never paths."""
@@ -64,6 +81,7 @@ class Listing:
             "scheme": self.scheme,
             "inputs": len(self.entries),
             "skipped_sidecar_files": self.skipped,
+            "label_files": len(self.labels),
             **({"builtin": self.builtin} if self.builtin else {}),
         }
 
@@ -150,16 +168,33 @@ def open_source(uri: str, limits: Limits, cache_dir: str | Path | None = None) -
 
 
 def _skippable(rel: str) -> bool:
-    name = posixpath.basename(rel)
-    if name in SKIP_NAMES or any(part.startswith(".") for part in PurePosixPath(rel).parts):
-        return True
-    if rel.startswith("__MACOSX/"):
-        return True
-    return PurePosixPath(name).suffix.lower() in SIDECAR_SUFFIXES
+    return _hidden(rel) or PurePosixPath(rel).suffix.lower() in SIDECAR_SUFFIXES
+
+
+def _hidden(rel: str) -> bool:
+    """System files, hidden files and macOS archive metadata: never inputs, never labels."""
+    parts = PurePosixPath(rel).parts
+    return (
+        posixpath.basename(rel) in SKIP_NAMES
+        or any(p.startswith(".") for p in parts)
+        or rel.startswith("__MACOSX/")
+    )
+
+
+def _maybe_labels(rel: str) -> bool:
+    """A side-car file that may be a COCO label file (then its content decides)."""
+    return PurePosixPath(rel).suffix.lower() == ".json" and not _hidden(rel)
+
+
+def _label_file(rel: str, read: Callable[[], bytes | None]) -> LabelFile | None:
+    """`rel` as a label file when its content is COCO key points, else None (a side-car file)."""
+    data = read()
+    return LabelFile(rel, data) if data is not None and looks_like_coco(data) else None
 
 
 def _folder(root: Path, limits: Limits, scheme: str) -> Listing:
     rels: list[tuple[str, int]] = []
+    labels: list[LabelFile] = []
     skipped = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -172,6 +207,11 @@ def _folder(root: Path, limits: Limits, scheme: str) -> Listing:
         for fn in filenames:
             full = os.path.join(dirpath, fn)
             rel = os.path.relpath(full, root).replace(os.sep, "/")
+            if _maybe_labels(rel) and os.path.isfile(full) and not os.path.islink(full):
+                label = _label_file(rel, lambda full=full: _read_small(full, limits.max_file_bytes))
+                if label is not None:
+                    labels.append(label)
+                    continue
             if _skippable(rel):
                 skipped += 1
                 continue
@@ -190,7 +230,15 @@ def _folder(root: Path, limits: Limits, scheme: str) -> Listing:
                 f"file of {size / 2**20:.0f} MiB is over the limit of {limits.max_file_bytes / 2**20:.0f} MiB"
             )
         entries.append(Entry(i, rel, max(size, 0), problem))
-    return Listing(scheme, entries, skipped, FolderReader(str(root), limits.max_file_bytes))
+    labels.sort(key=lambda lf: lf.rel)
+    return Listing(scheme, entries, skipped, FolderReader(str(root), limits.max_file_bytes), labels=labels)
+
+
+def _read_small(path: str, max_bytes: int) -> bytes | None:
+    """A file's bytes, or None when it is over `max_bytes` (then it is not read as labels)."""
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    return data if len(data) <= max_bytes else None
 
 
 def unsafe_member_name(name: str) -> bool:
@@ -206,8 +254,23 @@ def _zip(path: Path, limits: Limits) -> Listing:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise DataError(f"source {path} is not a readable zip archive ({type(e).__name__})") from None
+    labels: list[LabelFile] = []
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
+        candidates = {
+            i.filename: i
+            for i in infos
+            if _maybe_labels(i.filename)
+            and not unsafe_member_name(i.filename)
+            and not i.flag_bits & 0x1
+            and i.file_size <= limits.max_file_bytes
+            and (i.file_size <= (1 << 20) or i.file_size <= limits.zip_max_ratio * max(1, i.compress_size))
+        }
+        for name, info in sorted(candidates.items()):
+            label = _label_file(name, lambda info=info: _read_member(zf, info))
+            if label is not None:
+                labels.append(label)
+    label_names = {lf.rel for lf in labels}
     if len(infos) > limits.zip_max_entries:
         raise DataError(f"source {path} has {len(infos)} entries, over the limit of {limits.zip_max_entries}")
     total = sum(i.file_size for i in infos)
@@ -241,6 +304,8 @@ def _zip(path: Path, limits: Limits) -> Listing:
                 f"compression ratio {ratio:.0f}:1 is over the limit of "
                 f"{limits.zip_max_ratio:.0f}:1 (zip bomb?)"
             )
+        elif name in label_names:
+            continue
         elif _skippable(name):
             skipped += 1
             continue
@@ -248,7 +313,16 @@ def _zip(path: Path, limits: Limits) -> Listing:
         rows.append((name, info.file_size, problem))
     rows.sort(key=lambda r: r[0])
     entries = [Entry(i, name, size, problem) for i, (name, size, problem) in enumerate(rows)]
-    return Listing("zip", entries, skipped, ZipReader(str(path), limits.max_file_bytes))
+    return Listing("zip", entries, skipped, ZipReader(str(path), limits.max_file_bytes), labels=labels)
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes | None:
+    try:
+        with zf.open(info) as f:
+            data = f.read(info.file_size + 1)
+    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError):  # corrupt or unsupported member
+        return None
+    return data if len(data) <= info.file_size else None
 
 
 def _gcs(uri: str, limits: Limits, cache_dir: str | Path | None) -> Listing:

@@ -103,21 +103,22 @@ def _scan_task(entry: Entry) -> Scan:
     return scan
 
 
-def _decode_task(job: tuple[Entry, str, int]) -> tuple[int, np.ndarray | None, str | None]:
-    """Decode, resize and quantise one input: (index, frames, None), or (index, None, the reason)."""
+def _decode_task(job: tuple[Entry, str, int]) -> tuple[int, np.ndarray | None, str | None, np.ndarray | None]:
+    """Decode, resize and quantise one input: (index, frames, None, original (height, width) per frame),
+    or (index, None, the reason, None). Key points follow the crop from the original sizes."""
     entry, dtype, size = job
     try:
         data = _READER.read(entry)
         decoded = _decode_bytes(data, entry, size)
-        return entry.index, quantise(decoded.frames, np.dtype(dtype)), None
+        return entry.index, quantise(decoded.frames, np.dtype(dtype)), None, decoded.original
     except TooLarge:
-        return entry.index, None, "file is over the size limit"
+        return entry.index, None, "file is over the size limit", None
     except ImageRejected as e:
-        return entry.index, None, str(e)
+        return entry.index, None, str(e), None
     except MemoryError:
-        return entry.index, None, "decoding ran out of memory"
+        return entry.index, None, "decoding ran out of memory", None
     except Exception as e:  # a decoder bug or a file that changed since the scan: quarantine, go on
-        return entry.index, None, f"cannot decode ({type(e).__name__})"
+        return entry.index, None, f"cannot decode ({type(e).__name__})", None
 
 
 def _decode_bytes(data: bytes, entry: Entry, size: int) -> Decoded:
@@ -131,14 +132,13 @@ def _decode_bytes(data: bytes, entry: Entry, size: int) -> Decoded:
     return read_image(data, size, _LIMITS.max_decoded_bytes)
 
 
-def _phantom_task(job: tuple[int, int, int]) -> tuple[int, np.ndarray, str, int, int]:
-    """Render phantom frame `index`: (index, pixels, patient, loop, frame)."""
+def _phantom_task(job: tuple[int, int, int]) -> tuple[int, np.ndarray, str, int, int, dict]:
+    """Render phantom frame `index`: (index, pixels, patient, loop, frame, key points)."""
     from medsynth.data.phantom import render_frame
 
     index, size, seed = job
     f = render_frame(size, seed, index)
-    return index, f.pixels, f.patient, f.loop, f.frame
-
+    return index, f.pixels, f.patient, f.loop, f.frame, f.keypoints
 
 
 # --- the pool --------------------------------------------------------------------------------------
