@@ -49,8 +49,12 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 def test_same_seed_same_bytes_in_a_fresh_process_and_in_any_order():
     here = list(phantom_frames(12, 32, seed=5))
     # A fresh process renders frames 11, 3 and 7 first and cold: caches and order must not matter.
-    out = subprocess.run([sys.executable, "-c", _FRAMES_HASH, "32", "5", "11", "3", "7"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _FRAMES_HASH, "32", "5", "11", "3", "7"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == _hash([here[11], here[3], here[7]])
 
 
@@ -153,17 +157,30 @@ def test_dicom_round_trip(tmp_path):
 
 def test_write_xa_uint16_and_input_checks(tmp_path):
     frames = (np.arange(2 * 4 * 6, dtype=np.uint16).reshape(2, 4, 6) * 80).astype(np.uint16)
-    path = write_xa(tmp_path / "x.dcm", frames, patient_id="ID", patient_name="A^B", synthetic=False,
-                    extra={"StudyDate": "20200102"})
+    path = write_xa(
+        tmp_path / "x.dcm",
+        frames,
+        patient_id="ID",
+        patient_name="A^B",
+        synthetic=False,
+        extra={"StudyDate": "20200102"},
+    )
     ds = pydicom.dcmread(path)
     assert np.array_equal(ds.pixel_array, frames) and ds.BitsStored == 12 and ds.StudyDate == "20200102"
     assert read_provenance(ds) is None  # not synthetic: no synthetic block
     with pytest.raises(ConfigError, match="uint8 or uint16"):
-        write_xa(tmp_path / "y.dcm", frames.astype(np.float32), patient_id="", patient_name="",
-                 synthetic=True)
+        write_xa(
+            tmp_path / "y.dcm", frames.astype(np.float32), patient_id="", patient_name="", synthetic=True
+        )
     with pytest.raises(ConfigError, match="NotAKeyword"):
-        write_xa(tmp_path / "z.dcm", frames, patient_id="", patient_name="", synthetic=True,
-                 extra={"NotAKeyword": 1})
+        write_xa(
+            tmp_path / "z.dcm",
+            frames,
+            patient_id="",
+            patient_name="",
+            synthetic=True,
+            extra={"NotAKeyword": 1},
+        )
 
 
 def test_secondary_capture_is_marked_synthetic_and_has_no_patient(tmp_path):
@@ -189,13 +206,19 @@ def test_cli_writes_png_frames_with_keypoints(tmp_path, capsys):
     assert "wrote 3 phantom frames" in capsys.readouterr().out
     names = sorted(p.name for p in out.iterdir())
     frames = [f"frame_{i:05d}.{ext}" for i in range(3) for ext in ("json", "png")]
-    assert names == ["_COMPLETE", *frames, "phantom.json"]
+    assert names == ["_COMPLETE", "annotations.json", *frames, "phantom.json"]
     ref = render_frame(32, 9, 2)
     img = Image.open(out / "frame_00002.png")
     assert img.text["medsynth:synthetic"] == "true"
     assert np.array_equal(np.asarray(img), ref.pixels)
     meta = json.loads((out / "frame_00002.json").read_text())
     assert meta["keypoints"] == ref.keypoints and meta["seed"] == 9 and meta["patient"] == ref.patient
+    # The same key points as COCO Keypoints, which prepare reads beside the frames.
+    from medsynth.data.coco import read_coco
+
+    coco = read_coco((out / "annotations.json").read_bytes())
+    assert coco.problems == [] and coco.synthetic is True
+    assert coco.points[("frame_00002.png", None)].to_dict() == ref.keypoints
     # Writing again with fewer frames replaces the set as a whole: no stale frames remain.
     assert main(["phantom", "--out", str(out), "-n", "1", "--size", "32"]) == 0
     assert not (out / "frame_00001.png").exists()
@@ -203,8 +226,12 @@ def test_cli_writes_png_frames_with_keypoints(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("argv", "flag"),
-    [(["--size", "100"], "--size"), (["--size", "2048"], "--size"), (["-n", "0"], "-n"),
-     (["--seed", "-1"], "--seed")],
+    [
+        (["--size", "100"], "--size"),
+        (["--size", "2048"], "--size"),
+        (["-n", "0"], "-n"),
+        (["--seed", "-1"], "--seed"),
+    ],
 )
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, flag):
     assert main(["phantom", "--out", str(tmp_path / "o"), *argv]) == 2
