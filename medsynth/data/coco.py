@@ -6,6 +6,15 @@ Coordinates are in `data/keypoints.py`'s convention (pixel centres at integers),
 decimals; `info` says so and says whether the frames are synthetic. Our one extension: an image
 entry may carry `"frame"`, the 0-based frame of a multi-frame file (a DICOM loop, a multi-page
 TIFF) that the entry's annotations belong to; entries without it are single images.
+
+Reading takes what annotation tools export: any categories, one or several key points per annotation
+(a category's `keypoints` names, or its `name` when it has none); `catheter_tip` / `tip` is the
+catheter tip, names starting with `bifurcation` are bifurcations, other names are ignored and counted;
+visibility 0 is "not labelled", 1 and 2 are labelled. An image entry with no annotations is a frame
+labelled with no point in view. Coordinates are taken in our convention as they are. A label that is
+wrong is quarantined with a reason that quotes no string from the file, never moved or clamped.
+File names resolve relative to the JSON's folder, else to the one source file whose path ends with
+the name (CVAT's `annotations/` beside `images/`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from medsynth import storage
-from medsynth.data.keypoints import MAX_POINTS, LabelledFrames
+from medsynth.data.keypoints import MAX_POINTS, LabelledFrames, flip_lr
 from medsynth.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -421,8 +421,6 @@ def augment_batch(x, seed, params: Augment = Augment(), points=None, mask=None):
     import math
 
     import tensorflow as tf
-
-    from medsynth.data.keypoints import flip_lr
 
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=6)
     b = tf.shape(x)[0]
