@@ -1,4 +1,6 @@
-"""`TrackerConfig`: every option of a tracker run, validated up front and written to its config.json."""
+"""`TrackerConfig`: every option of a tracker run, validated up front and written to its config.json.
+
+No TensorFlow here: the command line builds its flags from these fields."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medsynth.errors import ConfigError
-from medsynth.tracker.decode import THRESHOLD
-from medsynth.tracker.loss import LOSSES
-from medsynth.tracker.metrics import TOLERANCE
-from medsynth.tracker.model import NORMS
 from medsynth.train.config import SWITCHES, _base_type, _flag, _opt
+
+# Here, not beside the code they choose, so that `medsynth`'s parser reads them without TensorFlow.
+LOSSES = ("focal", "bce")  # medsynth.tracker.loss
+NORMS = ("batch", "group")  # medsynth.tracker.model
+THRESHOLD = 0.3  # bifurcation peaks on the sigmoid heat map (medsynth.tracker.decode)
+TOLERANCE = 0.03  # bifurcation match distance, of the side: ~2 px at 64 px (medsynth.tracker.metrics)
 
 
 @dataclass
@@ -23,7 +27,7 @@ class TrackerConfig:
     batch_size: int = _opt(32)
     # measured on phantom 64 px, 200 steps of 16: tip median error 0.76 px at 1e-3, 0.41 at 3e-3, 0.66 at 1e-2
     lr: float = _opt(3e-3, "learning rate (Adam)")
-    seed: int = _opt(0, "seeds the weights, the batches and the augmentation")
+    seed: int = _opt(0, "seeds the weights, the batches, the augmentation and the --n-real sample")
     synthetic_fraction: float = _opt(0.5, "share of each batch drawn from the synthetic frames, when given")
     augment: bool = _opt(True, "left-right flips (key points flipped too), brightness and contrast")
     checkpoint_every: int = _opt(500)

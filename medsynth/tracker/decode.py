@@ -14,8 +14,7 @@ import numpy as np
 from scipy.ndimage import maximum_filter
 
 from medsynth.data.keypoints import BIFURCATION, TIP, FramePoints
-
-THRESHOLD = 0.3
+from medsynth.tracker.config import THRESHOLD
 
 
 @dataclass

@@ -17,8 +17,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from medsynth.data.keypoints import heatmaps
+from medsynth.tracker.config import LOSSES
 
-LOSSES = ("focal", "bce")
 ALPHA, BETA = 2.0, 4.0
 
 

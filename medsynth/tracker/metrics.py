@@ -17,8 +17,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from medsynth.data.keypoints import BIFURCATION, TIP, FramePoints
+from medsynth.tracker.config import TOLERANCE
 
-TOLERANCE = 0.03  # of the side: ~2 px at 64 px
 PCK = (0.02, 0.05)
 
 

@@ -16,14 +16,12 @@ import tensorflow as tf
 from medsynth.data.keypoints import CLASSES
 from medsynth.errors import ConfigError
 from medsynth.models.layers import NearestUpSampling2D
+from medsynth.tracker.config import NORMS
 
 LEVELS = 3
 BN_MOMENTUM = 0.9
 GROUPS = 8
 PRIOR = 0.1  # CenterNet's head bias: every pixel starts at p = 0.1, so the focal loss starts small
-
-
-NORMS = ("batch", "group")
 
 
 def _norm(kind: str, width: int, name: str) -> tf.keras.layers.Layer:

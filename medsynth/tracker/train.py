@@ -94,9 +94,11 @@ def train_tracker(
     real: LabelledFrames,
     synthetic: LabelledFrames | None = None,
     val: LabelledFrames | None = None,
+    source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train to `cfg.steps` (continuing from the newest checkpoint under `cfg.out`); the run's metrics.
 
+    `source` says where the frames came from (medsynth.tracker.frames), recorded in config.json.
     The metrics hold the steps, the speed and the last logged loss, and `val_*` metrics of the final
     model on `val` (medsynth.tracker.metrics) when it is given.
     """
@@ -131,6 +133,7 @@ def train_tracker(
         "synthetic_frames": len(synthetic) if synthetic is not None else 0,
         "synthetic_per_batch": n_syn,
         "val_frames": len(val) if val is not None else 0,
+        "source": source or {},
         "settings": {"op_determinism": deterministic},
     }
     atomic_write_json(out / CONFIG_FILE, info)
