@@ -258,60 +258,26 @@ def test_tracker_commands_train_resume_and_evaluate_on_a_prepared_data_set(tmp_p
     from medsynth.cli import main
 
     assert _has_labelled_data_readers()
-    assert (
-        main(
-            [
-                "prepare",
-                "builtin://phantom",
-                "--out",
-                str(tmp_path / "store"),
-                "--image-size",
-                "32",
-                "--phantom-frames",
-                "160",
-                "--val-fraction",
-                "0.2",
-            ]
-        )
-        == 0
-    )
+    prepare = f"prepare builtin://phantom --out {tmp_path}/store --image-size 32 --phantom-frames 160"
+    assert main([*prepare.split(), "--val-fraction", "0.2"]) == 0
     data = capsys.readouterr().out.split("dataset ready: ")[1].strip()
-    assert main(["phantom", "--out", str(tmp_path / "syn"), "-n", "6", "--size", "48"]) == 0  # resized to 32
+    assert main(f"phantom --out {tmp_path}/syn -n 6 --size 64".split()) == 0  # read back at 32 px
     run = tmp_path / "run"
-    train = [
-        "tracker",
-        "train",
-        "--data",
-        data,
-        "--synthetic",
-        str(tmp_path / "syn"),
-        "--n-real",
-        "20",
-        "--out",
-        str(run),
-        "--batch-size",
-        "4",
-        "--width",
-        "4",
-        "--checkpoint-every",
-        "2",
-    ]
-    assert main([*train, "--steps", "2"]) == 0
-    assert main([*train, "--steps", "3"]) == 0  # resumes at step 2
+    train = f"tracker train --data {data} --synthetic {tmp_path}/syn --n-real 20 --out {run} --batch-size 4"
+    train += " --width 4 --checkpoint-every 2 --steps"
+    assert main([*train.split(), "2"]) == 0
+    assert main([*train.split(), "3"]) == 0  # resumes at step 2
     out = capsys.readouterr().out
     assert f"tracker trained: {run} (step 3)" in out and "steps_this_run: 1" in out
     saved = json.loads((run / "config.json").read_text())
     assert (saved["real_frames"], saved["synthetic_frames"], saved["synthetic_per_batch"]) == (20, 6, 2)
     assert saved["source"]["n_real"] == 20 and saved["val_frames"] > 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert main(["tracker", "evaluate", "--run", str(run), "--data", data]) == 0
+    assert main(f"tracker evaluate --run {run} --data {data}".split()) == 0
     printed = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
     assert printed["step"] == "3" and float(printed["bif_f1"]) == pytest.approx(metrics["val_bif_f1"])
     # bad input: one line, exit 2
-    assert main(["tracker", "evaluate", "--run", str(tmp_path / "nothing"), "--data", data]) == 2
+    assert main(f"tracker evaluate --run {tmp_path}/nothing --data {data}".split()) == 2
     assert "is not a tracker run" in capsys.readouterr().err
-    assert (
-        main(["tracker", "train", "--data", data, "--out", str(tmp_path / "r2"), "--synthetic-fraction", "2"])
-        == 2
-    )
+    assert main(f"tracker train --data {data} --out {tmp_path}/r2 --synthetic-fraction 2".split()) == 2
     assert "--synthetic-fraction" in capsys.readouterr().err
