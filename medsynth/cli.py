@@ -119,6 +119,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- tracker ------------------------------------------------------------------------------------
+@_command("tracker")
+def _tracker(args: argparse.Namespace) -> int:
+    from medsynth.tracker.frames import dataset_frames, run_frames
+
+    if args.tracker_command == "train":
+        from medsynth.tracker.config import TrackerConfig
+        from medsynth.tracker.train import train_tracker
+
+        cfg = TrackerConfig.from_flags(args)
+        frames = run_frames(args.data, args.synthetic, args.n_real, args.seed)
+        metrics = train_tracker(cfg, frames.real, frames.synthetic, frames.val, frames.source)
+        print(f"tracker trained: {cfg.out} (step {cfg.steps})")
+    else:
+        from medsynth.tracker.evaluate import evaluate_tracker
+
+        frames = dataset_frames(args.data, args.split, args.n, args.seed)
+        metrics = evaluate_tracker(args.run, frames, args.threshold, args.tolerance)
+    for k, v in sorted(metrics.items()):
+        print(f"{k}: {v}")
+    return 0
+
+
 # --- export -------------------------------------------------------------------------------------
 @_command("export")
 def _export(args: argparse.Namespace) -> int:
@@ -351,6 +374,30 @@ def _csv(value: str | None) -> list[str] | None:
     return items
 
 
+def _tracker_parser(sub: Any) -> None:
+    from medsynth.tracker.config import TrackerConfig  # no TensorFlow: the parser stays quick
+
+    s = sub.add_parser("tracker", help="the key-point tracker: find the catheter tip and vessel bifurcations")
+    actions = s.add_subparsers(dest="tracker_command", metavar="ACTION", required=True)
+    t = actions.add_parser("train", help="train on a data set's labelled train frames (and synthetic ones); "
+                                         "again with the same --out to resume")
+    t.add_argument("--data", required=True, help="prepared data set directory (medsynth prepare)")
+    t.add_argument("--synthetic", default=None, metavar="FOLDER",
+                   help="labelled synthetic frames and their COCO file (medsynth generate --keypoints)")
+    t.add_argument("--n-real", type=int, default=None, metavar="N",
+                   help="learn from a seeded sample of N labelled train frames (default: all)")
+    TrackerConfig.add_arguments(t)  # one flag per TrackerConfig field, with its help
+    e = actions.add_parser("evaluate", help="tip error, PCK and bifurcation P/R/F1 of a run on labelled data")
+    e.add_argument("--run", required=True, help="the --out of `medsynth tracker train`")
+    e.add_argument("--data", required=True, help="prepared data set directory")
+    e.add_argument("--split", default="val", choices=("train", "val"))
+    e.add_argument("-n", type=int, default=None, help="a seeded sample of N frames (default: all)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--threshold", type=float, default=None, help="bifurcation threshold (default: the run's)")
+    e.add_argument("--tolerance", type=float, default=None,
+                   help="bifurcation match distance, a fraction of the side (default: the run's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medsynth", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"medsynth {__version__}")
@@ -415,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "that raises no collapse alarm")
     s.add_argument("--criterion", default="auto",
                    help="with --checkpoint best: the metric to rank by (auto: fd_efflite0, else swd)")
+
+    _tracker_parser(sub)
 
     s = sub.add_parser("export", help="export the generator as a TF Serving SavedModel")
     s.add_argument("--run", required=True)

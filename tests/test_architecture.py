@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"medsynth", "medsynth.errors", "medsynth.sizes", "medsynth.progress", "medsynth.cache",
      "medsynth.storage", "medsynth.pictures"},
     {"medsynth.data", "medsynth.models"},
-    {"medsynth.train"},
+    {"medsynth.train", "medsynth.tracker"},
     {"medsynth.evaluate"},
     {"medsynth.serving", "medsynth.cluster"},
     {"medsynth.pipeline_steps", "medsynth.kfp_client"},
