@@ -17,7 +17,10 @@ def push(
     metric: str,
     margin: float,
     decision: Output[Markdown],
+    utility_report: str = "",
+    require_utility: bool = False,
 ) -> NamedTuple("PushOutputs", pushed=bool, version=int):
     from medsynth.pipeline_steps import push_step
 
-    return push_step(model, metrics_path, model_repository, model_name, metric, margin, decision)
+    return push_step(model, metrics_path, model_repository, model_name, metric, margin, decision,
+                     utility_report, require_utility)

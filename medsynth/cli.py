@@ -365,6 +365,26 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- utility ------------------------------------------------------------------------------------
+@_command("utility")
+def _utility(args: argparse.Namespace) -> int:
+    from medsynth.utility import UtilityConfig, run_utility
+
+    ints = {k: tuple(_ints(getattr(args, k), k)) for k in ("n_real", "n_synthetic", "seeds")}
+    summary = run_utility(_from_args(UtilityConfig, args, **ints))
+    print((Path(args.out) / "utility.md").read_text(), end="")
+    print(f"results in {args.out} (results.json, utility.md, utility.png)")
+    return 0 if summary["verdict"]["not_worse"] or not args.fail_if_worse else 1
+
+
+def _ints(value: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(value) or []]
+    except ValueError:
+        flag = "--" + name.replace("_", "-")
+        raise ConfigError(f"{flag} takes comma-separated integers, got {value!r}") from None
+
+
 def _csv(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -477,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-name", default="generator")
     s.add_argument("--metrics", required=True, help="metrics.json of the new model")
     s.add_argument("--margin", type=float, default=0.0)
+    s.add_argument("--utility-report", default="", help="results.json of `medsynth utility`")
+    s.add_argument("--require-utility", action="store_true",
+                   help="refuse unless the utility report says synthetic frames did not harm the tracker")
     s.add_argument("--metric", default="auto",
                    help="gate metric: auto (fd_efflite0 when both the new and the served model have it, "
                         "else swd) or a metric such as swd, fd_efflite0, probe_acc_efflite0")
@@ -551,6 +574,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule at once")
     s.add_argument("--catchup", action="store_true", help="backfill the runs missed while disabled")
     s.add_argument("--paused", action="store_true", help="create it disabled")
+
+    s = sub.add_parser("utility", help="measure whether synthetic labelled frames help a key-point tracker",
+                       description="For each seed and N: a key-point-conditioned generator trains on N real "
+                                   "labelled frames only; trackers train on the N frames alone and with M "
+                                   "synthetic ones (same steps) and are judged on the held-out real frames. "
+                                   "Resumable: run it again to continue. Exit 1 with --fail-if-worse when "
+                                   "the synthetic frames made the tracker worse.")
+    s.add_argument("--data", default="builtin://phantom", help="a labelled data set or source")
+    s.add_argument("--out", required=True, help="the experiment's directory (local)")
+    s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--n-real", default="64,256", help="comma-separated N (real labelled frames)")
+    s.add_argument("--n-synthetic", default="1000,4000", help="comma-separated M (synthetic frames added)")
+    s.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    s.add_argument("--gan-steps", type=int, default=1000, help="conditional generator training steps")
+    s.add_argument("--tracker-steps", type=int, default=1500, help="tracker steps, every arm")
+    s.add_argument("--synthetic-fraction", type=float, default=0.5, help="synthetic share of each batch")
+    s.add_argument("--phantom-frames", type=int, default=3072, help="frames of builtin://phantom")
+    s.add_argument("--fail-if-worse", action="store_true", help="exit 1 if synthetic frames hurt")
 
     s = sub.add_parser("runs", help="list recent pipeline runs with their state")
     _kfp_parser_args(s, job=False)

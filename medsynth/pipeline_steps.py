@@ -279,6 +279,55 @@ def export_step(run_dir: str, metrics_path: str, model_name: str, model: Any) ->
     model.metadata.update({"run_dir": run_dir, "backbone": info["backbone"], "step": info["step"]})
 
 
+def utility_step(
+    dataset_dir: str,
+    storage_root: str,
+    run_id: str,
+    image_size: int,
+    n_real: list[int],
+    n_synthetic: list[int],
+    seeds: int,
+    gan_steps: int,
+    tracker_steps: int,
+    metrics: Any,
+    table: Any,
+    pictures: Any,
+) -> tuple[str]:
+    """The utility experiment on the prepared data set, in `runs/<run-id>/utility`; `seeds` = 0 skips it
+    (it trains a generator per N and seed: hours at full size) and returns no report."""
+    from medsynth.evaluate.report import report_html
+    from medsynth.utility import UtilityConfig, run_utility
+
+    if seeds < 1:
+        atomic_write_text(table.path, "The utility experiment was not requested (utility_seeds = 0).\n")
+        _html(pictures, report_html("utility experiment: not requested", {}, {}))
+        return ("",)
+    uri = join(run_root(storage_root, run_id), "utility")
+    work = CACHE / "utility" / run_id
+    cfg = UtilityConfig(
+        data=str(local(dataset_dir)),
+        out=str(work),
+        image_size=image_size,
+        n_real=tuple(int(n) for n in n_real),
+        n_synthetic=tuple(int(m) for m in n_synthetic),
+        seeds=tuple(range(seeds)),
+        gan_steps=gan_steps,
+        tracker_steps=tracker_steps,
+    )
+    summary = run_utility(cfg)
+    publish_back(work, uri)
+    values: dict[str, Any] = {"synthetic_not_worse": float(summary["verdict"]["not_worse"])}
+    for row in summary["rows"]:
+        key = f"n{row['n_real']}_m{row['n_synthetic']}"
+        values[f"{key}_tip_error_mean"] = row["val_tip_error_mean_px"]["mean"]
+        values[f"{key}_bif_f1"] = row["val_bif_f1"]["mean"]
+    _log_metrics(metrics, values)
+    atomic_write_text(table.path, (work / "utility.md").read_text())
+    _html(pictures, report_html("utility experiment", {"verdict": summary["verdict"]["text"]},
+                                {"tracker error against M": work / "utility.png"}))
+    return (join(uri, "results.json"),)
+
+
 def push_step(
     model: Any,
     metrics_path: str,
@@ -287,6 +336,8 @@ def push_step(
     metric: str,
     margin: float,
     decision: Any,
+    utility_report: str = "",
+    require_utility: bool = False,
 ) -> tuple[bool, int]:
     from medsynth.serving.push import PushConfig, decision_markdown, push
 
@@ -299,6 +350,8 @@ def push_step(
             metric=metric,
             margin=margin,
             decision_out=join(storage.parent(metrics_path), DECISION_FILE),
+            utility_report=utility_report,
+            require_utility=require_utility,
         )
     )
     atomic_write_text(decision.path, decision_markdown(result))

@@ -1,5 +1,8 @@
 """medsynth-train: prepare → train per backbone → compare → train the winner → evaluate → export → push.
 
+Beside them, after prepare: `utility` (the tracker with and without synthetic frames; off unless
+`utility_seeds` > 0), whose verdict the push gate can require (`require_utility`).
+
 The winner's final training continues its comparison run (same model, data and seed: with exact
 resume, the same numbers as one run of `train_steps`), so its first `compare_steps` are not redone.
 
@@ -25,6 +28,7 @@ from components.launch_training_job import launch_training_job
 from components.prepare import prepare
 from components.push import push
 from components.train import train
+from components.utility import utility
 
 PIPELINE_NAME = "medsynth-train"
 DEFAULT_YAML = Path(__file__).with_name("medsynth_train.yaml")
@@ -76,6 +80,12 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
         seed: int = 0,
         workers: int = 2,
         namespace: str = "medsynth",
+        utility_seeds: int = 0,
+        utility_n_real: list = [64, 256],  # noqa: B006 - KFP reads the default, nothing mutates it
+        utility_n_synthetic: list = [1000, 4000],  # noqa: B006
+        utility_gan_steps: int = 1000,
+        utility_tracker_steps: int = 1500,
+        require_utility: bool = False,
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         data = prepare(
@@ -87,6 +97,22 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
         ).set_display_name("prepare")
         size_task(data, "prepare").set_caching_options(True)
         dataset_dir = data.outputs["dataset_dir"]
+
+        # Does the synthetic data help a key-point tracker? (utility_seeds = 0: not run.) Its generators
+        # learn from N labelled frames only; the gate can require "not worse" (require_utility).
+        useful = utility(
+            dataset_dir=dataset_dir,
+            storage_root=storage_root,
+            run_id=run_id,
+            image_size=image_size,
+            n_real=utility_n_real,
+            n_synthetic=utility_n_synthetic,
+            seeds=utility_seeds,
+            gan_steps=utility_gan_steps,
+            tracker_steps=utility_tracker_steps,
+        ).set_display_name("utility")
+        placement.on_gpus(useful, 1)
+        useful.set_caching_options(False)
 
         evaluations = []
         for backbone in backbones:
@@ -164,6 +190,8 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
             model_name=model_name,
             metric=criterion,
             margin=gate_margin,
+            utility_report=useful.outputs["report_path"],
+            require_utility=require_utility,
         ).set_display_name("push")
         size_task(pushed, "push")
 

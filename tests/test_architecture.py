@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
      "medsynth.storage", "medsynth.pictures"},
     {"medsynth.data", "medsynth.models"},
     {"medsynth.train", "medsynth.tracker"},
-    {"medsynth.evaluate"},
+    {"medsynth.evaluate", "medsynth.utility"},
     {"medsynth.serving", "medsynth.cluster"},
     {"medsynth.pipeline_steps", "medsynth.kfp_client"},
     {"components"},

@@ -43,6 +43,8 @@ class PushConfig:
     metric: str = "auto"  # auto: fd_efflite0 when both results have it, else swd
     infra_validate: bool = True
     decision_out: str | None = None
+    utility_report: str = ""  # the utility experiment's results.json (medsynth.utility)
+    require_utility: bool = False  # refuse when synthetic frames made the tracker worse (or it did not run)
 
 
 @dataclass
@@ -143,6 +145,10 @@ def push(cfg: PushConfig) -> PushDecision:
         ok = False
         why = f": {new['collapse_reason']}" if new.get("collapse_reason") else ""
         reasons.append(f"mode-collapse alarm raised by the evaluation{why}")
+    if cfg.require_utility:
+        judged = _utility_judgement(cfg.utility_report)
+        ok = ok and judged[0]
+        reasons.append(judged[1])
     if ok and cfg.infra_validate:
         problem = infra_validate(model)
         if problem:
@@ -171,6 +177,16 @@ def push(cfg: PushConfig) -> PushDecision:
     if cfg.decision_out:
         storage.write_json(cfg.decision_out, asdict(decision))
     return decision
+
+
+def _utility_judgement(path: str) -> tuple[bool, str]:
+    """(passes, reason) of the gate's option "synthetic frames do not make the tracker worse"."""
+    if not path or not storage.exists(path):
+        return False, "the utility experiment is required but was not run (no report)"
+    verdict = storage.read_json(path)["verdict"]
+    if verdict["not_worse"]:
+        return True, f"utility experiment: {verdict['text']}"
+    return False, f"refused by the utility experiment: {verdict['text']}"
 
 
 def decision_markdown(decision: PushDecision) -> str:
