@@ -242,22 +242,9 @@ def test_the_tracker_learns_on_phantom_frames(tmp_path):
 
 
 # --- command line ------------------------------------------------------------------------------------
-def _has_labelled_data_readers() -> bool:
-    import medsynth.data.coco  # noqa: F401 - on main once the key-point data path has landed
-
-    import medsynth.data.input as data_input
-
-    return hasattr(data_input, "labelled_frames")
-
-
-@pytest.mark.skipif(
-    not __import__("importlib").util.find_spec("medsynth.data.coco"),
-    reason="awaits the key-point data path (data.input.labelled_frames, data.coco.read_labelled_folder)",
-)
 def test_tracker_commands_train_resume_and_evaluate_on_a_prepared_data_set(tmp_path, capsys):
     from medsynth.cli import main
 
-    assert _has_labelled_data_readers()
     prepare = f"prepare builtin://phantom --out {tmp_path}/store --image-size 32 --phantom-frames 160"
     assert main([*prepare.split(), "--val-fraction", "0.2"]) == 0
     data = capsys.readouterr().out.split("dataset ready: ")[1].strip()
