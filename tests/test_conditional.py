@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -83,8 +82,15 @@ def test_conditional_d_judges_the_frame_with_its_heat_maps():
     ],
 )
 def test_conditional_options_are_checked(tmp_path, kw, match):
-    base = dict(data="x", out=str(tmp_path), image_size=SIZE, backbone="convnet", backbone_weights="none",
-                condition="keypoints", batch_size=4)
+    base = dict(
+        data="x",
+        out=str(tmp_path),
+        image_size=SIZE,
+        backbone="convnet",
+        backbone_weights="none",
+        condition="keypoints",
+        batch_size=4,
+    )
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**{**base, **kw})
     assert TrainConfig(**{**base, "batch_size": 5, "keypoint_mismatch": 0.0}).condition == "keypoints"
@@ -123,8 +129,18 @@ def _step(mismatch: float, backbone: str = "convnet", head: str = "auto") -> Adv
     g = build_generator(SIZE, latent_dim=LATENT, width=2, condition_channels=C)
     d = build_discriminator(SIZE, backbone=backbone, weights="none", head=head, condition_channels=C)
     opt = lambda: tf.keras.optimizers.Adam(2e-4, beta_1=0.5)  # noqa: E731
-    return AdversarialStep(g, d, opt(), opt(), 4, LATENT, 3, augment=parse_policy(DEFAULT_POLICY),
-                           condition="keypoints", keypoint_mismatch=mismatch)
+    return AdversarialStep(
+        g,
+        d,
+        opt(),
+        opt(),
+        4,
+        LATENT,
+        3,
+        augment=parse_policy(DEFAULT_POLICY),
+        condition="keypoints",
+        keypoint_mismatch=mismatch,
+    )
 
 
 @pytest.mark.parametrize("backbone, head", [("convnet", "auto"), ("efficientnet_lite0", "projected")])
@@ -186,25 +202,132 @@ def test_local_server_answers_the_keypoints_signature_over_rest(exported: Path, 
     from medsynth.serving.server import serve
 
     (tmp_path / "1").symlink_to(exported, target_is_directory=True)
-    handle = serve(ServeConfig(str(tmp_path), rest_port=0, grpc_port=None, host="127.0.0.1",
-                               file_system_poll_wait_seconds=0))
+    handle = serve(
+        ServeConfig(
+            str(tmp_path), rest_port=0, grpc_port=None, host="127.0.0.1", file_system_poll_wait_seconds=0
+        )
+    )
     try:
         lf = _labelled(2, SERVED, seed=5)
         inputs = {k: v.tolist() for k, v in _request(lf).items()}
         body = {"signature_name": "keypoints", "inputs": {"z": np.zeros((2, 8)).tolist(), **inputs}}
         conn = http.client.HTTPConnection("127.0.0.1", handle.rest_port, timeout=60)
-        conn.request("POST", "/v1/models/generator:predict", json.dumps(body),
-                     {"Content-Type": "application/json"})
+        conn.request(
+            "POST", "/v1/models/generator:predict", json.dumps(body), {"Content-Type": "application/json"}
+        )
         resp = conn.getresponse()
         doc = json.loads(resp.read())
         assert resp.status == 200, doc
         assert np.asarray(doc["outputs"]["images"]).shape == (2, SERVED, SERVED, 1)
         assert len(doc["outputs"]["png_bytes"]) == 2
         body["inputs"]["classes"] = (lf.classes + 7).tolist()  # no such class: refused, not ignored
-        conn.request("POST", "/v1/models/generator:predict", json.dumps(body),
-                     {"Content-Type": "application/json"})
+        conn.request(
+            "POST", "/v1/models/generator:predict", json.dumps(body), {"Content-Type": "application/json"}
+        )
         resp = conn.getresponse()
         assert resp.status == 400 and "classes must be" in json.loads(resp.read())["error"]
         conn.close()
     finally:
         handle.stop()
+
+
+def test_generate_keypoints_draws_a_coco_files_layouts_and_labels_them(exported: Path, tmp_path: Path):
+    from medsynth.data.coco import CocoImage, read_coco, write_coco
+
+    from medsynth.cli import main
+    from medsynth.serving.app import ServeConfig
+    from medsynth.serving.server import serve
+
+    # a labelled set at another size, one frame wider than high: its points follow crop and resize
+    frames = [render_frame(64, 1, i) for i in range(3)]
+    entries = [
+        CocoImage(f"patient-x/frame{i}.png", 64, 64, kp.FramePoints.from_dict(f.keypoints))
+        for i, f in enumerate(frames)
+    ]
+    wide = kp.FramePoints(entries[2].points.points + np.float32([8, 0]), entries[2].points.classes)
+    entries[2] = CocoImage("patient-x/wide.png", 80, 64, wide)
+    source = write_coco(tmp_path / "labels.json", entries, synthetic=False, description="test labels")
+    expected = [kp.follow_crop_resize(e.points, e.height, e.width, SERVED)[0] for e in entries]
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "1").symlink_to(exported, target_is_directory=True)
+    handle = serve(
+        ServeConfig(str(repo), rest_port=0, grpc_port=0, host="127.0.0.1", file_system_poll_wait_seconds=0)
+    )
+    try:
+        out_rest, out_grpc = tmp_path / "rest", tmp_path / "grpc"
+        ask = ["generate", "--keypoints", str(source), "--seed", "4"]
+        rest = f"http://127.0.0.1:{handle.rest_port}"
+        assert main([*ask, "--endpoint", rest, "--out", str(out_rest), "--max-per-request", "2"]) == 0
+        assert main([*ask, "--grpc", f"127.0.0.1:{handle.grpc_port}", "--out", str(out_grpc)]) == 0
+    finally:
+        handle.stop()
+    pngs = sorted(out_rest.glob("*.png"))
+    assert len(pngs) == 3 and not any("patient" in p.name for p in pngs)  # no input name reaches outputs
+    for p in pngs:
+        with Image.open(p) as im:
+            assert im.size == (SERVED, SERVED) and im.text["medsynth:synthetic"] == "true"
+            assert "catheter_tip" in im.text["medsynth:keypoints"]
+        assert p.read_bytes() == (out_grpc / p.name).read_bytes()  # same frames over either protocol
+    labels = read_coco((out_rest / "annotations.json").read_bytes())
+    assert labels.synthetic and not labels.problems
+    assert [name for name, _ in labels.labels] == [p.name for p in pngs]
+    for label, want in zip(labels.labels.values(), expected, strict=True):
+        assert (label.width, label.height) == (SERVED, SERVED)
+        np.testing.assert_allclose(label.points.points, want.points, atol=1e-3)
+        np.testing.assert_array_equal(label.points.classes, want.classes)
+
+
+# --- training through the loop (needs data sets with key points) ---------------------------------------
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from medsynth.data.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("data")
+    return str(
+        prepare(PrepareConfig(source="builtin://phantom", out=str(root), image_size=SIZE, phantom_frames=48))
+    )
+
+
+def _cfg(data: str, out: Path, **kw) -> TrainConfig:
+    base = dict(data=data, out=str(out), image_size=SIZE, steps=4, batch_size=4, seed=7, checkpoint_every=2)
+    base.update(backbone="convnet", backbone_weights="none", latent_dim=LATENT, generator_width=2)
+    base.update(log_every=1, condition="keypoints")
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.slow
+def test_conditional_training_samples_checkpoints_resumes_bitwise_and_exports(dataset: str, tmp_path: Path):
+    from medsynth.errors import CheckpointError
+    from medsynth.serving.export import MODEL_CARD, SIGNATURE_KEYPOINTS, ExportConfig, export_run
+    from medsynth.train.checkpoints import LAYOUTS_FILE, load_generator
+    from medsynth.train.loop import train
+    from medsynth.train.telemetry import read_history
+
+    straight = train(_cfg(dataset, tmp_path / "runs/a/straight"))
+    run = straight.run_dir
+    assert (run / LAYOUTS_FILE).exists() and "d_mismatch" in read_history(run)[-1]
+    with Image.open(run / "samples" / "latest.png") as grid:
+        assert grid.mode == "RGB"  # the frames with their key points marked in colour
+    train(_cfg(dataset, tmp_path / "runs/a/resumed", steps=2))
+    resumed = train(_cfg(dataset, tmp_path / "runs/a/resumed"))
+    assert resumed.metrics["steps_this_run"] == 2
+    g_a, info_a = load_generator(run)
+    g_b, _ = load_generator(resumed.run_dir)
+    for x, y in zip(g_a.weights, g_b.weights, strict=True):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())  # bitwise: feed, layouts, latents, optimizers
+    assert info_a["layouts"][0].shape[1:] == (kp.MAX_POINTS, 2)
+    with pytest.raises(CheckpointError, match="another model"):  # an unconditional run cannot take them
+        train(_cfg(dataset, tmp_path / "runs/a/straight", steps=6, condition="none"))
+
+    model = export_run(ExportConfig(run=str(run), model_repository=str(tmp_path / "repo")))
+    assert json.loads((Path(model) / MODEL_CARD).read_text())["condition"] == "keypoints"
+    loaded = tf.saved_model.load(str(model))
+    lf = _labelled(2)
+    out = loaded.signatures[SIGNATURE_KEYPOINTS](
+        z=tf.zeros([2, LATENT]), **{k: tf.constant(v) for k, v in _request(lf).items()}
+    )
+    expected = g_a([tf.zeros([2, LATENT]), _maps(lf)], training=False).numpy()
+    served = out["images"].numpy()[..., 0] / 127.5 - 1.0
+    np.testing.assert_allclose(served, expected[..., 0], atol=1.5 / 127.5)
