@@ -292,6 +292,13 @@ class Client:
             inputs = {k: v.tolist() for k, v in _padded(seeds, layouts).items()}
             body = {"signature_name": KEYPOINTS_SIGNATURE, "inputs": inputs}
         doc = self._rest_json("POST", f"/v1/models/{quote(self.model)}/versions/{version}:predict", body)
+        if layouts is not None:  # a columnar request: a columnar answer, the one output's list or by name
+            outputs = doc.get("outputs") if isinstance(doc, dict) else None
+            if isinstance(outputs, dict):
+                outputs = outputs.get("png_bytes")
+            if outputs is None:
+                raise ServingError(f"the predict response has no 'outputs': {str(doc)[:200]}")
+            return decode_b64_values(outputs)
         if "predictions" not in doc:
             raise ServingError(f"the predict response has no 'predictions': {str(doc)[:200]}")
         preds = doc["predictions"]

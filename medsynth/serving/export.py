@@ -429,12 +429,14 @@ def export_run(cfg: ExportConfig) -> Path | str:
             f"{target} already holds another model (run {card.get('run_id') if card else '?'}); "
             "omit --version to export as the next version"
         )
+    layouts = info.get("layouts")  # a key-point-conditioned run's layout bank
     if not is_gcs(target):
-        return export_generator(generator, target, metadata=metadata, warmup=cfg.warmup)
+        return export_generator(generator, target, metadata=metadata, warmup=cfg.warmup, layouts=layouts)
     from medsynth import storage
 
     with tempfile.TemporaryDirectory(prefix="medsynth-export-") as tmp:
-        local = export_generator(generator, Path(tmp) / str(version), metadata=metadata, warmup=cfg.warmup)
+        local = export_generator(generator, Path(tmp) / str(version), metadata=metadata, warmup=cfg.warmup,
+                                 layouts=layouts)
         storage.publish_dir(local, target)
     return target
 
