@@ -11,6 +11,12 @@ BN(center=False, scale=False) → Dense(1, no bias), needs that: on a batch of
 one kind it would standardise the features to zero mean, and D's mean logit
 would be 0 for real and generated frames alike (measured: with a learning
 MobileNetV2 fed separate batches, D stayed at D(x) = D(G(z)) = 0.5).
+
+With key points (`condition="keypoints"`) a batch is (frames, points, classes, mask): their heat maps
+are drawn here, G draws each generated frame for its real frame's key points, D judges every frame
+with its heat maps, and DiffAugment moves the heat maps with their frame. The matching-aware term
+(Reed et al. 2016) shows D the real frames with their neighbour's key points as fake, in a second
+pass over [real'; fake], so D's batch statistics stay those of a [real; fake] batch.
 """
 
 from __future__ import annotations
