@@ -347,8 +347,10 @@ def _serve(args: argparse.Namespace) -> int:
 # --- generate -----------------------------------------------------------------------------------
 @_command("generate")
 def _generate(args: argparse.Namespace) -> int:
-    from medsynth.serving.client import Client, write_images
+    from medsynth.serving.client import Client, read_layouts, write_images, write_labelled
 
+    if args.n is not None and args.n < 1:
+        raise ConfigError(f"-n {args.n}: ask for at least one image")
     with Client(
         endpoint=args.endpoint,
         grpc=args.grpc,
@@ -357,11 +359,21 @@ def _generate(args: argparse.Namespace) -> int:
         retries=args.retries,
         max_per_request=args.max_per_request,
     ) as client:
-        images = client.generate(args.n, seed=args.seed, version=args.version, progress=True)
-    paths = write_images(images, args.out, fmt=args.format)
+        if args.keypoints is None:
+            images = client.generate(args.n or 16, seed=args.seed, version=args.version, progress=True)
+        else:
+            version = client.served_version() if args.version is None else args.version
+            layouts = read_layouts(args.keypoints, client.image_size(version))[: args.n]
+            images = client.generate_for_keypoints(layouts, seed=args.seed, version=version, progress=True)
+    if args.keypoints is None:
+        paths = write_images(images, args.out, fmt=args.format)
+        labels = ""
+    else:
+        paths, coco = write_labelled(images, args.out, fmt=args.format)
+        labels = f", their key points in {coco.name}"
     first = images[0]
     print(f"wrote {len(paths)} synthetic {args.format.upper()} images to {args.out} "
-          f"(model {first.model} version {first.version}, seed {first.seed})")
+          f"(model {first.model} version {first.version}, seed {first.seed}{labels})")
     return 0
 
 
@@ -535,7 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoint", default=None, help="REST endpoint, e.g. http://localhost:8501")
     s.add_argument("--grpc", default=None, help="gRPC endpoint, e.g. localhost:8500 (used if given)")
     s.add_argument("--model", default="generator")
-    s.add_argument("-n", type=int, default=16, help="number of images")
+    s.add_argument("-n", type=int, default=None,
+                   help="number of images (default 16; with --keypoints: one per labelled image entry)")
+    s.add_argument("--keypoints", default=None, metavar="FILE",
+                   help="COCO Keypoints JSON: one frame per labelled image entry, drawn for its key points "
+                        "by a model trained with --condition keypoints; annotations.json is written beside")
     s.add_argument("--seed", type=int, default=None, help="0 .. 2**31-1; default: drawn and recorded")
     s.add_argument("--version", type=int, default=None, help="default: the version served now")
     s.add_argument("--out", required=True, help="directory for the images")

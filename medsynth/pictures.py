@@ -56,6 +56,10 @@ def png_bytes(image: np.ndarray, text: Mapping[str, str] | None = None, scale: i
     return buf.getvalue()
 
 
+# Marker colours by key-point class (medsynth.data.keypoints.CLASSES: catheter tip, bifurcation).
+KEYPOINT_COLOURS = ((255, 48, 48), (48, 220, 48))
+
+
 def save_grid(
     images: np.ndarray,
     path: str | os.PathLike,
@@ -63,17 +67,26 @@ def save_grid(
     title: str | None = None,
     synthetic: bool = True,
     cols: int | None = None,
+    keypoints: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> str:
-    """Write a sample grid PNG; generated grids carry a visible and a metadata synthetic mark."""
+    """Write a sample grid PNG; generated grids carry a visible and a metadata synthetic mark.
+
+    `keypoints`: per frame (points [k, 2] in its pixels, pixel centres at integers; classes [k]),
+    drawn as rings in colour (KEYPOINT_COLOURS) over the frames, so one sees whether G put the
+    catheter tip and the bifurcations where it was asked.
+    """
     grid = image_grid(images, cols)
-    scale = max(1, 512 // max(grid.shape))
+    scale = max(1 if keypoints is None else 2, 512 // max(grid.shape))  # markers need room
     img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    if keypoints is not None:
+        img = _draw_keypoints(img, keypoints, np.asarray(images).shape[1:3], cols or math.ceil(
+            math.sqrt(len(images))), scale)
     label = " · ".join(x for x in [SYNTHETIC_LABEL if synthetic else None, title] if x)
     if label:
-        canvas = Image.new("L", (img.width, img.height + 14), 0)
+        canvas = Image.new(img.mode, (img.width, img.height + 14), 0)
         canvas.paste(img, (0, 14))
         # the default font's space is 2 px: doubled, "convnet step 200" does not read as one word
-        ImageDraw.Draw(canvas).text((2, 1), label.replace("·", "-").replace(" ", "  "), fill=255)
+        ImageDraw.Draw(canvas).text((2, 1), label.replace("·", "-").replace(" ", "  "), fill="white")
         img = canvas
     text = {"Software": "medsynth"}
     if synthetic:
@@ -82,6 +95,25 @@ def save_grid(
         text["Title"] = title
     atomic_write_bytes(path, png_bytes(np.asarray(img), text))
     return str(path)
+
+
+def _draw_keypoints(
+    img: Image.Image, keypoints: Sequence[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int], cols: int,
+    scale: int, pad: int = 2,
+) -> Image.Image:
+    img = img.convert("RGB")
+    draw = ImageDraw.Draw(img)
+    h, w = shape
+    radius = max(2.0, 1.5 * scale)
+    for i, (points, classes) in enumerate(keypoints):
+        r, c = divmod(i, cols)
+        for (x, y), k in zip(np.asarray(points).tolist(), np.asarray(classes).tolist(), strict=True):
+            cx = (pad + c * (w + pad) + x + 0.5) * scale
+            cy = (pad + r * (h + pad) + y + 0.5) * scale
+            big = radius * (1.6 if k == 0 else 1.0)  # the tip's ring larger
+            colour = KEYPOINT_COLOURS[int(k) % len(KEYPOINT_COLOURS)]
+            draw.ellipse((cx - big, cy - big, cx + big, cy + big), outline=colour)
+    return img
 
 
 def save_curves(

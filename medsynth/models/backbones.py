@@ -173,8 +173,11 @@ def normalize_weights(weights: str | os.PathLike | None) -> str:
     return text
 
 
-def build_backbone(name: str, input_size: int, weights: str | os.PathLike | None) -> tf.keras.Model:
-    """`name`'s network without its classifier, for RGB inputs of `input_size` x `input_size`.
+def build_backbone(
+    name: str, input_size: int, weights: str | os.PathLike | None, channels: int = 3
+) -> tf.keras.Model:
+    """`name`'s network without its classifier, for RGB inputs of `input_size` x `input_size` (and
+    `channels` - 3 more input channels, for a key-point-conditioned D learning from scratch).
 
     Its output is the last feature map [n, h, w, feature_dim]; the caller pools it. Its 1x1 and
     stride-1 SAME convolutions compute their input gradient as a forward convolution
@@ -188,7 +191,7 @@ def build_backbone(name: str, input_size: int, weights: str | os.PathLike | None
         )
 
     def construct(w: str | None) -> tf.keras.Model:
-        net = spec.constructor(include_top=False, weights=w, input_shape=(input_size, input_size, 3))
+        net = spec.constructor(include_top=False, weights=w, input_shape=(input_size, input_size, channels))
         use_forward_gradients(net)
         return net
 

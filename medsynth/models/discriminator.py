@@ -19,6 +19,14 @@ which 2,048 are trainable, exactly the paper's Table 3 (the head's BN adds
 4,096 non-trainable moving statistics; the usual GAP → Dense(1) head would
 have 2,049 trainable).
 
+Key-point conditioning (`condition_channels` C > 0, `--condition keypoints`): D's inputs are
+[frames, heat maps [n, S, S, C]] and it judges the pair. The convnet baseline takes the heat maps
+as C more input channels beside the frame's (it learns from scratch, so its first layer can);
+the projected head puts them, max-pooled to each scale, beside each projected feature map before
+that scale's convolutions (the frozen features see the frame alone). The paper's head is refused:
+a pretrained backbone's input has room for no more channels, and its global average pooling
+keeps no trace of where anything is.
+
 Frozen means `backbone.trainable = False` and calling it with
 `training=False`, so its BN layers keep their ImageNet statistics (the keras
 transfer-learning rule). Train D through `discriminator.trainable_variables`;
@@ -58,6 +66,19 @@ HEADS = ("auto", "paper", "projected")
 MIX_CHANNELS = (64, 128, 256, 512)
 NOMINAL_SIDES = (128, 64, 32, 16)
 SCALE_CHANNELS = {64: 64, 32: 128, 16: 256, 8: 256}
+
+
+CONDITIONAL_HEADS = ("dcgan", "projected")
+
+
+def check_conditional_head(backbone: str, head: str) -> None:
+    """A ConfigError unless D with `head` can judge a frame together with its key points."""
+    if head not in CONDITIONAL_HEADS:
+        raise ConfigError(
+            f"--condition keypoints needs a discriminator that sees where the key points are: "
+            f"--backbone convnet, or --d-head projected (e.g. --backbone efficientnet_lite0), not "
+            f"{backbone} with the {head} head"
+        )
 
 
 def resolve_head(backbone: str, head: str | None) -> str:
@@ -125,14 +146,18 @@ def build_discriminator(
     mode: str | None = None,
     head: str | None = None,
     seed: int = 0,
+    condition_channels: int = 0,
 ) -> tf.keras.Model:
     """D: frames [n, S, S, 1] in [-1, 1] → logits [n, 1] (projected head: [n, patches]).
 
-    `seed` fixes the projected head's random mixing, the same on every worker and run.
+    `seed` fixes the projected head's random mixing, the same on every worker and run. With
+    `condition_channels` C > 0 its inputs are [frames, heat maps float32 [n, S, S, C]].
     """
     check_image_size(image_size)
     spec = get_backbone(backbone)
     head = resolve_head(spec.name, head)
+    if condition_channels:
+        check_conditional_head(spec.name, head)
     if normalize_weights(weights) != usable_weights(spec.name, weights):
         log.info("discriminator %s: no ImageNet weights exist for it, so it learns from scratch", spec.name)
     weights = usable_weights(spec.name, weights)
@@ -141,10 +166,11 @@ def build_discriminator(
         log.warning("discriminator %s: %s", spec.name, mode_reason(weights, mode, head))
     else:
         log.info("discriminator %s: %s", spec.name, mode_reason(weights, mode, head))
-    net = build_backbone(spec.name, spec.input_size(image_size), weights)
     if head == "projected":
-        return projected_discriminator(image_size, spec, net, seed)
-    return discriminator_from_backbone(image_size, spec, net, resolved, head)
+        net = build_backbone(spec.name, spec.input_size(image_size), weights)
+        return projected_discriminator(image_size, spec, net, seed, condition_channels)
+    net = build_backbone(spec.name, spec.input_size(image_size), weights, channels=3 + condition_channels)
+    return discriminator_from_backbone(image_size, spec, net, resolved, head, condition_channels)
 
 
 def tap_layers(spec: BackboneSpec, net: tf.keras.Model, count: int = 4) -> list[str]:
@@ -168,7 +194,7 @@ def tap_layers(spec: BackboneSpec, net: tf.keras.Model, count: int = 4) -> list[
 
 
 def projected_discriminator(
-    image_size: int, spec: BackboneSpec, net: tf.keras.Model, seed: int = 0
+    image_size: int, spec: BackboneSpec, net: tf.keras.Model, seed: int = 0, condition_channels: int = 0
 ) -> tf.keras.Model:
     """Projected GAN's D around the frozen backbone `net` (see the module docstring)."""
     layers = tf.keras.layers
@@ -212,9 +238,35 @@ def projected_discriminator(
     features.trainable = False
 
     head_inputs = [tf.keras.Input(shape=m.shape[1:], name=f"scale{i}") for i, m in enumerate(out)]
-    logits = [_scale_discriminator(t, i, NOMINAL_SIDES[i]) for i, t in enumerate(head_inputs)]
+    scales = head_inputs
+    if condition_channels:  # each scale's map with the heat maps at its resolution beside it
+        maps = _heatmaps_input(image_size, condition_channels)
+        scales = [
+            layers.Concatenate(name=f"scale{i}_with_maps")([t, _resize_maps(maps, t.shape[1], f"scale{i}")])
+            for i, t in enumerate(head_inputs)
+        ]
+        head_inputs = [*head_inputs, maps]
+    logits = [_scale_discriminator(t, i, NOMINAL_SIDES[i]) for i, t in enumerate(scales)]
     head = tf.keras.Model(head_inputs, layers.Concatenate(name="logits")(logits), name="d_head")
-    return tf.keras.Model(images, head(features(images)), name="discriminator")
+    if not condition_channels:
+        return tf.keras.Model(images, head(features(images)), name="discriminator")
+    maps = _heatmaps_input(image_size, condition_channels)
+    return tf.keras.Model([images, maps], head([*features(images), maps]), name="discriminator")
+
+
+def _heatmaps_input(image_size: int, channels: int) -> tf.Tensor:
+    return tf.keras.Input(shape=(image_size, image_size, channels), dtype=tf.float32, name="heatmaps")
+
+
+def _resize_maps(maps: tf.Tensor, side: int, name: str) -> tf.Tensor:
+    """Heat maps at `side` px: max-pooled where it divides their side (a key point stays a 1), else
+    bilinear."""
+    size = int(maps.shape[1])
+    if side == size:
+        return maps
+    if size % side == 0:
+        return tf.keras.layers.MaxPooling2D(size // side, name=f"{name}_heatmaps")(maps)
+    return tf.keras.layers.Resizing(side, side, interpolation="bilinear", name=f"{name}_heatmaps")(maps)
 
 
 def _scale_discriminator(x: tf.Tensor, scale: int, nominal: int) -> tf.Tensor:
@@ -236,13 +288,20 @@ def _scale_discriminator(x: tf.Tensor, scale: int, nominal: int) -> tf.Tensor:
 
 
 def discriminator_from_backbone(
-    image_size: int, spec: BackboneSpec, net: tf.keras.Model, mode: str, head: str = "auto"
+    image_size: int, spec: BackboneSpec, net: tf.keras.Model, mode: str, head: str = "auto",
+    condition_channels: int = 0,
 ) -> tf.keras.Model:
-    """Put the input mapping and the paper's (or the baseline's, "dcgan") head around a built `net`."""
+    """Put the input mapping and the paper's (or the baseline's, "dcgan") head around a built `net`
+    (built for 3 + `condition_channels` input channels: the frame's, then the heat maps)."""
     head = spec.head if head == "auto" else head
     size = net.input_shape[1]
     images = tf.keras.Input(shape=(image_size, image_size, 1), dtype=tf.float32, name="images")
+    inputs: tf.Tensor | list[tf.Tensor] = images
     x = BackboneInput(spec.name, size, name="to_backbone_input")(images)
+    if condition_channels:
+        maps = _heatmaps_input(image_size, condition_channels)
+        inputs = [images, maps]
+        x = tf.keras.layers.Concatenate(name="with_heatmaps")([x, _resize_maps(maps, size, "input")])
     if mode == "frozen":
         net.trainable = False
         x = net(x, training=False)
@@ -254,11 +313,11 @@ def discriminator_from_backbone(
     if head == "dcgan":  # the baseline keeps its feature map's layout, as DCGAN's D does
         x = tf.keras.layers.Flatten(name="features")(x)
         logits = tf.keras.layers.Dense(1, name="logit")(x)
-        return tf.keras.Model(images, logits, name="discriminator")
+        return tf.keras.Model(inputs, logits, name="discriminator")
     x = tf.keras.layers.GlobalAveragePooling2D(name="features")(x)
     x = tf.keras.layers.BatchNormalization(center=False, scale=False, synchronized=True, name="head_norm")(x)
     logits = tf.keras.layers.Dense(1, use_bias=False, name="logit")(x)
-    return tf.keras.Model(images, logits, name="discriminator")
+    return tf.keras.Model(inputs, logits, name="discriminator")
 
 
 def backbone_of(discriminator: tf.keras.Model) -> tf.keras.Model:

@@ -22,6 +22,13 @@ cancelled by it, and the tanh output layer has none either. At 256 px, latent
 100, width 8 and batch norm this gives 17,055,472 weights (17,016,912
 trainable, 38,560 non-trainable); the paper reports 17,074,528 / 17,016,608 /
 57,920, which no natural wiring of Table 1 reproduces (see the seed README).
+
+Key-point conditioning (`condition_channels` > 0, `--condition keypoints`): G also takes the heat
+maps [n, S, S, C] of the key points it should draw (`medsynth.data.keypoints.heatmaps`), and every
+level's input and the output layer's see them beside their own channels, max-pooled to that
+resolution: a key point stays a 1 at every level (average pooling would fade a 1.5 px Gaussian to
+0.05 at 4x4), so the coarse levels know which cell holds it and the fine ones where in the cell.
+The unconditional G is the same network without these inputs (same weights).
 """
 
 from __future__ import annotations
@@ -61,12 +68,14 @@ def build_generator(
     norm: str = "batch",
     spectral: bool = False,
     upsampling: str = "transpose",
+    condition_channels: int = 0,
 ) -> tf.keras.Model:
     """The generator: z float32 [n, latent_dim] → images [n, S, S, 1] in [-1, 1].
 
     `width` is the paper's 8 in F = 2**l · 8; `norm` is "batch" (the paper's
     count), "instance" or "group"; `spectral` wraps every kernel in spectral
     normalisation (TF Addons), which the paper may have used but does not say.
+    With `condition_channels` C > 0 its inputs are [z, heat maps float32 [n, S, S, C]].
     """
     levels = levels_for(image_size)
     norm = str(norm).lower()
@@ -100,7 +109,21 @@ def build_generator(
             )
         return norm_act(weighted(layer)(x), name)
 
+    if condition_channels < 0:
+        raise ConfigError(f"condition_channels must be >= 0, got {condition_channels}")
     z = tf.keras.Input(shape=(latent_dim,), dtype=tf.float32, name="z")
+    maps = None
+    if condition_channels:
+        maps = tf.keras.Input(shape=(image_size, image_size, condition_channels), dtype=tf.float32,
+                              name="heatmaps")
+
+    def with_maps(x: tf.Tensor, name: str) -> tf.Tensor:
+        """`x` with the heat maps at its resolution beside its channels (unchanged when unconditional)."""
+        if maps is None:
+            return x
+        factor = image_size // int(x.shape[1])
+        m = maps if factor == 1 else layers.MaxPooling2D(factor, name=f"{name}_heatmaps")(maps)
+        return layers.Concatenate(name=f"{name}_with_heatmaps")([x, m])
 
     # Project and reshape. Batch norm normalises the 4·4·C projection feature by
     # feature (the paper's count); instance and group norm need a spatial map, so
@@ -117,7 +140,7 @@ def build_generator(
     for level in range(levels, 0, -1):
         f = 2**level * width
         p = f"level{level}"
-        c0 = conv(x, f, 3, f"{p}_conv")
+        c0 = conv(with_maps(x, p), f, 3, f"{p}_conv")
         a = norm_act(NearestUpSampling2D(2, name=f"{p}_upsample")(c0), f"{p}_upsample")
         c1 = conv(c0, 2 * f, 1, f"{p}_conv1")
         b = deconv(c1, f, 3, f"{p}_deconv1")
@@ -128,7 +151,7 @@ def build_generator(
 
     images = weighted(
         layers.Conv2D(1, 3, padding="same", use_bias=False, activation="tanh", name="to_image")
-    )(x)
-    generator = tf.keras.Model(z, images, name="generator")
+    )(with_maps(x, "to_image"))
+    generator = tf.keras.Model(z if maps is None else [z, maps], images, name="generator")
     use_forward_gradients(generator)  # its stride-1 convolutions' input gradients as forward convolutions
     return generator

@@ -7,6 +7,12 @@ over REST or gRPC, and whichever images come before it (``-n 10`` gives the firs
 A run without a seed draws one and records it. The client pins the version it found AVAILABLE at the
 start, so a new version appearing mid-run cannot mix two models in one set, and every written file says
 which model, version and seed made it.
+
+With key points (`generate --keypoints FILE`, a key-point-conditioned model) image ``k`` is drawn for
+the k-th labelled image entry of a COCO Keypoints file, its points scaled to the model's frames as
+`prepare` scales frames (centre crop, resize), by ``keypoints_png_from_seed`` from the same per-image
+seed; a COCO Keypoints file beside the images (``annotations.json``, marked synthetic) says where
+their key points are. Output names never repeat the input's file names (they may identify patients).
 """
 
 from __future__ import annotations
@@ -27,11 +33,14 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
+from medsynth.data.keypoints import MAX_POINTS, FramePoints
 from medsynth.errors import ConfigError, ServingError
 
 log = logging.getLogger("medsynth.generate")
 
 SIGNATURE = "png_from_seed"
+KEYPOINTS_SIGNATURE = "keypoints_png_from_seed"  # what generate --keypoints asks
+SIZE_SIGNATURE = "keypoints"  # whose `images` output says a conditional model's frame size
 SEED_LIMIT = 2**31
 INDEX_LIMIT = 2**32
 TRANSIENT_HTTP = {429, 502, 503, 504}
@@ -57,13 +66,14 @@ class GeneratedImage:
     version: int
     seed: int
     index: int
+    keypoints: FramePoints | None = None  # those it was drawn for (model's pixels), if any
 
     @property
     def image_seed(self) -> int:
         return image_seed(self.seed, self.index)
 
     def provenance(self) -> dict[str, str]:
-        return {
+        out = {
             "medsynth:synthetic": "true",
             "medsynth:model": self.model,
             "medsynth:version": str(self.version),
@@ -71,6 +81,9 @@ class GeneratedImage:
             "medsynth:index": str(self.index),
             "medsynth:image_seed": str(self.image_seed),
         }
+        if self.keypoints is not None:
+            out["medsynth:keypoints"] = json.dumps(self.keypoints.to_dict())
+        return out
 
 
 class _Transient(Exception):
@@ -143,9 +156,51 @@ class Client:
             bar.close()  # a log already has the final line from update()
         return images
 
-    def predict_png(self, seeds: Sequence[int], version: int) -> list[bytes]:
-        """One `png_from_seed` request (retried when transient): the model's PNG bytes, one per seed."""
-        pngs = self._retry(lambda: self._predict_png(seeds, version))
+    def generate_for_keypoints(
+        self, layouts: Sequence[FramePoints], seed: int | None = None, version: int | None = None, *,
+        progress: bool = False,
+    ) -> list[GeneratedImage]:
+        """One image per layout (key points in pixels of the model's frames), image k from
+        `image_seed(seed, k)`, all from one version of a key-point-conditioned model."""
+        from medsynth.progress import Progress
+
+        n = len(layouts)
+        if n < 1:
+            raise ConfigError("no key-point layouts to draw frames for")
+        seed = secrets.randbelow(SEED_LIMIT) if seed is None else seed
+        image_seed(seed, n - 1)
+        version = self.served_version() if version is None else version
+        images: list[GeneratedImage] = []
+        bar = Progress(n, f"generate {self.model} v{version}", unit="img") if progress else None
+        for start in range(0, n, self.max_per_request):
+            chunk = list(layouts[start : start + self.max_per_request])
+            seeds = [image_seed(seed, k) for k in range(start, start + len(chunk))]
+            pngs = self.predict_png(seeds, version, chunk)
+            for k, (png, points) in enumerate(zip(pngs, chunk, strict=True), start):
+                images.append(GeneratedImage(_decode_png(png), png, self.model, version, seed, k, points))
+            if bar is not None:
+                bar.update(len(seeds))
+        if bar is not None and bar.tty:
+            bar.close()
+        return images
+
+    def image_size(self, version: int) -> int:
+        """The frame side of a key-point-conditioned model's version (from its signature metadata); a
+        ServingError when the model takes no key points."""
+        sigs = self._retry(lambda: self._signature_defs(version))
+        if SIZE_SIGNATURE not in sigs:
+            raise ServingError(
+                f"model {self.model!r} version {version} takes no key points (signatures: "
+                f"{', '.join(sorted(sigs))}): serve a model trained with --condition keypoints"
+            )
+        return sigs[SIZE_SIGNATURE]
+
+    def predict_png(
+        self, seeds: Sequence[int], version: int, layouts: Sequence[FramePoints] | None = None
+    ) -> list[bytes]:
+        """One `png_from_seed` request, or `keypoints_png_from_seed` with `layouts` (retried when
+        transient): the model's PNG bytes, one per seed."""
+        pngs = self._retry(lambda: self._predict_png(seeds, version, layouts))
         if len(pngs) != len(seeds):
             raise ServingError(f"asked for {len(seeds)} images, the server returned {len(pngs)}")
         return pngs
@@ -224,16 +279,26 @@ class Client:
             raise ServingError(text)
         return doc
 
-    def _predict_png(self, seeds: Sequence[int], version: int) -> list[bytes]:
+    def _predict_png(
+        self, seeds: Sequence[int], version: int, layouts: Sequence[FramePoints] | None = None
+    ) -> list[bytes]:
         if self._grpc_target:
-            return self._grpc_predict(seeds, version)
+            return self._grpc_predict(seeds, version, layouts)
         from medsynth.serving.protocol import decode_b64_values
 
-        doc = self._rest_json(
-            "POST",
-            f"/v1/models/{quote(self.model)}/versions/{version}:predict",
-            {"signature_name": SIGNATURE, "instances": list(seeds)},
-        )
+        if layouts is None:
+            body = {"signature_name": SIGNATURE, "instances": list(seeds)}
+        else:
+            inputs = {k: v.tolist() for k, v in _padded(seeds, layouts).items()}
+            body = {"signature_name": KEYPOINTS_SIGNATURE, "inputs": inputs}
+        doc = self._rest_json("POST", f"/v1/models/{quote(self.model)}/versions/{version}:predict", body)
+        if layouts is not None:  # a columnar request: a columnar answer, the one output's list or by name
+            outputs = doc.get("outputs") if isinstance(doc, dict) else None
+            if isinstance(outputs, dict):
+                outputs = outputs.get("png_bytes")
+            if outputs is None:
+                raise ServingError(f"the predict response has no 'outputs': {str(doc)[:200]}")
+            return decode_b64_values(outputs)
         if "predictions" not in doc:
             raise ServingError(f"the predict response has no 'predictions': {str(doc)[:200]}")
         preds = doc["predictions"]
@@ -279,20 +344,63 @@ class Client:
         doc = json_format.MessageToDict(resp, including_default_value_fields=True)
         return doc.get("model_version_status", [])
 
-    def _grpc_predict(self, seeds: Sequence[int], version: int) -> list[bytes]:
+    def _signature_defs(self, version: int) -> dict[str, int | None]:
+        """Signature name -> the side of its `images` output (None when it has none)."""
+        if self._grpc_target:
+            from tensorflow_serving.apis import get_model_metadata_pb2
+
+            request = get_model_metadata_pb2.GetModelMetadataRequest()
+            request.model_spec.name = self.model
+            request.model_spec.version.value = version
+            request.metadata_field.append("signature_def")
+            resp = self._grpc_rpc(self._grpc()[0].GetModelMetadata, request)
+            sigmap = get_model_metadata_pb2.SignatureDefMap()
+            resp.metadata["signature_def"].Unpack(sigmap)
+            sides = {}
+            for name, sig in sigmap.signature_def.items():
+                dims = sig.outputs["images"].tensor_shape.dim if "images" in sig.outputs else []
+                sides[name] = int(dims[1].size) if len(dims) > 1 else None
+            return sides
+        doc = self._rest_json("GET", f"/v1/models/{quote(self.model)}/versions/{version}/metadata")
+        try:
+            defs = doc["metadata"]["signature_def"]["signature_def"]
+            sides = {}
+            for name, sig in defs.items():
+                dims = sig.get("outputs", {}).get("images", {}).get("tensor_shape", {}).get("dim", [])
+                sides[name] = int(dims[1]["size"]) if len(dims) > 1 else None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ServingError(f"the model metadata response is not TF Serving's ({e!r})") from None
+        return sides
+
+    def _grpc_predict(
+        self, seeds: Sequence[int], version: int, layouts: Sequence[FramePoints] | None = None
+    ) -> list[bytes]:
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model
         request.model_spec.version.value = version
-        request.model_spec.signature_name = SIGNATURE
-        request.inputs["seed"].CopyFrom(tf.make_tensor_proto(np.asarray(seeds, np.int64)))
+        request.model_spec.signature_name = SIGNATURE if layouts is None else KEYPOINTS_SIGNATURE
+        inputs = {"seed": np.asarray(seeds, np.int64)} if layouts is None else _padded(seeds, layouts)
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         request.output_filter.append("png_bytes")
         resp = self._grpc_rpc(self._grpc()[0].Predict, request)
         if "png_bytes" not in resp.outputs:
             raise ServingError("the gRPC predict response has no 'png_bytes' output")
         return [bytes(b) for b in tf.make_ndarray(resp.outputs["png_bytes"]).ravel()]
+
+
+def _padded(seeds: Sequence[int], layouts: Sequence[FramePoints]) -> dict[str, np.ndarray]:
+    """The inputs of `keypoints_png_from_seed`: seeds and layouts padded to MAX_POINTS (mask 0/1)."""
+    padded = [fp.padded(MAX_POINTS) for fp in layouts]
+    return {
+        "seed": np.asarray(seeds, np.int64),
+        "points": np.stack([p[0] for p in padded]),
+        "classes": np.stack([p[1] for p in padded]),
+        "mask": np.stack([p[2] for p in padded]).astype(np.int32),
+    }
 
 
 def _parse_endpoint(endpoint: str) -> tuple[str, str, int, str]:
@@ -345,4 +453,53 @@ def write_images(images: Iterable[GeneratedImage], out: str | Path, fmt: str = "
     return paths
 
 
-__all__ = ["Client", "GeneratedImage", "image_seed", "write_images"]
+LABELS_FILE = "annotations.json"
+
+
+def read_layouts(path: str | Path, size: int) -> list[FramePoints]:
+    """The key points of each labelled image entry of a COCO Keypoints file, in file order, moved onto
+    a frame of `size` px as `prepare` crops and resizes (points outside the centre crop dropped and
+    counted in the log). Quarantined entries are skipped with a warning; a file with none usable is a
+    ConfigError."""
+    from medsynth.data.coco import read_coco
+    from medsynth.data.keypoints import follow_crop_resize
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"--keypoints {path}: cannot read it ({e.strerror})") from None
+    labels = read_coco(data)
+    if labels.problems:
+        log.warning("--keypoints %s: %d label(s) skipped: %s", path, len(labels.problems),
+                    "; ".join(labels.problems[:5]))
+    layouts, dropped = [], 0
+    for label in labels.labels.values():
+        moved, out = follow_crop_resize(label.points, label.height, label.width, size)
+        layouts.append(moved)
+        dropped += out + max(0, len(moved) - MAX_POINTS)
+    if not layouts:
+        raise ConfigError(f"--keypoints {path}: no usable image entry with key points (COCO Keypoints JSON)")
+    if dropped:
+        log.warning("--keypoints %s: %d key point(s) outside the centre crop or beyond %d per frame dropped",
+                    path, dropped, MAX_POINTS)
+    return layouts
+
+
+def write_labelled(
+    images: Sequence[GeneratedImage], out: str | Path, fmt: str = "png"
+) -> tuple[list[Path], Path]:
+    """`write_images`, and beside them a COCO Keypoints file (`annotations.json`, marked synthetic)
+    with each image's key points."""
+    from medsynth.data.coco import CocoImage, write_coco
+
+    paths = write_images(images, out, fmt)
+    entries = [
+        CocoImage(p.name, img.pixels.shape[1], img.pixels.shape[0], img.keypoints or FramePoints.empty())
+        for p, img in zip(paths, images, strict=True)
+    ]
+    first = images[0]
+    what = f"synthetic frames from {first.model} v{first.version}, seed {first.seed}, for these key points"
+    return paths, write_coco(Path(out) / LABELS_FILE, entries, synthetic=True, description=what)
+
+
+__all__ = ["Client", "GeneratedImage", "image_seed", "read_layouts", "write_images", "write_labelled"]

@@ -143,7 +143,7 @@ class LoadedModel:
         try:
             out = self.functions[signature](**feed)
         except tf.errors.InvalidArgumentError as e:
-            raise invalid(e.message.splitlines()[-1] if e.message else str(e)) from None
+            raise invalid(_graph_error(e.message) or str(e)) from None
         except tf.errors.OpError as e:
             raise RequestError(_code_of(e), e.message or str(e)) from None
         return {k: out[k].numpy() for k in names}, n
@@ -169,6 +169,12 @@ class LoadedModel:
             if count >= 1000:  # TF Serving's limit
                 break
         return count
+
+
+def _graph_error(message: str) -> str:
+    """The line of a graph's error that says what was wrong (an assertion's text), not which node."""
+    lines = [x for x in (message or "").splitlines() if x.strip() and not x.strip().startswith("[[{{node")]
+    return lines[-1].strip() if lines else ""
 
 
 def _tf_name(dtype: np.dtype) -> str:

@@ -47,6 +47,23 @@ def diff_augment(x: tf.Tensor, u: tf.Tensor, policy: tuple[str, ...]) -> tf.Tens
     """Frames `x` [n, H, W, C] in [-1, 1] transformed by `policy`, frame i with the numbers `u[i]`."""
     if not policy:
         return x
+    return _geometric(_colour(x, u, policy), u, policy)
+
+
+def diff_augment_with_maps(
+    x: tf.Tensor, maps: tf.Tensor, u: tf.Tensor, policy: tuple[str, ...]
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Frames `x` and their key points' heat maps `maps` [n, H, W, C'] transformed together: the maps
+    move with the frame (translation, cutout), the colour changes the frame alone."""
+    if not policy:
+        return x, maps
+    channels = x.shape[-1]
+    both = tf.concat([_colour(x, u, policy), tf.cast(maps, x.dtype)], -1)
+    both = _geometric(both, u, policy)
+    return both[..., :channels], both[..., channels:]
+
+
+def _colour(x: tf.Tensor, u: tf.Tensor, policy: tuple[str, ...]) -> tf.Tensor:
     u = tf.cast(u, x.dtype)
     col = lambda i: u[:, i][:, None, None, None]  # noqa: E731 - one number per frame, broadcast
     if "brightness" in policy:  # ± a quarter of the [-1, 1] range
@@ -54,6 +71,11 @@ def diff_augment(x: tf.Tensor, u: tf.Tensor, policy: tuple[str, ...]) -> tf.Tens
     if "contrast" in policy:  # × 0.5 … 1.5 about the frame's mean
         mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
         x = (x - mean) * (col(1) + 0.5) + mean
+    return x
+
+
+def _geometric(x: tf.Tensor, u: tf.Tensor, policy: tuple[str, ...]) -> tf.Tensor:
+    u = tf.cast(u, x.dtype)
     if "translation" in policy:
         x = _translate(x, u[:, 2], u[:, 3])
     if "cutout" in policy:

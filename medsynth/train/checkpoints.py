@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from medsynth import storage
@@ -35,9 +36,14 @@ from medsynth.train.config import TrainConfig
 
 CONFIG_FILE = "config.json"
 SIGNATURE_FILE = "model.json"
+# A key-point-conditioned run's layouts of training frames (coordinates only): its sample grids' and
+# its exported model's default layouts
+LAYOUTS_FILE = "keypoint_layouts.json"
 PREFIX = "ckpt"
 _INDEX_RE = re.compile(rf"^{PREFIX}-(\d+)\.index$")
 _GROUP_RE = re.compile(rf"^{PREFIX}-(\d+)$")
+# What a signature written before a key existed meant by it (model.json of older runs).
+_SIGNATURE_DEFAULTS = {"condition": "none"}
 
 log = logging.getLogger("medsynth")
 
@@ -103,7 +109,7 @@ class RunCheckpoints:
         sig_path = self.dir / SIGNATURE_FILE
         if not sig_path.exists():
             return
-        saved = read_json(sig_path)
+        saved = _with_defaults(read_json(sig_path))
         diff = {k: (saved.get(k), v) for k, v in self.signature.items() if saved.get(k) != v}
         if diff:
             what = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
@@ -145,7 +151,8 @@ class RunCheckpoints:
         if not usable:
             log.info("--init-from %s is past step %d already: training from the start", run, max_step)
             return None
-        saved = read_json(f"{src}/{SIGNATURE_FILE}") if storage.exists(f"{src}/{SIGNATURE_FILE}") else {}
+        sig = f"{src}/{SIGNATURE_FILE}"
+        saved = _with_defaults(read_json(sig)) if storage.exists(sig) else {}
         diff = sorted(k for k, v in self.signature.items() if saved.get(k) != v)
         if diff:
             raise CheckpointError(
@@ -188,6 +195,29 @@ class RunCheckpoints:
             for uri in uris:
                 storage.delete_prefix(uri)
             log.info("pruned %s/%s (keeping %d)", self.remote, group, self.keep)
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    return {**_SIGNATURE_DEFAULTS, **saved}
+
+
+def write_layouts(run_dir: str | Path, layouts: tuple[np.ndarray, np.ndarray, np.ndarray], size: int) -> None:
+    """Write padded key-point layouts (points, classes, mask) beside the run's checkpoints."""
+    from medsynth.data.keypoints import FramePoints
+
+    frames = [FramePoints.from_padded(*one).to_dict() for one in zip(*layouts, strict=True)]
+    atomic_write_json(Path(run_dir) / LAYOUTS_FILE, {"image_size": int(size), "layouts": frames})
+
+
+def read_layouts(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The layouts `write_layouts` wrote (padded to keypoints.MAX_POINTS), or None when the run has none."""
+    from medsynth.data.keypoints import FramePoints
+
+    path = f"{str(run_dir).rstrip('/')}/{LAYOUTS_FILE}"
+    if not storage.exists(path):
+        return None
+    padded = [FramePoints.from_dict(d).padded()[:3] for d in read_json(path)["layouts"]]
+    return tuple(np.stack(part) for part in zip(*padded, strict=True))  # type: ignore[return-value]
 
 
 def _saved_config(run_dir: str | Path) -> dict[str, Any]:
@@ -261,6 +291,9 @@ def load_generator(run_dir: str | Path, step: int | None = None) -> tuple[tf.ker
         "step": step,
         "seed": cfg.seed,
     }
+    layouts = read_layouts(text) if cfg.condition != "none" else None
+    if layouts is not None:
+        info["layouts"] = layouts  # padded arrays: for the export, not for a model card
     metrics_path = f"{text}/metrics.json"
     if storage.exists(metrics_path):
         info["metrics"] = json.loads(storage.read_text(metrics_path))

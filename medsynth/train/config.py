@@ -11,6 +11,7 @@ from typing import Any
 
 from medsynth.errors import ConfigError
 
+CONDITIONS = ("none", "keypoints")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker", "horovod")
 # auto: bfloat16 on Ampere and newer GPUs, float16 on older ones, off on CPU
 PRECISIONS = ("auto", "off", "float16", "bfloat16")
@@ -57,6 +58,12 @@ class TrainConfig:
                                                "or as nearest up-sampling + convolution with the same "
                                                "weights (resize: no checkerboard)",
                                      choices=("resize", "transpose"))
+    condition: str = _opt("none", "none | keypoints: G draws a frame for given key points (heat maps of "
+                                  "the catheter tip and bifurcations beside z) and D judges frame and key "
+                                  "points together; trains on the labelled frames only", choices=CONDITIONS)
+    keypoint_mismatch: float = _opt(0.5, "with --condition keypoints: weight of D's matching-aware term "
+                                         "(Reed et al. 2016), real frames with another frame's key points "
+                                         "judged as fake (0: off)")
     lr_g: float = _opt(2e-4, "generator learning rate (Adam)")
     lr_d: float | None = _opt(None, "discriminator learning rate (Adam); default 2e-4, 5e-5 for the "
                                     "projected head (measured: 2e-4 lets it win)")
@@ -121,6 +128,14 @@ class TrainConfig:
             0.0 <= self.label_smoothing < 0.5,
             f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}",
         )
+        need(
+            self.condition in CONDITIONS,
+            f"unknown --condition {self.condition!r}; choose one of {', '.join(CONDITIONS)}",
+        )
+        need(
+            self.keypoint_mismatch >= 0,
+            f"--keypoint-mismatch must be >= 0 (0: off), got {self.keypoint_mismatch}",
+        )
         need(self.r1_gamma >= 0, f"--r1-gamma must be >= 0, got {self.r1_gamma}")
         if self.g_ema_kimg is None:
             from medsynth.train.ema import default_kimg
@@ -148,6 +163,15 @@ class TrainConfig:
         from medsynth.train.loss import check_loss
 
         self.d_head = resolve_head(self.backbone, self.d_head)
+        if self.condition != "none":
+            from medsynth.models.discriminator import check_conditional_head
+
+            check_conditional_head(self.backbone, self.d_head)
+            need(
+                self.keypoint_mismatch == 0 or self.batch_size % 2 == 0,
+                f"--keypoint-mismatch pairs the frames of a batch: use an even --batch-size (got "
+                f"{self.batch_size}) or --keypoint-mismatch 0",
+            )
         if self.lr_d is None:
             self.lr_d = 5e-5 if self.d_head == "projected" else 2e-4
         need(self.lr_d > 0 and self.lr_g > 0, f"learning rates must be > 0, got {self.lr_g}, {self.lr_d}")
@@ -162,7 +186,7 @@ class TrainConfig:
     def model_signature(self) -> dict[str, Any]:
         """What a checkpoint must agree with to be restorable into this run's models."""
         keys = ("image_size", "latent_dim", "generator_width", "generator_norm", "generator_upsampling",
-                "backbone", "backbone_mode", "d_head")
+                "backbone", "backbone_mode", "d_head", "condition")
         d = {k: getattr(self, k) for k in keys}
         d["g_ema"] = self.g_ema_kimg > 0  # the checkpoint holds the average or not
         return d
@@ -170,7 +194,14 @@ class TrainConfig:
     def generator_options(self) -> dict[str, Any]:
         """`build_generator`'s keyword arguments."""
         return {"latent_dim": self.latent_dim, "width": self.generator_width, "norm": self.generator_norm,
-                "upsampling": self.generator_upsampling}
+                "upsampling": self.generator_upsampling, "condition_channels": self.condition_channels}
+
+    @property
+    def condition_channels(self) -> int:
+        """Heat-map channels G and D take beside their usual inputs (0: unconditional)."""
+        from medsynth.data.keypoints import CLASSES
+
+        return len(CLASSES) if self.condition == "keypoints" else 0
 
     # --- the one source of `medsynth train`'s flags and of a job's argv -----------------------------
     @classmethod

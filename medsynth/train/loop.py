@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from medsynth import storage
@@ -41,10 +42,10 @@ from medsynth.pictures import save_curves, save_grid
 from medsynth.progress import Progress
 from medsynth.storage import atomic_write_json, atomic_write_text, read_json
 from medsynth.train.augment import parse_policy
-from medsynth.train.checkpoints import CONFIG_FILE, RunCheckpoints
+from medsynth.train.checkpoints import CONFIG_FILE, RunCheckpoints, write_layouts
 from medsynth.train.config import TrainConfig
 from medsynth.train.devices import _gpu_capability, resolve_determinism, resolve_precision, resolve_xla
-from medsynth.train.feed import Feed
+from medsynth.train.feed import Feed, layout_bank
 from medsynth.train.models import (
     TrainState,
     _optimizer,  # noqa: F401 - bench/train_step.py imports it from here
@@ -58,6 +59,7 @@ from medsynth.train.telemetry import Telemetry, read_history
 
 log = logging.getLogger("medsynth")
 
+SAMPLES = 16  # frames per sample grid
 PREEMPTED_EXIT = 143  # 128 + SIGTERM, what Kubernetes expects from a container stopped by SIGTERM
 
 
@@ -112,6 +114,7 @@ class _Run:
     adopted: str | None  # the run this one continues (--init-from), if it started from its checkpoint
     start: int  # the step this call starts at
     settings: dict[str, Any]  # strategy, replicas, workers, precision, XLA: as used
+    layouts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # --condition keypoints: layout bank
 
     @property
     def chief(self) -> bool:
@@ -156,6 +159,7 @@ def _set_up(cfg: TrainConfig) -> _Run:
     xla = resolve_xla(cfg.xla, capability, dist, deterministic)
     state = build_train_state(cfg, dist, policy)
     feed = Feed(dist, data_dir, cfg)
+    layouts = layout_bank(data_dir, cfg) if cfg.condition == "keypoints" else None
     checkpoints = RunCheckpoints(
         outputs.local,
         {**cfg.model_signature(), "loss_scale": policy == "mixed_float16"},
@@ -181,7 +185,7 @@ def _set_up(cfg: TrainConfig) -> _Run:
     log.info("training with %s", ", ".join(f"{k}={v}" for k, v in settings.items()))
     return _Run(
         dist, out, outputs, data_dir, manifest, xla, state, feed, checkpoints, adversarial,
-        checkpoints.adopted, start, settings,
+        checkpoints.adopted, start, settings, layouts,
     )
 
 
@@ -214,6 +218,8 @@ def _adversarial_step(cfg: TrainConfig, dist: Distribution, state: TrainState, x
         r1_gamma=cfg.r1_gamma,
         augment=parse_policy(cfg.d_augment),
         loss=cfg.loss,
+        condition=cfg.condition,
+        keypoint_mismatch=cfg.keypoint_mismatch,
     )
 
 
@@ -248,6 +254,8 @@ def _record_start(cfg: TrainConfig, run: _Run) -> None:
         "settings": run.settings,
     }
     atomic_write_json(run.dir / CONFIG_FILE, info)
+    if run.layouts is not None:
+        write_layouts(run.dir, run.layouts, cfg.image_size)
     _truncate_history(run.dir, run.start)
     run.outputs.push()
 
@@ -270,7 +278,7 @@ def _step_loop(cfg: TrainConfig, run: _Run) -> tuple[dict[str, float], int, floa
         pushgateway=cfg.pushgateway,
         grouping={"run": Path(run.out).name or "run"},
     )
-    fixed_z = sample_latents(cfg.seed, 16, cfg.latent_dim)
+    samples = _SampleInputs.of(cfg, run.layouts)
     wall = time.monotonic()
     values: dict[str, float] = {}
     trained = 0
@@ -306,7 +314,7 @@ def _step_loop(cfg: TrainConfig, run: _Run) -> tuple[dict[str, float], int, floa
                 if step % cfg.sample_every == 0 or step == cfg.steps:
                     # Every worker runs G: under MultiWorkerMirrored, reading BN's moving statistics
                     # (sync-on-read variables) is a collective that all workers must join.
-                    _write_samples(run.dir, state.sampled, fixed_z, step, telemetry, chief)
+                    _write_samples(run.dir, state.sampled, samples, step, telemetry, chief)
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                     run.checkpoints.save(step)
                     if chief:
@@ -383,15 +391,38 @@ def _postfix(values: dict[str, float], images_per_s: float) -> str:
     return f"D {values['d_loss']:.3f} G {values['g_loss']:.3f} {images_per_s:.1f} img/s"
 
 
+@dataclass
+class _SampleInputs:
+    """What the sample grids are drawn from: a fixed latent batch, and with key points a fixed set of
+    training layouts (their heat maps for G, their points to mark on the grid)."""
+
+    z: tf.Tensor
+    maps: tf.Tensor | None = None
+    marks: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, layouts: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> _SampleInputs:
+        z = sample_latents(cfg.seed, SAMPLES, cfg.latent_dim)
+        if layouts is None:
+            return cls(z)
+        from medsynth.data.keypoints import heatmaps
+
+        points, classes, mask = (part[:SAMPLES] for part in layouts)
+        marks = [(p[m], c[m]) for p, c, m in zip(points, classes, mask, strict=True)]
+        return cls(z[: len(marks)], heatmaps(points, classes, mask, cfg.image_size), marks)
+
+
 def _write_samples(
-    run_dir: Path, generator: tf.keras.Model, z: tf.Tensor, step: int, telemetry: Telemetry, chief: bool
+    run_dir: Path, generator: tf.keras.Model, samples: _SampleInputs, step: int, telemetry: Telemetry,
+    chief: bool,
 ) -> None:
-    images = tf.cast(generator(z, training=False), tf.float32).numpy()
+    inputs = samples.z if samples.maps is None else [samples.z, samples.maps]
+    images = tf.cast(generator(inputs, training=False), tf.float32).numpy()
     if not chief:
         return
     telemetry.samples(step, images)
-    save_grid(images, run_dir / "samples" / f"step_{step:06d}.png", title=f"step {step}")
-    save_grid(images, run_dir / "samples" / "latest.png", title=f"step {step}")
+    for name in (f"step_{step:06d}.png", "latest.png"):
+        save_grid(images, run_dir / "samples" / name, title=f"step {step}", keypoints=samples.marks)
 
 
 def _write_curves(run_dir: Path) -> None:

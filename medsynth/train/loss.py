@@ -40,10 +40,16 @@ def discriminator_loss(
     real frames; hinge: max(0, 1 - D(x)) + max(0, 1 + D(G(z)))."""
     if check_loss(loss) == "hinge":
         real = _per_frame(tf.nn.relu(1.0 - tf.cast(real_logits, tf.float32)))
-        fake = _per_frame(tf.nn.relu(1.0 + tf.cast(fake_logits, tf.float32)))
     else:
-        real, fake = _bce(1.0 - label_smoothing, real_logits), _bce(0.0, fake_logits)
-    return tf.nn.compute_average_loss(real + fake, global_batch_size=global_batch_size)
+        real = _bce(1.0 - label_smoothing, real_logits)
+    return tf.nn.compute_average_loss(real + _as_fake(fake_logits, loss), global_batch_size=global_batch_size)
+
+
+def _as_fake(logits: tf.Tensor, loss: str) -> tf.Tensor:
+    """Each frame's loss for D when it should call the frame generated."""
+    if loss == "hinge":
+        return _per_frame(tf.nn.relu(1.0 + tf.cast(logits, tf.float32)))
+    return _bce(0.0, logits)
 
 
 def generator_loss(fake_logits: tf.Tensor, global_batch_size: int, loss: str = "bce") -> tf.Tensor:
@@ -54,3 +60,9 @@ def generator_loss(fake_logits: tf.Tensor, global_batch_size: int, loss: str = "
     else:
         per_frame = _bce(1.0, fake_logits)
     return tf.nn.compute_average_loss(per_frame, global_batch_size=global_batch_size)
+
+
+def mismatch_loss(logits: tf.Tensor, global_batch_size: int, loss: str = "bce") -> tf.Tensor:
+    """D's matching-aware term (Reed et al. 2016): real frames shown with another frame's key points
+    are judged as generated ones are, so D learns whether the key points fit the frame."""
+    return tf.nn.compute_average_loss(_as_fake(logits, check_loss(loss)), global_batch_size=global_batch_size)

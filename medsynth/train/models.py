@@ -39,7 +39,7 @@ def build_models(cfg: TrainConfig, policy: str = "float32") -> tuple[tf.keras.Mo
         generator = build_generator(cfg.image_size, **cfg.generator_options())
         discriminator = build_discriminator(
             cfg.image_size, backbone=cfg.backbone, weights=cfg.backbone_weights, mode=cfg.backbone_mode,
-            head=cfg.d_head, seed=cfg.seed,
+            head=cfg.d_head, seed=cfg.seed, condition_channels=cfg.condition_channels,
         )
     finally:
         tf.keras.mixed_precision.set_global_policy(previous)

@@ -11,17 +11,24 @@ BN(center=False, scale=False) → Dense(1, no bias), needs that: on a batch of
 one kind it would standardise the features to zero mean, and D's mean logit
 would be 0 for real and generated frames alike (measured: with a learning
 MobileNetV2 fed separate batches, D stayed at D(x) = D(G(z)) = 0.5).
+
+With key points (`condition="keypoints"`) a batch is (frames, points, classes, mask): their heat maps
+are drawn here, G draws each generated frame for its real frame's key points, D judges every frame
+with its heat maps, and DiffAugment moves the heat maps with their frame. The matching-aware term
+(Reed et al. 2016) shows D the real frames with their neighbour's key points as fake, in a second
+pass over [real'; fake], so D's batch statistics stay those of a [real; fake] batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 
-from medsynth.train.augment import UNIFORMS, diff_augment
-from medsynth.train.loss import discriminator_loss, generator_loss
+from medsynth.errors import ConfigError
+from medsynth.train.augment import UNIFORMS, diff_augment, diff_augment_with_maps
+from medsynth.train.loss import discriminator_loss, generator_loss, mismatch_loss
 
 SAMPLE_STREAM = 2**31 - 1  # seed stream of the fixed latent batch used for sample grids
 
@@ -77,6 +84,23 @@ def _frame_probability(logits: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.reshape(p, [tf.shape(p)[0], -1]), axis=1)
 
 
+class _Frozen(NamedTuple):
+    """What D's head reads when only the head learns: the frozen features of [real; fake], and with
+    key points their heat maps as augmented with the frames [2n] and the mismatched ones of the real
+    frames [n] (or None)."""
+
+    features: Any
+    maps: tf.Tensor | None = None
+    wrong_maps: tf.Tensor | None = None
+
+
+def mismatched(maps: tf.Tensor) -> tf.Tensor:
+    """Each frame gets its neighbour's key points: frames 0 and 1 swap, 2 and 3, ... (the batch is
+    shuffled, so the pairs are random; pairs, unlike a roll, are the same on any number of replicas)."""
+    i = tf.range(tf.shape(maps)[0])
+    return tf.gather(maps, i + 1 - 2 * (i % 2))
+
+
 @dataclass
 class AdversarialStep:
     generator: tf.keras.Model
@@ -93,9 +117,22 @@ class AdversarialStep:
     jit_compile: bool = False  # XLA-compile the per-replica update
     augment: tuple[str, ...] = ()  # DiffAugment transformations of D's inputs (medsynth.train.augment)
     loss: str = "bce"  # medsynth.train.loss.LOSSES
+    # "keypoints": batches are (frames, points, classes, mask) and G and D take the heat maps too
+    condition: str = "none"
+    keypoint_mismatch: float = 0.0  # weight of D's matching-aware term (conditional only; 0: off)
 
     def __post_init__(self) -> None:
         self.strategy = self.strategy or tf.distribute.get_strategy()
+        self.conditional = self.condition == "keypoints"
+        self.mismatch = self.keypoint_mismatch if self.conditional else 0.0
+        if self.mismatch:
+            replicas = self.strategy.num_replicas_in_sync * (self.hvd.size() if self.hvd is not None else 1)
+            if (self.global_batch_size // replicas) % 2:
+                raise ConfigError(
+                    f"--keypoint-mismatch pairs the frames of each replica's batch, and {replicas} "
+                    f"replica(s) of --batch-size {self.global_batch_size} get an odd number: use a batch "
+                    "of an even number per replica, or --keypoint-mismatch 0"
+                )
         self._split = split_frozen_discriminator(self.discriminator)
         both = self._both
         if self.jit_compile:
@@ -133,45 +170,92 @@ class AdversarialStep:
             return tape
         return self.hvd.DistributedGradientTape(tape, op=self.hvd.Sum)
 
-    def _discriminate(self, real: tf.Tensor, fake: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
-        """D's logits of [real; fake], one batch, augmented with the numbers `u` (one row per frame)."""
-        frames = tf.concat([real, tf.cast(fake, real.dtype)], 0)
-        return self.discriminator(diff_augment(frames, u, self.augment), training=True)
+    def _unpack(self, batch: Any) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """(frames, their key points' heat maps or None) of a feed batch: frames alone, or with key
+        points (frames, points, classes, mask)."""
+        if not self.conditional:
+            return batch, None
+        from medsynth.data.keypoints import heatmaps
 
-    def _d_update(self, real: tf.Tensor, z: tf.Tensor, u: tf.Tensor) -> dict[str, tf.Tensor]:
+        frames, points, classes, mask = batch
+        return frames, heatmaps(points, classes, mask, int(frames.shape[1]))
+
+    def _generate(self, z: tf.Tensor, maps: tf.Tensor | None) -> tf.Tensor:
+        return self.generator(z if maps is None else [z, maps], training=True)
+
+    def _augment(self, frames: tf.Tensor, maps: tf.Tensor | None, u: tf.Tensor) -> tuple[tf.Tensor, Any]:
+        if maps is None:
+            return diff_augment(frames, u, self.augment), None
+        return diff_augment_with_maps(frames, maps, u, self.augment)
+
+    def _judge(self, frames: tf.Tensor, maps: tf.Tensor | None) -> tf.Tensor:
+        return self.discriminator(frames if maps is None else [frames, maps], training=True)
+
+    def _head(self, features: Any, maps: tf.Tensor | None) -> tf.Tensor:
+        head = self._split[1]
+        return head(features if maps is None else [*tf.nest.flatten(features), maps], training=True)
+
+    def _discriminate(
+        self, real: tf.Tensor, fake: tf.Tensor, u: tf.Tensor, maps: tf.Tensor | None = None,
+        real_maps: tf.Tensor | None = None,
+    ) -> tf.Tensor:
+        """D's logits of [real; fake], one batch, augmented with the numbers `u` (one row per frame);
+        with key points each fake frame's are its real frame's (`maps`), the real ones' `real_maps`
+        when given (the matching-aware term)."""
+        frames = tf.concat([real, tf.cast(fake, real.dtype)], 0)
+        if maps is None:
+            return self._judge(*self._augment(frames, None, u))
+        both = tf.concat([maps if real_maps is None else real_maps, maps], 0)
+        return self._judge(*self._augment(frames, both, u))
+
+    def _d_update(self, batch: Any, z: tf.Tensor, u: tf.Tensor) -> dict[str, tf.Tensor]:
+        real, maps = self._unpack(batch)
         local = tf.shape(real)[0]
         z, u = self._my_latents(z, local), self._my_uniforms(u, local)
-        return self._d_update_on(real, self.generator(z, training=True), u[0])
+        return self._d_update_on(real, self._generate(z, maps), u[0], maps)
 
     def _d_update_on(
-        self, real: tf.Tensor, fake: tf.Tensor, u: tf.Tensor, features: tf.Tensor | None = None
+        self, real: tf.Tensor, fake: tf.Tensor, u: tf.Tensor, maps: tf.Tensor | None = None,
+        frozen: _Frozen | None = None,
     ) -> dict[str, tf.Tensor]:
-        """D's update on `real` and generated `fake` (or, frozen backbone, their pooled `features`)."""
+        """D's update on `real` and generated `fake` (or, frozen backbone, their `frozen` features)."""
         local = tf.shape(real)[0]
         fake = tf.stop_gradient(fake)
+        wrong_logits = None
         with tf.GradientTape() as tape:
             with tf.GradientTape(watch_accessed_variables=False) as at_real:
                 at_real.watch(real)
-                if features is None:
-                    logits = self._discriminate(real, fake, u)
+                if frozen is None:
+                    logits = self._discriminate(real, fake, u, maps)
+                    if self.mismatch:
+                        wrong_logits = self._discriminate(real, fake, u, maps, mismatched(maps))[:local]
                 else:
-                    logits = self._split[1](tf.nest.map_structure(tf.stop_gradient, features), training=True)
+                    features = tf.nest.map_structure(tf.stop_gradient, frozen.features)
+                    logits = self._head(features, frozen.maps)
+                    if self.mismatch:
+                        wrong = tf.concat([frozen.wrong_maps, frozen.maps[local:]], 0)
+                        wrong_logits = self._head(features, wrong)[:local]
                 real_logits, fake_logits = logits[:local], logits[local:]
                 real_sum = tf.reduce_sum(tf.cast(real_logits, tf.float32))
             loss = discriminator_loss(real_logits, fake_logits, self.global_batch_size, self.label_smoothing,
                                       self.loss)
+            if wrong_logits is not None:
+                loss += self.mismatch * mismatch_loss(wrong_logits, self.global_batch_size, self.loss)
             penalty = self._r1(at_real, real_sum, real) if self.r1_gamma > 0 else tf.constant(0.0)
             scaled = self._scale(self.d_optimizer, loss + penalty)
         grads = self._tape(tape).gradient(scaled, self.discriminator.trainable_variables)
         grads = self._unscale(self.d_optimizer, grads)
         self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_variables, strict=True))
         n = float(self.global_batch_size)
-        return {
+        out = {
             "d_loss": loss,
             "r1_penalty": penalty,
             "d_real": tf.reduce_sum(_frame_probability(real_logits)) / n,
             "d_fake": tf.reduce_sum(_frame_probability(fake_logits)) / n,
         }
+        if wrong_logits is not None:  # D's probability that a frame with another's key points is real
+            out["d_mismatch"] = tf.reduce_sum(_frame_probability(wrong_logits)) / n
+        return out
 
     def _r1(self, tape: tf.GradientTape, real_sum: tf.Tensor, real: tf.Tensor) -> tf.Tensor:
         """γ/2 · E‖∇ₓD(x)‖² at real frames (Mescheder et al. 2018, StyleGAN2).
@@ -187,27 +271,29 @@ class AdversarialStep:
         penalty = 0.5 * self.r1_gamma * per_example
         return tf.nn.compute_average_loss(penalty, global_batch_size=self.global_batch_size)
 
-    def _g_update(self, real: tf.Tensor, z: tf.Tensor, u: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _g_update(self, batch: Any, z: tf.Tensor, u: tf.Tensor) -> dict[str, tf.Tensor]:
+        real, maps = self._unpack(batch)
         local = tf.shape(real)[0]
         z, u = self._my_latents(z, local), self._my_uniforms(u, local)
         with tf.GradientTape() as tape:
-            loss = self._g_loss(real, self.generator(z, training=True), u[1])
+            loss = self._g_loss(real, self._generate(z, maps), u[1], maps)
         return self._apply_g(tape, loss)
 
     def _g_loss(
-        self, real: tf.Tensor, fake: tf.Tensor, u: tf.Tensor, features: tf.Tensor | None = None
+        self, real: tf.Tensor, fake: tf.Tensor, u: tf.Tensor, maps: tf.Tensor | None = None,
+        frozen: _Frozen | None = None,
     ) -> tf.Tensor:
         """G's loss on D's logits of `fake`, with D's batch [real; fake] as in D's update.
 
-        `features`: a frozen backbone's features of [real; fake] from this step's one pass.
+        `frozen`: a frozen backbone's features of [real; fake] from this step's one pass.
         """
         local = tf.shape(real)[0]
-        if features is None:
-            logits = self._discriminate(real, fake, u)[local:]
+        if frozen is None:
+            logits = self._discriminate(real, fake, u, maps)[local:]
         else:
             features = tf.nest.map_structure(
-                lambda f: tf.concat([tf.stop_gradient(f[:local]), f[local:]], 0), features)
-            logits = self._split[1](features, training=True)[local:]
+                lambda f: tf.concat([tf.stop_gradient(f[:local]), f[local:]], 0), frozen.features)
+            logits = self._head(features, frozen.maps)[local:]
         return generator_loss(logits, self.global_batch_size, self.loss)
 
     def _apply_g(self, tape: tf.GradientTape, loss: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -217,7 +303,7 @@ class AdversarialStep:
         self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables, strict=True))
         return {"g_loss": loss}
 
-    def _both(self, real: tf.Tensor, z: tf.Tensor, u: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _both(self, batch: Any, z: tf.Tensor, u: tf.Tensor) -> dict[str, tf.Tensor]:
         """D's update, then G's through the updated D, on one generated batch.
 
         G has not changed between the two updates, so one forward pass of G serves both (the
@@ -227,23 +313,30 @@ class AdversarialStep:
         frame and step, and G's gradient flows back through the activations kept from then
         (augmented once, for both updates).
         """
+        real, maps = self._unpack(batch)
         local = tf.shape(real)[0]
         z, u = self._my_latents(z, local), self._my_uniforms(u, local)
         with tf.GradientTape() as tape:
-            fake = self.generator(z, training=True)
-            features = None
+            fake = self._generate(z, maps)
+            frozen = None
             if self._split is not None:
                 # two passes: in one over [real; fake], G's backward would run over both halves
                 with tape.stop_recording():
-                    aug_real = diff_augment(real, u[0, :local], self.augment)
+                    aug_real, real_maps = self._augment(real, maps, u[0, :local])
                     real_features = self._split[0](aug_real, training=True)
-                aug_fake = diff_augment(tf.cast(fake, real.dtype), u[0, local:], self.augment)
+                    wrong_maps = None
+                    if self.mismatch:  # the other frame's key points, moved as this frame was
+                        wrong_maps = self._augment(real, mismatched(maps), u[0, :local])[1]
+                aug_fake, fake_maps = self._augment(tf.cast(fake, real.dtype), maps, u[0, local:])
                 fake_features = self._split[0](aug_fake, training=True)
-                features = tf.nest.map_structure(
-                    lambda r, f: tf.concat([r, f], 0), real_features, fake_features)
+                frozen = _Frozen(
+                    tf.nest.map_structure(lambda r, f: tf.concat([r, f], 0), real_features, fake_features),
+                    None if maps is None else tf.concat([real_maps, fake_maps], 0),
+                    wrong_maps,
+                )
             with tape.stop_recording():
-                out = self._d_update_on(real, fake, u[0], features)
-            loss = self._g_loss(real, fake, u[1], features)
+                out = self._d_update_on(real, fake, u[0], maps, frozen)
+            loss = self._g_loss(real, fake, u[1], maps, frozen)
         out.update(self._apply_g(tape, loss))
         return out
 
