@@ -104,7 +104,10 @@ def prepare_step(
     dataset.metadata.update(
         {"dataset_dir": result, "hash": manifest.get("hash", ""), "image_size": image_size}
     )
-    counts = {f"frames_{k}": v for k, v in (manifest.get("counts") or {}).items()}
+    counts = {f"frames_{k}": v["frames"] for k, v in manifest.get("splits", {}).items()}
+    labelled = (manifest.get("keypoints") or {}).get("labelled_frames", {})
+    counts |= {f"labelled_frames_{k}": v for k, v in labelled.items()}
+    counts["quarantined"] = manifest.get("quarantined", 0)
     pictures = {}
     if storage.exists(join(result, "preview.png")):
         pictures["preview"] = atomic_write_bytes(
@@ -323,8 +326,10 @@ def utility_step(
         values[f"{key}_bif_f1"] = row["val_bif_f1"]["mean"]
     _log_metrics(metrics, values)
     atomic_write_text(table.path, (work / "utility.md").read_text())
-    _html(pictures, report_html("utility experiment", {"verdict": summary["verdict"]["text"]},
-                                {"tracker error against M": work / "utility.png"}))
+    shown = {"tracker error against M": work / "utility.png"}
+    if (work / "synthetic.png").exists():
+        shown["generated"] = work / "synthetic.png"  # captioned synthetic on the page
+    _html(pictures, report_html(f"utility experiment: {summary['verdict']['text']}", values, shown))
     return (join(uri, "results.json"),)
 
 

@@ -86,7 +86,12 @@ def test_prepare_reads_its_data_set_back_from_the_bucket(gcs_bucket, tmp_path):
     assert uri.startswith(f"{gcs_bucket}/medsynth/datasets/") and storage.is_complete(uri)
     manifest = json.loads((Path(dataset.path) / "manifest.json").read_text())
     assert dataset.metadata["dataset_dir"] == uri and dataset.metadata["hash"] == manifest["hash"]
-    assert "<html>" in Path(preview.path).read_text()
+    page = Path(preview.path).read_text()
+    assert "<html>" in page
+    # the page counts what the manifest says: frames and labelled frames per split
+    for split in ("train", "val"):
+        assert f"labelled_frames_{split}" in page and f"frames_{split}" in page
+    assert manifest["keypoints"]["labelled_frames"]["train"] == manifest["splits"]["train"]["frames"]
 
 
 @pytest.mark.parametrize("env,port", [({"MEDSYNTH_METRICS_PORT": "9400"}, 9400), ({}, None)])

@@ -109,3 +109,61 @@ def test_gate_option_reads_the_verdict(tmp_path) -> None:
         atomic_write_json(path, {"verdict": report.overall_verdict(rows)})
         ok, why = _utility_judgement(str(path))
         assert ok is passes and ("worse" in why) is (not passes)
+
+
+def test_a_small_experiment_runs_resumes_and_keeps_held_out_frames_out(tmp_path, monkeypatch) -> None:
+    import json
+
+    from medsynth.cli import main
+    from medsynth.data.input import load_manifest
+
+    monkeypatch.setenv("MEDSYNTH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "u"
+    argv = [
+        "utility",
+        "--out",
+        str(out),
+        "--image-size",
+        "32",
+        "--n-real",
+        "16",
+        "--n-synthetic",
+        "8,24",
+        "--seeds",
+        "0",
+        "--gan-steps",
+        "2",
+        "--tracker-steps",
+        "2",
+        "--phantom-frames",
+        "512",
+    ]
+    assert main(argv) == 0
+    summary = json.loads((out / "results.json").read_text())
+    arms = {(r["n_real"], r["n_synthetic"]) for r in summary["results"]}
+    assert arms == {(16, 0), (16, 8), (16, 24)}
+    assert summary["val_frames"] > 0 and "verdict" in summary
+    # the generator trained on the subset of 16 labelled frames, whose train split is the parent's
+    gen = json.loads((out / "n16-seed0" / "generator" / "config.json").read_text())
+    subset = load_manifest(gen["data"])
+    parent = load_manifest(summary["dataset"])
+    assert subset["splits"]["train"]["frames"] == 16
+    assert set(subset["splits"]["train"]["patients"]) <= set(parent["splits"]["train"]["patients"])
+    assert not set(subset["splits"]["train"]["patients"]) & set(parent["splits"]["val"]["patients"])
+    pool = np.load(out / "n16-seed0" / "synthetic.npz")
+    assert pool["images"].shape == (24, 32, 32) and bool(pool["synthetic"])
+    assert b"medsynth:synthetic" in (out / "synthetic.png").read_bytes()
+    assert "| 16 | 24 | 1 |" in (out / "utility.md").read_text()
+    # run again: every arm is kept, nothing retrains (same metrics files)
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("n16-seed0/tracker-m*/metrics.json")}
+    assert len(stamps) == 3 and main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_bad_lists_are_refused_with_the_flag_named(capsys) -> None:
+    from medsynth.cli import main
+
+    assert main(["utility", "--out", "x", "--n-real", "64,abc"]) == 2
+    assert "--n-real takes comma-separated integers" in capsys.readouterr().err
+    assert main(["utility", "--out", "x", "--synthetic-fraction", "1.5"]) == 2
+    assert "--synthetic-fraction" in capsys.readouterr().err

@@ -110,6 +110,9 @@ def run_utility(cfg: UtilityConfig) -> dict[str, Any]:
     storage.atomic_write_json(out / RESULTS, _jsonable(summary))
     storage.atomic_write_text(out / "utility.md", report.markdown(rows, notes))
     report.plot(rows, out / "utility.png")
+    grids = sorted(out.glob("n*-seed*/synthetic.png"))
+    if grids:
+        storage.atomic_write_bytes(out / "synthetic.png", grids[0].read_bytes())
     return summary
 
 
@@ -131,6 +134,7 @@ def _cell(
         pool = _synthetic_pool(
             generator_run, real, max(cfg.n_synthetic), seed, cfg.jitter, cell / "synthetic.npz"
         )
+        _grid(pool, cell / "synthetic.png", f"N={n} seed {seed}: synthetic frames for drawn layouts")
         for m in cfg.n_synthetic:
             rows.append(_arm(cfg, n, m, seed, real, pool.take(np.arange(m)), val, cell / f"tracker-m{m}"))
     return rows
@@ -230,6 +234,15 @@ def synthesize(
         h = heatmaps(points[start:end], classes[start:end], mask[start:end], size)
         out[start:end] = to_uint8(generator([z, h], training=False).numpy())
     return out
+
+
+def _grid(frames: LabelledFrames, path: Path, title: str, count: int = 16) -> None:
+    """The first synthetic frames with the key points they were asked for (tip red, bifurcations green)."""
+    from medsynth.pictures import save_grid
+
+    k = min(count, len(frames))
+    marks = [(f.points, f.classes) for f in (frames.frame_points(i) for i in range(k))]
+    save_grid(frames.images[:k], path, title=title, synthetic=True, keypoints=marks)
 
 
 def _brief(metrics: dict[str, Any]) -> str:
