@@ -327,6 +327,12 @@ def test_conditional_training_samples_checkpoints_resumes_bitwise_and_exports(da
     with pytest.raises(CheckpointError, match="another model"):  # an unconditional run cannot take them
         train(_cfg(dataset, tmp_path / "runs/a/straight", steps=6, condition="none"))
 
+    # judged against held-out labelled frames, each fake drawn for the key points of its real frame
+    from medsynth.evaluate.report import EvaluateConfig, evaluate_run
+
+    judged = evaluate_run(EvaluateConfig(run=str(run), data=dataset, n=8, seed=0))
+    assert judged["step"] == 4 and "swd" in judged and (run / "eval" / "generated.png").exists()
+
     model = export_run(ExportConfig(run=str(run), model_repository=str(tmp_path / "repo")))
     assert json.loads((Path(model) / MODEL_CARD).read_text())["condition"] == "keypoints"
     loaded = tf.saved_model.load(str(model))

@@ -38,8 +38,15 @@ def test_compiled_pipeline_has_the_dag_of_design(spec):
         "evaluate-final",
         "export",
         "push",
+        "utility",
     }
     by_name = {t["taskInfo"]["name"]: t for t in tasks.values()}
+    # the utility experiment reads the prepared data set; the gate can require its verdict
+    prepare = [k for k, t in tasks.items() if t["taskInfo"]["name"] == "prepare"]
+    assert by_name["utility"]["dependentTasks"] == prepare
+    gate = by_name["push"]["inputs"]["parameters"]
+    assert gate["utility_report"]["taskOutputParameter"]["outputParameterKey"] == "report_path"
+    assert gate["require_utility"]["componentInputParameter"] == "require_utility"
     assert set(by_name["compare"]["dependentTasks"]) >= {
         k for k, t in tasks.items() if t["taskInfo"]["name"].startswith("evaluate-m")
     }

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from medsynth.data.keypoints import LabelledFrames
 from medsynth.evaluate.pages import report_html
 from medsynth.pictures import save_grid, to_uint8
 from medsynth.progress import Progress
@@ -48,15 +49,37 @@ class EvaluateConfig:
 
 
 def generate_frames(
-    generator: tf.keras.Model, n: int, latent_dim: int, seed: int, batch_size: int = 64
+    generator: tf.keras.Model,
+    n: int,
+    latent_dim: int,
+    seed: int,
+    batch_size: int = 64,
+    layouts: LabelledFrames | None = None,
 ) -> np.ndarray:
-    """n generated frames (uint8 [n, H, W]) from the evaluation's own latent stream, reproducible per seed."""
+    """n generated frames (uint8 [n, H, W]) from the evaluation's own latent stream, reproducible per seed.
+
+    A key-point-conditioned generator draws frame i for the key points of `layouts` frame i (the
+    held-out frames it is judged against), so its frames are compared with frames of the same layouts.
+    """
+    from medsynth.data.keypoints import heatmaps
+
+    if len(generator.inputs) > 1 and (layouts is None or len(layouts) < n):
+        from medsynth.errors import ConfigError
+
+        have = 0 if layouts is None else len(layouts)
+        raise ConfigError(f"a key-point-conditioned generator draws for given key points: {n} labelled "
+                          f"frames needed to judge it, {have} given")
     out = []
     with Progress(n, "generate", unit="img") as bar:
         for start in range(0, n, batch_size):
             k = min(batch_size, n - start)
             z = tf.random.stateless_normal([k, latent_dim], seed=[seed, 1_000_003 + start])
-            out.append(to_uint8(generator(z, training=False).numpy()))
+            inputs = z
+            if len(generator.inputs) > 1:
+                part = slice(start, start + k)
+                size = layouts.size
+                inputs = [z, heatmaps(layouts.points[part], layouts.classes[part], layouts.mask[part], size)]
+            out.append(to_uint8(generator(inputs, training=False).numpy()))
             bar.update(k)
     return np.concatenate(out)
 
@@ -64,7 +87,7 @@ def generate_frames(
 def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     """Metrics of a run's generator (its newest checkpoint, or the best kept one) against real
     validation frames, into `<out>/metrics.json`; `step` there names the checkpoint judged."""
-    from medsynth.data.input import real_frames, resolve_dataset
+    from medsynth.data.input import labelled_frames, real_frames, resolve_dataset
     from medsynth.evaluate.compare import best_row
     from medsynth.evaluate.registry import SPACE_KEYS
     from medsynth.evaluate.suite import MetricsConfig, compute_metrics
@@ -76,7 +99,15 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     data_dir = resolve_dataset(
         cfg.data, info["image_size"], cache_root=Path(cfg.run).parent / "_data", seed=cfg.seed
     )
-    real = real_frames(data_dir, split="val", n=cfg.n, seed=cfg.seed)
+    layouts = None
+    if len(generator.inputs) > 1:  # conditional: judged against labelled frames, drawn for their key points
+        from medsynth.data.input import labelled_count, load_manifest
+
+        available = labelled_count(load_manifest(data_dir), "val")
+        layouts = labelled_frames(data_dir, "val", n=min(cfg.n, available), seed=cfg.seed)
+        real = layouts.images
+    else:
+        real = real_frames(data_dir, split="val", n=cfg.n, seed=cfg.seed)
     metrics_cfg = MetricsConfig(
         n=len(real),
         seed=cfg.seed,
@@ -89,7 +120,7 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     for i, step in enumerate(steps or [info["step"]]):
         if i:
             generator, info = load_generator(cfg.run, step)
-        fake = generate_frames(generator, len(real), info["latent_dim"], cfg.seed, cfg.batch_size)
+        fake = generate_frames(generator, len(real), info["latent_dim"], cfg.seed, cfg.batch_size, layouts)
         judged.append(({**compute_metrics(real, fake, metrics_cfg), "step": info["step"]}, fake, info))
     best = best_row([m for m, _, _ in judged], cfg.criterion)
     metrics, fake, info = next(j for j in judged if j[0] is best)
