@@ -167,3 +167,32 @@ def test_bad_lists_are_refused_with_the_flag_named(capsys) -> None:
     assert "--n-real takes comma-separated integers" in capsys.readouterr().err
     assert main(["utility", "--out", "x", "--synthetic-fraction", "1.5"]) == 2
     assert "--synthetic-fraction" in capsys.readouterr().err
+
+
+def test_pipeline_step_reports_to_kfp_and_publishes_under_the_run(tmp_path, monkeypatch) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from medsynth import pipeline_steps
+    from medsynth.data.prepare import PrepareConfig, prepare
+
+    monkeypatch.setattr(pipeline_steps, "CACHE", tmp_path / "cache")
+    logged: dict[str, float] = {}
+    metrics = SimpleNamespace(log_metric=lambda k, v: logged.__setitem__(k, v))
+    table, page = SimpleNamespace(path=str(tmp_path / "t.md")), SimpleNamespace(path=str(tmp_path / "p.html"))
+    root = tmp_path / "root"
+    # off: a page that says so, no report for the gate
+    assert pipeline_steps.utility_step(
+        "unused", str(root), "r1", 32, [16], [8], 0, 2, 2, metrics, table, page
+    ) == ("",)
+    assert "not requested" in Path(table.path).read_text()
+    data = prepare(
+        PrepareConfig(source="builtin://phantom", out=str(tmp_path / "d"), image_size=32, phantom_frames=512)
+    )
+    (report,) = pipeline_steps.utility_step(
+        str(data), str(root), "r1", 32, [16], [8], 1, 2, 2, metrics, table, page
+    )
+    assert report == str(root / "runs" / "r1" / "utility" / "results.json")
+    assert json.loads(Path(report).read_text())["verdict"]["text"]
+    assert {"synthetic_not_worse", "n16_m8_tip_error_mean", "n16_m8_bif_f1"} <= set(logged)
+    assert "| 16 | 8 | 1 |" in Path(table.path).read_text() and "<img" in Path(page.path).read_text()
