@@ -161,7 +161,8 @@ def test_training_tasks_run_on_gpu_nodes_with_the_compiled_placement(tmp_path):
     spec, platform = yaml.safe_load_all(out.read_text())
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     trains = {k for k in spec["deploymentSpec"]["executors"] if k.startswith("exec-train")}
-    assert trains == {"exec-train", "exec-train-2"} and set(executors) == trains  # only training on GPUs
+    # only what trains runs on GPUs: the trainings and the utility experiment (it trains generators)
+    assert trains == {"exec-train", "exec-train-2"} and set(executors) == trains | {"exec-utility"}
     for name, e in executors.items():
         assert e["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
         assert {t["key"] for t in e["tolerations"]} == {"nvidia.com/gpu", "cloud.google.com/gke-spot"}
