@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from medsynth.errors import ConfigError, MedsynthError, ServingError
-from medsynth.storage import atomic_directory, is_gcs
+from medsynth.storage import atomic_directory, is_gcs, jsonable
 
 SIGNATURE_Z = "serving_default"
 SIGNATURE_SEED = "generate_from_seed"
@@ -195,7 +195,7 @@ def model_card(
         exported_by=f"medsynth {__version__}",
         created=card.get("created") or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
-    return _jsonable(card)
+    return jsonable(card)
 
 
 def write_warmup_requests(
@@ -468,17 +468,6 @@ def _join(base: str | os.PathLike, name: str) -> str:
     base = str(base)
     return f"{base.rstrip('/')}/{name}" if is_gcs(base) else str(Path(base) / name)
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 __all__ = [

@@ -43,7 +43,13 @@ from medsynth.storage.files import (
     write_json,
     write_text,
 )
-from medsynth.storage.local import atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text
+from medsynth.storage.local import (
+    atomic_directory,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    jsonable,
+)
 from medsynth.storage.uris import MARKER, is_gcs, join, parent
 
 __all__ = [
@@ -51,6 +57,7 @@ __all__ = [
     "RetrySettings",
     "atomic_directory",
     "atomic_write_bytes",
+    "jsonable",
     "atomic_write_json",
     "atomic_write_text",
     "copy_tree",

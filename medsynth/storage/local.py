@@ -51,6 +51,21 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json_text(obj))
 
 
+def jsonable(obj: Any) -> Any:
+    """`obj` with numpy scalars, paths and tuples as JSON types, and NaN as null (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        obj = obj.item()
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 def json_text(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 

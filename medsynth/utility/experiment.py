@@ -73,7 +73,7 @@ def run_utility(cfg: UtilityConfig) -> dict[str, Any]:
     cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    storage.atomic_write_json(out / "config.json", _jsonable(asdict(cfg)))
+    storage.atomic_write_json(out / "config.json", storage.jsonable(asdict(cfg)))
     dataset = resolve_dataset(
         cfg.data, cfg.image_size, cache_root("work"), seed=0, phantom_frames=cfg.phantom_frames
     )
@@ -100,14 +100,14 @@ def run_utility(cfg: UtilityConfig) -> dict[str, Any]:
         f"frames {cfg.synthetic_fraction:.0%} of each batch is synthetic",
     ]
     summary = {
-        "config": _jsonable(asdict(cfg)),
+        "config": storage.jsonable(asdict(cfg)),
         "dataset": str(dataset),
         "val_frames": len(val),
         "results": results,
         "rows": rows,
         "verdict": verdict,
     }
-    storage.atomic_write_json(out / RESULTS, _jsonable(summary))
+    storage.atomic_write_json(out / RESULTS, storage.jsonable(summary))
     storage.atomic_write_text(out / "utility.md", report.markdown(rows, notes))
     report.plot(rows, out / "utility.png")
     grids = sorted(out.glob("n*-seed*/synthetic.png"))
@@ -249,16 +249,3 @@ def _brief(metrics: dict[str, Any]) -> str:
     keys = ("val_tip_error_mean_px", "val_tip_pck5", "val_bif_f1")
     return ", ".join(f"{k} {metrics[k]:.3g}" for k in keys if isinstance(metrics.get(k), (int, float)))
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return None if obj != obj else float(obj)  # NaN (one seed: no spread) is not JSON
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
