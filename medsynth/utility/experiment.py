@@ -130,7 +130,7 @@ def _cell(
     rows = [_arm(cfg, n, 0, seed, real, None, val, cell / "tracker-m0")]
     if cfg.n_synthetic:
         generator_run = cell / "generator"
-        _train_generator(cfg, subset, seed, generator_run)
+        _train_generator(cfg, subset, len(real), seed, generator_run)
         pool = _synthetic_pool(
             generator_run, real, max(cfg.n_synthetic), seed, cfg.jitter, cell / "synthetic.npz"
         )
@@ -168,8 +168,9 @@ def _arm(
     return {"n_real": n, "n_synthetic": m, "seed": seed, "metrics": metrics, "run": str(run)}
 
 
-def _train_generator(cfg: UtilityConfig, subset: Path, seed: int, run: Path) -> None:
-    """The conditional generator of one (N, seed), on the subset's training frames only."""
+def _train_generator(cfg: UtilityConfig, subset: Path, frames: int, seed: int, run: Path) -> None:
+    """The conditional generator of one (N, seed), on the subset's `frames` training frames only; its
+    batch is at most a power of two of them (the matching-aware term pairs frames: an even batch)."""
     from medsynth.train.config import TrainConfig
     from medsynth.train.loop import train
 
@@ -179,20 +180,13 @@ def _train_generator(cfg: UtilityConfig, subset: Path, seed: int, run: Path) -> 
             out=str(run),
             image_size=cfg.image_size,
             steps=cfg.gan_steps,
-            batch_size=min(cfg.gan_batch_size, _pow2_floor(len_train(subset))),
+            batch_size=min(cfg.gan_batch_size, _pow2_floor(frames)),
             seed=seed,
             backbone=cfg.gan_backbone,
-            backbone_weights="none" if cfg.gan_backbone == "convnet" else "imagenet",
             condition="keypoints",
             checkpoint_every=max(1, cfg.gan_steps // 2),
         )
     )
-
-
-def len_train(dataset: Path) -> int:
-    from medsynth.data.input import load_manifest
-
-    return int(load_manifest(dataset)["splits"]["train"]["frames"])
 
 
 def _pow2_floor(n: int) -> int:
