@@ -493,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="judge the newest checkpoint, or every kept one and report the best by --criterion "
                         "that raises no collapse alarm")
     s.add_argument("--criterion", default="auto",
-                   help="with --checkpoint best: the metric to rank by (auto: fd_efflite0, else swd)")
+                   help="with --checkpoint best: the metric to rank by (auto: ratio_to_floor, else "
+                        "fd_efflite0, else swd)")
 
     _tracker_parser(sub)
 
@@ -513,8 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--require-utility", action="store_true",
                    help="refuse unless the utility report says synthetic frames did not harm the tracker")
     s.add_argument("--metric", default="auto",
-                   help="gate metric: auto (fd_efflite0 when both the new and the served model have it, "
-                        "else swd) or a metric such as swd, fd_efflite0, probe_acc_efflite0")
+                   help="gate metric: auto (the first of ratio_to_floor, fd_efflite0, swd that both the new "
+                        "and the served model have) or a metric such as swd_ratio, fd_efflite0")
 
     s = sub.add_parser("compile", help="write the pipeline YAML for the Kubeflow UI")
     s.add_argument("--out", default="pipelines/medsynth_train.yaml")

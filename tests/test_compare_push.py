@@ -139,7 +139,7 @@ def test_comparison_ranks_by_the_pretrained_distance_when_every_run_has_it(tmp_p
     record = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert (record["criterion"], record["criterion_requested"]) == ("fd_efflite0", "auto")
     table = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "(by fd_efflite0, ↓ lower is better)" in table and "| FD (Lite0) ↓ |" in table
+    assert "(`fd_efflite0`, ↓ lower is better)" in table and "| FD (Lite0) ↓ |" in table
     assert f"*_efflite0 feature space: {LITE0}" in table
     _plant(tmp_path, "vgg16", swd=1.0, collapse=False)  # an older evaluation without pretrained features
     mixed = compare_runs(tmp_path, ["resnet50", "efficientnet_lite0", "vgg16"], tmp_path / "cmp2")
@@ -206,3 +206,34 @@ def test_final_evaluation_judges_each_kept_checkpoint_and_export_ships_the_one_c
     assert card["step"] == metrics["step"]  # the SavedModel is the checkpoint the gate judged
     with pytest.raises(ConfigError, match="--checkpoint"):
         EvaluateConfig(run=str(run), data=data, checkpoint="first")
+
+
+def test_with_floors_the_worse_ratio_ranks_so_lite0_space_alone_cannot_win(tmp_path):
+    """A D trained in Lite0's features can lower FD in that space without better frames: ranked by the
+    worse of its FD and SWD ratios to the real floor, the candidate that is far off in pixels loses."""
+    floors = dict(floor_fd_efflite0=30.0, floor_swd=25.0, pretrained_extractor=LITE0, collapse=False)
+    _plant(tmp_path, "gamed", fd_efflite0=45.0, swd=150.0, fd_ratio_efflite0=1.5, swd_ratio=6.0,
+           ratio_to_floor=6.0, **floors)
+    _plant(tmp_path, "honest", fd_efflite0=75.0, swd=60.0, fd_ratio_efflite0=2.5, swd_ratio=2.4,
+           ratio_to_floor=2.5, **floors)
+    result = compare_runs(tmp_path, ["gamed", "honest"], tmp_path / "cmp")
+    assert (result.winner, result.criterion) == ("honest", "ratio_to_floor")
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert table.startswith("## Comparison — winner honest by worst ratio to the real floor = 2.50× the real "
+                            "floor (FD (Lite0) 75 vs 30 real = 2.5×; SWD ×1e3 60 vs 25 real = 2.4×)")
+    lead = table.split("### All metrics")[0]
+    assert "| FD (Lite0) ÷ real floor ↓ |" in lead and "| FD (Lite0) ↓ |" not in lead  # answer first
+
+
+def test_when_every_candidate_collapsed_the_comparison_says_so_in_one_line(tmp_path):
+    _plant(tmp_path, "a", swd=30.0, collapse=True, step=200)
+    _plant(tmp_path, "b", swd=20.0, collapse=True, step=200)
+    result = compare_runs(tmp_path, ["a", "b"], tmp_path / "cmp")
+    assert result.all_collapsed and result.winner == "b"
+    record = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert record["all_collapsed"] is True
+    assert record["verdict"] == ("every candidate raised the collapse alarm at step 200 (a, b): b is only "
+                                 "the least bad by SWD ×1e3 (20)")
+    _plant(tmp_path, "c", swd=90.0, collapse=False)
+    healthy = compare_runs(tmp_path, ["a", "b", "c"], tmp_path / "cmp2")
+    assert healthy.winner == "c" and not healthy.all_collapsed  # an alarm never wins against none

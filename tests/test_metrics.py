@@ -478,7 +478,8 @@ def test_compute_metrics_returns_the_flat_contract(phantom):
     assert m["pretrained_extractor"] == "efflite0-imagenet-224px"
     assert m["n_real"] == 48 and m["n_fake"] == 48
     assert isinstance(m["collapse"], bool) and m["collapse"] is False
-    assert all(isinstance(m[k], float) and math.isfinite(m[k]) for k in PRIMARY_METRICS)
+    ratios = {"fd_ratio_efflite0", "swd_ratio", "ratio_to_floor"}  # need a floor: Reference.floor
+    assert all(isinstance(m[k], float) and math.isfinite(m[k]) for k in set(PRIMARY_METRICS) - ratios)
     assert m["fid"] != m["fd_efflite0"]  # two feature spaces, two numbers
     assert m["swd"] == pytest.approx((m["swd_level_32"] + m["swd_level_16"]) / 2)
     assert m["kid_std"] > 0
@@ -565,6 +566,9 @@ def test_probe_on_pretrained_features_tells_degraded_frames_but_not_a_healthy_ge
 
 def test_criterion_auto_is_the_pretrained_distance_only_when_every_result_has_it():
     with_fd = {"swd": 1.0, "fd_efflite0": 3.0, "pretrained_extractor": "efflite0-imagenet-224px"}
+    floored = dict(with_fd, ratio_to_floor=2.0)
+    assert resolve_criterion("auto", [floored, floored]) == "ratio_to_floor"
+    assert resolve_criterion("auto", [floored, with_fd]) == "fd_efflite0"
     assert resolve_criterion("auto", [with_fd, with_fd]) == "fd_efflite0"
     assert resolve_criterion("auto", [with_fd, {"swd": 2.0}]) == "swd"
     assert resolve_criterion("auto", [with_fd, dict(with_fd, fd_efflite0=float("nan"))]) == "swd"
@@ -613,5 +617,55 @@ def test_probe_is_left_out_with_a_note_when_real_frames_are_all_one_near_duplica
     cfg = MetricsConfig(n=8, swd=False, fid=False, prdc=False, diversity=False, progress=False)
     m = compute_metrics(noisy(np.repeat(real[:1], 8, axis=0), 1.0), other[:8], cfg)
     assert "probe_acc_efflite0" not in m and m["pretrained_extractor"] == "efflite0-imagenet-224px"
-    assert m["pretrained_note"] == ("linear probe: the real frames form a single group of near-duplicates; "
-                                    "nothing to hold out (probe_acc_efflite0 not computed)")
+    assert m["pretrained_note"] == ("linear probe: one side's frames form a single group (one loop, or all "
+                                    "near-duplicates); nothing to hold out (probe_acc_efflite0 not computed)")
+
+
+def _looped(loops: int, per_loop: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features filmed in loops: one random centre per loop, its frames near-identical copies of it."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(loops, dim))
+    feats = np.repeat(centres, per_loop, axis=0) + rng.normal(scale=0.01, size=(loops * per_loop, dim))
+    return feats, np.repeat(np.arange(loops) + 1000 * seed, per_loop)
+
+
+def test_loop_aware_neighbourhoods_make_precision_and_recall_of_two_real_samples_meaningful():
+    a, la = _looped(40, 8, 4, seed=0)
+    b, lb = _looped(40, 8, 4, seed=1)  # other loops of the same distribution
+    plain = prdc.precision_recall(a, b, k=3)
+    aware = prdc.precision_recall(a, b, k=3, real_groups=la, fake_groups=lb)
+    assert plain["precision"] < 0.2 and plain["recall"] < 0.2  # balls span one loop: nothing else fits
+    assert aware["precision"] > 0.6 and aware["recall"] > 0.6
+    collapsed = np.repeat(b[:1], len(b), axis=0)  # one generated frame, repeated: still no recall
+    assert prdc.precision_recall(a, collapsed, k=3, real_groups=la)["recall"] < 0.1
+    with pytest.raises(ConfigError, match="outside each group"):
+        prdc.knn_radii(a[:16], k=9, groups=la[:16])  # 2 loops of 8: 8 others, not 9
+
+
+def test_probe_with_loops_on_both_sides_is_a_coin_flip_for_two_real_samples():
+    a, la = _looped(40, 8, 128, seed=0)  # as many dimensions as loops: a linear probe can learn loops
+    b, lb = _looped(40, 8, 128, seed=1)
+    both = linear_probe_accuracy(a, b, real_groups=la, fake_groups=lb)
+    one_side = linear_probe_accuracy(a, b, real_groups=la)  # b's loops split across folds: recognised
+    assert both < 0.65 < one_side
+
+
+@needs_pretrained
+def test_floor_keys_and_ratios_to_the_floor(phantom):
+    from medsynth.evaluate.registry import FLOORED
+    from medsynth.evaluate.suite import Reference, with_floor
+
+    real, other = phantom
+    cfg = MetricsConfig(n=32, feature_extractor="inceptionv3-random", kid_subsets=10, diversity=False,
+                        swd_patches_per_image=16, progress=False)
+    reference = Reference(real, cfg, loops=np.arange(len(real)) // 8)
+    floor = reference.floor(other[32:], np.arange(32) // 8)
+    assert set(floor) == {f"floor_{k}" for k in FLOORED}
+    fake = noisy(other[:32], 40.0)
+    judged = with_floor(reference.judge(fake), floor)
+    assert judged["fd_ratio_efflite0"] == pytest.approx(judged["fd_efflite0"] / floor["floor_fd_efflite0"])
+    assert judged["swd_ratio"] == pytest.approx(judged["swd"] / floor["floor_swd"])
+    assert judged["ratio_to_floor"] == max(judged["fd_ratio_efflite0"], judged["swd_ratio"])
+    assert judged["ratio_to_floor"] > 1.5  # heavy noise is far from the real floor
+    assert reference.judge(fake) == compute_metrics(real, fake, cfg, real_loops=np.arange(len(real)) // 8)
+    assert "ratio_to_floor" not in with_floor(reference.judge(fake), {})  # no floor, no ratio

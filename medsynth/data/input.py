@@ -482,11 +482,33 @@ def augment_batch(x, seed, params: Augment = Augment(), points=None, mask=None):
     return x[..., None]
 
 
+@dataclass(frozen=True)
+class RealSample:
+    """Real frames for evaluation with the cine loop of each: frames of one loop are near-identical,
+    so metrics group them (the probe's folds, precision/recall's neighbourhoods)."""
+
+    images: np.ndarray  # uint8 [m, S, S]
+    loops: np.ndarray  # int64 [m], the loop id the shards carry
+    split: str  # the split they came from
+    index: np.ndarray  # int64 [m], their positions in that split (shard order)
+
+
 def real_frames(dataset_dir: str | Path, split: str = "val", n: int = 256, seed: int = 0) -> np.ndarray:
-    """uint8 [m, S, S] real frames for evaluation, m = min(n, frames available), a seeded sample.
+    """uint8 [m, S, S] real frames for evaluation, m = min(n, frames available), a seeded sample
+    (`real_sample`'s images)."""
+    return real_sample(dataset_dir, split, n, seed).images
+
+
+def real_sample(
+    dataset_dir: str | Path, split: str = "val", n: int = 256, seed: int = 0,
+    exclude: RealSample | None = None,
+) -> RealSample:
+    """A seeded sample of min(n, available) real frames of `split` and their loops, in shard order.
 
     When `split` holds fewer than `n` frames (small data sets put few patients in val) the train split
     is used instead if it is larger, and a log line says so: metrics on too few frames are noise.
+    Frames of `exclude` (another sample) are never drawn again: a floor sample of the train split stays
+    disjoint from held-out frames that had to come from train too.
     """
     import tensorflow as tf
 
@@ -504,24 +526,30 @@ def real_frames(dataset_dir: str | Path, split: str = "val", n: int = 256, seed:
         split = "train"
     files = _shard_files(dataset_dir, manifest, split)
     total = counts[split]
-    keep = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+    allowed = np.arange(total)
+    if exclude is not None and exclude.split == split:
+        allowed = np.setdiff1d(allowed, exclude.index)
+    keep = np.sort(np.random.default_rng(seed).choice(allowed, size=min(n, len(allowed)), replace=False))
     size, dtype = int(manifest["image_size"]), _dtype(manifest)
     out = np.empty((len(keep), size, size), np.uint8)
+    loops = np.empty(len(keep), np.int64)
     scale = 255.0 / float(np.iinfo(dtype.as_numpy_dtype).max)
+    features = {"image": tf.io.FixedLenFeature([], tf.string), "loop": tf.io.FixedLenFeature([], tf.int64)}
     ds = tf.data.TFRecordDataset(files).batch(256)
     j = pos = 0
     for serialized in ds.as_numpy_iterator():
         chosen = keep[(keep >= pos) & (keep < pos + len(serialized))] - pos
         if len(chosen):
-            parsed = tf.io.parse_example(serialized[chosen], {"image": tf.io.FixedLenFeature([], tf.string)})
+            parsed = tf.io.parse_example(serialized[chosen], features)
             pixels = tf.io.decode_raw(parsed["image"], dtype, little_endian=True).numpy()
             pixels = pixels.reshape(-1, size, size)
             if dtype != tf.uint8:
                 pixels = np.rint(pixels.astype(np.float64) * scale)
             out[j : j + len(chosen)] = pixels.astype(np.uint8)
+            loops[j : j + len(chosen)] = parsed["loop"].numpy()
             j += len(chosen)
         pos += len(serialized)
-    return out[:j]
+    return RealSample(out[:j], loops[:j], split, keep[:j].astype(np.int64))
 
 
 def labelled_frames(

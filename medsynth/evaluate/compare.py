@@ -2,8 +2,8 @@
 
 The paper picked Xception by ImageNet accuracy; here each backbone's run is
 evaluated the same way (same data, seed and step budget) and the winner is the
-one with the best measured metric: by default (`auto`) the Fréchet distance on
-pretrained ImageNet features when every run has it, else SWD (registry.py).
+one with the best measured metric: by default (`auto`) the worse of its FD (ImageNet Lite0 features)
+and SWD (pixels) ratios to the real floor, when every run has them (registry.py says why).
 """
 
 from __future__ import annotations
@@ -16,10 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from medsynth.errors import DataError
-from medsynth.evaluate.pages import STYLE, better, collapse_html, fmt, img_tag, label, legend_html
+from medsynth.evaluate.pages import (
+    STYLE,
+    better,
+    collapse_html,
+    floor_sentence,
+    fmt,
+    img_tag,
+    label,
+    legend_html,
+)
 from medsynth.evaluate.registry import (
     AUTO,
     PRIMARY_METRICS,
+    WORST_RATIO,
     check_comparable,
     lookup,
     resolve_criterion,
@@ -27,10 +37,15 @@ from medsynth.evaluate.registry import (
 )
 from medsynth.storage import atomic_write_json, atomic_write_text, read_json
 
-# Columns of the comparison, in the registry's groups: ranking metrics, diversity, fallback, cost.
-COLUMNS = ["backbone", "swd", "probe_acc_efflite0", "fd_efflite0", "kid_efflite0", "precision_efflite0",
-           "recall_efflite0", "ms_ssim_fake", "dup_rate_fake", "collapse", "fid", "kid", "precision",
-           "recall", "d_params", "d_trainable_params", "train_images_per_s", "train_wall_seconds"]
+# The answer first: what ranks (the worst ratio to the real floor and its two parts) and the alarm.
+LEAD_COLUMNS = ["backbone", "ratio_to_floor", "fd_ratio_efflite0", "swd_ratio", "collapse", "ms_ssim_fake"]
+# Then every other column, in the registry's groups, each distance beside its real floor.
+DETAIL_COLUMNS = ["backbone", "fd_efflite0", "floor_fd_efflite0", "swd", "floor_swd",
+                  "probe_acc_efflite0", "floor_probe_acc_efflite0", "kid_efflite0", "precision_efflite0",
+                  "floor_precision_efflite0", "recall_efflite0", "floor_recall_efflite0", "dup_rate_fake",
+                  "fid", "kid", "precision", "recall", "d_params", "d_trainable_params", "train_images_per_s",
+                  "train_wall_seconds"]
+COLUMNS = LEAD_COLUMNS + DETAIL_COLUMNS[1:]
 
 
 @dataclass
@@ -38,6 +53,25 @@ class Comparison:
     winner: str
     criterion: str  # the metric actually ranked by (`auto` resolved)
     rows: list[dict[str, Any]]
+
+    @property
+    def all_collapsed(self) -> bool:
+        """Every candidate raised the collapse alarm: the winner is only the least bad."""
+        return all(r.get("collapse") for r in self.rows)
+
+
+def verdict(rows: list[dict[str, Any]], winner: str, criterion: str) -> str:
+    """The comparison in one line: the winner, by what, beside its floor; or that all collapsed."""
+    best = next(r for r in rows if r["backbone"] == winner)
+    value = fmt(best.get(criterion))
+    floor = floor_sentence(best) if criterion == WORST_RATIO else ""
+    line = f"winner {winner} by {label(criterion)} = {floor or value}"
+    if all(r.get("collapse") for r in rows):
+        step = best.get("step")
+        at = f" at step {step}" if step is not None else ""
+        line = (f"every candidate raised the collapse alarm{at} ({', '.join(r['backbone'] for r in rows)}): "
+                f"{winner} is only the least bad by {label(criterion)} ({value})")
+    return line
 
 
 def load_results(run_root: str | Path, backbones: list[str]) -> list[dict[str, Any]]:
@@ -76,7 +110,8 @@ def compare_runs(
 ) -> Comparison:
     """Table (Markdown), bar chart and side-by-side sample grids (HTML) of every backbone's run.
 
-    `criterion` `auto` ranks by fd_efflite0 when every run has it, else by swd (registry.py).
+    `criterion` `auto` ranks by ratio_to_floor, else fd_efflite0, else swd: the first every run has
+    (registry.py).
     """
     rows = load_results(run_root, backbones)
     requested, criterion = criterion, resolve_criterion(criterion, rows)
@@ -87,25 +122,30 @@ def compare_runs(
     grids = {r["backbone"]: Path(run_root) / r["backbone"] / "eval" / "generated.png" for r in rows}
     atomic_write_text(out / "comparison.html",
                       comparison_html(rows, winner, criterion, chart, grids, requested=requested))
-    record = {"winner": winner, "criterion": criterion, "criterion_requested": requested, "rows": rows}
+    record = {"winner": winner, "criterion": criterion, "criterion_requested": requested,
+              "verdict": verdict(rows, winner, criterion),
+              "all_collapsed": all(bool(r.get("collapse")) for r in rows), "rows": rows}
     atomic_write_json(out / "comparison.json", record)
     return Comparison(winner, criterion, rows)
 
 
 def markdown_table(rows: list[dict[str, Any]], winner: str, criterion: str) -> str:
-    keys = _columns(rows)
-    lines = [
-        f"## Backbone comparison — winner: **{winner}** (by {criterion}, {better(criterion)} is better)",
-        "",
-        "| " + " | ".join(_header(k) for k in keys) + " |",
-        "|" + "---|" * len(keys),
-    ]
-    for r in rows:
-        cells = [fmt(r.get(k)) for k in keys]
-        if r["backbone"] == winner:
-            cells[0] = f"**{cells[0]}**"
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *[f"- {s}" for s in _spaces(rows)]]
+    lines = [f"## Comparison — {verdict(rows, winner, criterion)}", "",
+             f"Ranked by {label(criterion)} (`{criterion}`, {better(criterion)} is better); runs with a "
+             "collapse alarm rank after all others.", ""]
+    for title, columns in (("", LEAD_COLUMNS), ("### All metrics", DETAIL_COLUMNS)):
+        keys = _columns(rows, columns)
+        lines += ([title, ""] if title else []) + [
+            "| " + " | ".join(_header(k) for k in keys) + " |",
+            "|" + "---|" * len(keys),
+        ]
+        for r in rows:
+            cells = [fmt(r.get(k)) for k in keys]
+            if r["backbone"] == winner:
+                cells[0] = f"**{cells[0]}**"
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [f"- {s}" for s in _spaces(rows)]
     lines += [f"- {r['backbone']}: {r['collapse_reason']}" for r in rows if r.get("collapse_reason")]
     return "\n".join(lines) + "\n"
 
@@ -149,18 +189,8 @@ def bar_chart(rows: list[dict[str, Any]], criterion: str, path: Path) -> Path:
 
 def comparison_html(rows: list[dict[str, Any]], winner: str, criterion: str, chart: Path,
                     grids: dict[str, Path], requested: str = "") -> str:
-    """The comparison page: what ranked, the chart, the table with directions and spaces, alarms, legend."""
-    keys = _columns(rows)
-    head = "".join(f"<th>{html.escape(_header(k))}</th>" for k in keys)
-    spaces = "".join(f"<td><small>{html.escape(_space_cell(k, rows))}</small></td>" for k in keys)
-    body = "".join(
-        "<tr>" + "".join(
-            f"<td{' class=num' if k != 'backbone' else ''}>"
-            f"{'<b>' if k == 'backbone' and r['backbone'] == winner else ''}{html.escape(fmt(r.get(k)))}"
-            f"{'</b> (winner)' if k == 'backbone' and r['backbone'] == winner else ''}</td>"
-            for k in keys) + "</tr>"
-        for r in rows
-    )
+    """The comparison page: the verdict and what ranked, the lead table, the chart, every metric grouped
+    beside its floor, alarms, legend."""
     figs = "".join(
         f"<figure>{img_tag(p, b, 256)}<figcaption>{html.escape(b)}{' (winner)' if b == winner else ''}"
         " — synthetic</figcaption></figure>"
@@ -173,23 +203,39 @@ def comparison_html(rows: list[dict[str, Any]], winner: str, criterion: str, cha
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>backbone comparison</title>"
         f"{STYLE}</head><body>"
-        f"<h2>Backbone comparison — winner {html.escape(winner)} by {html.escape(label(criterion))}</h2>"
+        f"<h2>Comparison — {html.escape(verdict(rows, winner, criterion))}</h2>"
         f"<p>Ranked by <b>{html.escape(label(criterion))}</b> (<code>{html.escape(criterion)}</code>, "
         f"{better(criterion)} is better){why}, computed in "
         f"{html.escape(space)}: {html.escape(m.meaning if m else '')}. "
         "Runs with a collapse alarm rank after all others.</p>"
+        f"{_html_table(rows, winner, LEAD_COLUMNS)}"
         f"{img_tag(chart, 'chart')}"
-        f"<h3>All runs (same data, seed and step budget)</h3><div class='wide'><table><tr>{head}</tr>"
-        f"<tr class='note'>{spaces}</tr>{body}</table></div>"
+        f"<h3>All metrics (same data, seed and step budget; each distance beside its real floor)</h3>"
+        f"{_html_table(rows, winner, DETAIL_COLUMNS)}"
         f"<h3>Collapse alarm</h3>{''.join(collapse_html(r, r['backbone']) for r in rows)}"
-        f"<h3>What the columns mean</h3>{legend_html(keys[1:], rows[0] if rows else {})}"
+        f"<h3>What the columns mean</h3>{legend_html(_columns(rows)[1:], rows[0] if rows else {})}"
         f"<h3>Generated samples (synthetic), same seed and step budget</h3>{figs}"
         "</body></html>"
     )
 
 
-def _columns(rows: list[dict[str, Any]]) -> list[str]:
-    return [k for k in COLUMNS if any(k in r for r in rows)]
+def _html_table(rows: list[dict[str, Any]], winner: str, columns: list[str]) -> str:
+    keys = _columns(rows, columns)
+    head = "".join(f"<th>{html.escape(_header(k))}</th>" for k in keys)
+    spaces = "".join(f"<td><small>{html.escape(_space_cell(k, rows))}</small></td>" for k in keys)
+    body = "".join(
+        "<tr>" + "".join(
+            f"<td{' class=num' if k != 'backbone' else ''}>"
+            f"{'<b>' if k == 'backbone' and r['backbone'] == winner else ''}{html.escape(fmt(r.get(k)))}"
+            f"{'</b> (winner)' if k == 'backbone' and r['backbone'] == winner else ''}</td>"
+            for k in keys) + "</tr>"
+        for r in rows
+    )
+    return (f"<div class='wide'><table><tr>{head}</tr><tr class='note'>{spaces}</tr>{body}</table></div>")
+
+
+def _columns(rows: list[dict[str, Any]], columns: list[str] = COLUMNS) -> list[str]:
+    return [k for k in columns if any(k in r for r in rows)]
 
 
 def _header(key: str) -> str:

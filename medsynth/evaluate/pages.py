@@ -15,7 +15,17 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from medsynth.evaluate.registry import GROUPS, METRICS, PRETRAINED_SUFFIX, lookup, page_group, space_of
+from medsynth.evaluate.registry import (
+    FLOOR_PREFIX,
+    GROUPS,
+    METRICS,
+    PRETRAINED_SUFFIX,
+    RATIOS,
+    WORST_RATIO,
+    lookup,
+    page_group,
+    space_of,
+)
 
 STYLE = (
     "<style>body{font-family:sans-serif;max-width:1100px;margin:16px}figure{display:inline-block;margin:8px}"
@@ -77,11 +87,34 @@ def collapse_html(result: Mapping[str, Any], name: str = "") -> str:
             f"{' — ' + reason if reason else ''}</div>")
 
 
+def floor_sentence(result: Mapping[str, Any]) -> str:
+    """The ranking measure beside its real floor, as one plain-text sentence ('' without floors)."""
+    worst = result.get(WORST_RATIO)
+    if not isinstance(worst, (int, float)):
+        return ""
+    parts = [
+        f"{label(key)} {fmt(result.get(key))} vs {fmt(result.get(FLOOR_PREFIX + key))} real = "
+        f"{fmt(result.get(ratio))}×"
+        for key, ratio in RATIOS.items()
+    ]
+    return (f"{worst:.2f}× the real floor ({'; '.join(parts)}): 1× is as close to the held-out frames as "
+            "other real frames are")
+
+
+def headline_html(result: Mapping[str, Any]) -> str:
+    """What ranks, first: the worst ratio to the real floor and its two parts."""
+    sentence = floor_sentence(result)
+    return f"<p class='headline'><b>Quality: {html.escape(sentence)}.</b></p>" if sentence else ""
+
+
 def probe_html(result: Mapping[str, Any]) -> str:
     """The linear probe as a sentence, or why the pretrained-feature metrics are missing."""
     acc = result.get(f"probe_acc{PRETRAINED_SUFFIX}")
+    floor = result.get(f"{FLOOR_PREFIX}probe_acc{PRETRAINED_SUFFIX}")
     if isinstance(acc, (int, float)):
-        return (f"<p><b>Linear probe: {acc:.0%}</b> — a linear classifier on ImageNet features "
+        beside = (f" (real training frames against the same held-out frames: {floor:.0%})"
+                  if isinstance(floor, (int, float)) else "")
+        return (f"<p><b>Linear probe: {acc:.0%}</b>{beside} — a linear classifier on ImageNet features "
                 f"({html.escape(str(result.get('pretrained_extractor', '')))}) tells generated from held-out "
                 "real frames in this share of cases; 50% means they cannot be told apart.</p>")
     note = result.get("pretrained_note")
@@ -93,7 +126,7 @@ def metrics_html(result: Mapping[str, Any]) -> str:
     groups: dict[str, list[str]] = {g: [] for g in GROUPS}
     order = {k: i for i, k in enumerate(_registry_order())}
     for key in sorted(result, key=lambda k: (order.get(_base(k), len(order)), k)):
-        if key not in _IN_VERDICT:
+        if key not in _IN_VERDICT and not key.startswith(FLOOR_PREFIX):  # floors: a column, not rows
             groups[page_group(key, result)].append(key)
     parts = []
     for group, keys in groups.items():
@@ -101,13 +134,16 @@ def metrics_html(result: Mapping[str, Any]) -> str:
             continue
         rows = "".join(
             f"<tr><td>{html.escape(label(k))}<br><small><code>{html.escape(k)}</code></small></td>"
-            f'<td class="num">{html.escape(fmt(result[k]))}</td><td class="keep">{better(k)}</td>'
+            f'<td class="num">{html.escape(fmt(result[k]))}</td>'
+            f'<td class="num">{html.escape(fmt(result.get(FLOOR_PREFIX + k)))}</td>'
+            f'<td class="keep">{better(k)}</td>'
             f'<td class="keep">{html.escape(space_of(k, result) or NO_DIRECTION)}</td>'
             f'<td class="meaning">{html.escape(m.meaning if (m := lookup(k)) else "")}</td></tr>'
             for k in keys
         )
         parts.append(f"<h3>{html.escape(GROUPS[group])}</h3><table><tr><th>metric</th><th>value</th>"
-                     f"<th>better</th><th>feature space</th><th>meaning</th></tr>{rows}</table>")
+                     "<th>real floor</th><th>better</th><th>feature space</th><th>meaning</th></tr>"
+                     f"{rows}</table>")
     return "".join(parts)
 
 
@@ -138,7 +174,8 @@ def report_html(title: str, metrics: Mapping[str, Any], pictures: Mapping[str, s
             if any(name in synthetic for name in pictures) else "")
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{STYLE}</head>"
-        f"<body><h2>{html.escape(title)}</h2>{note}{collapse_html(metrics)}{probe_html(metrics)}{figs}"
+        f"<body><h2>{html.escape(title)}</h2>{headline_html(metrics)}{collapse_html(metrics)}"
+        f"{probe_html(metrics)}{note}{figs}"
         f"{metrics_html(metrics)}</body></html>"
     )
 

@@ -33,11 +33,13 @@ FOLDS = 5
 
 
 def linear_probe_accuracy(real_feats: np.ndarray, fake_feats: np.ndarray, folds: int = FOLDS, seed: int = 0,
-                          c: float = 1.0, real_groups: np.ndarray | None = None) -> float:
+                          c: float = 1.0, real_groups: np.ndarray | None = None,
+                          fake_groups: np.ndarray | None = None) -> float:
     """Cross-validated accuracy of logistic regression separating real from generated features.
 
-    `real_groups`: a group id per real frame (e.g. `diversity.near_duplicate_groups`); the folds never
-    split a group, so a held-out real frame never has its near-identical cine neighbour in training.
+    `real_groups`: a group id per real frame (its cine loop, or `diversity.near_duplicate_groups`); the
+    folds never split a group, so a held-out real frame never has a frame of its loop in training.
+    `fake_groups` the same for the other side when it is real too (the real-against-real floor).
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -60,20 +62,26 @@ def linear_probe_accuracy(real_feats: np.ndarray, fake_feats: np.ndarray, folds:
                         "generated")
     x = np.concatenate([real[:m], fake[:m]])
     y = np.repeat([0, 1], m)
-    if real_groups is None:
-        real_groups = np.arange(len(real))
-    real_groups = np.asarray(real_groups)
-    if real_groups.shape != (len(real),):
-        raise DataError(f"linear probe: {real_groups.shape} group ids for {len(real)} real frames")
-    _, real_ids = np.unique(real_groups[:m], return_inverse=True)
-    groups = np.concatenate([real_ids, real_ids.max() + 1 + np.arange(m)])  # generated: one group each
-    n_splits = min(folds, m, len(np.unique(real_ids)))
+    real_ids = _group_ids(real_groups, len(real), m, "real")
+    fake_ids = _group_ids(fake_groups, len(fake), m, "generated")  # generated: one group each
+    groups = np.concatenate([real_ids, real_ids.max() + 1 + fake_ids])
+    n_splits = min(folds, m, len(np.unique(real_ids)), len(np.unique(fake_ids)))
     if n_splits < 2:
-        raise DataError("linear probe: the real frames form a single group of near-duplicates; "
-                        "nothing to hold out")
+        raise DataError("linear probe: one side's frames form a single group (one loop, or all "
+                        "near-duplicates); nothing to hold out")
     split = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
     with warnings.catch_warnings():
         # Separable folds (the usual case early in training) converge slowly; the accuracy is still exact.
         warnings.simplefilter("ignore", ConvergenceWarning)
         return float(cross_val_score(model, x, y, groups=groups, cv=split, scoring="accuracy").mean())
+
+
+def _group_ids(groups: np.ndarray | None, count: int, m: int, side: str) -> np.ndarray:
+    """0-based ids of the first m frames' groups (each frame its own group when `groups` is None)."""
+    if groups is None:
+        return np.arange(m)
+    groups = np.asarray(groups)
+    if groups.shape != (count,):
+        raise DataError(f"linear probe: {groups.shape} group ids for {count} {side} frames")
+    return np.unique(groups[:m], return_inverse=True)[1]

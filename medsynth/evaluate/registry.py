@@ -8,9 +8,17 @@ Each result names its spaces: `feature_extractor` for `fid`, `kid`, `precision`,
 ImageNet weights on a cluster, its random-weight fallback here) and `pretrained_extractor` for the
 `*_efflite0` metrics (EfficientNet-Lite0 ImageNet). `check_comparable` refuses to mix them.
 
-Ranking: criterion `auto` is `fd_efflite0` when every compared result has it (pretrained features
-measure what a radiologist would call "looks like the real thing" far better than patch statistics or
-random features), else `swd`, which needs no network at all.
+Floors: a distance means nothing without the value a second real sample gets. Every evaluation
+judges a seeded sample of training-split frames (same n) against the same held-out frames and keeps
+the result under `floor_<key>` for the keys of FLOORED; `fd_ratio_efflite0` and `swd_ratio` divide
+each distance by its floor (1 = as close to the held-out frames as other real frames are).
+
+Ranking: criterion `auto` is `ratio_to_floor` when every compared result has it: the worse of the FD
+ratio in ImageNet EfficientNet-Lite0 features and the SWD ratio in pixels. A comparison that includes a
+discriminator built on Lite0 must not rest on Lite0's space alone (Kynkäänniemi et al. 2023: a
+distance in the features D is trained in can fall without the images getting better); SWD looks at
+Laplacian-pyramid patches, which no discriminator shares, and a candidate ranks only as well as the
+worse of the two. Without floors: `fd_efflite0` when every result has it, else `swd`.
 """
 
 from __future__ import annotations
@@ -25,7 +33,16 @@ from medsynth.errors import ConfigError
 
 PRETRAINED_SUFFIX = "_efflite0"
 AUTO = "auto"
-AUTO_PREFERRED, AUTO_FALLBACK = "fd_efflite0", "swd"
+# `auto`'s choices, in order: the first every compared result has (finite)
+AUTO_ORDER = ("ratio_to_floor", "fd_efflite0", "swd")
+FLOOR_PREFIX = "floor_"
+# the metrics judged for a real sample too (floor_<key>)
+FLOORED = ("swd", f"fd{PRETRAINED_SUFFIX}", f"kid{PRETRAINED_SUFFIX}", f"probe_acc{PRETRAINED_SUFFIX}",
+           f"precision{PRETRAINED_SUFFIX}", f"recall{PRETRAINED_SUFFIX}", f"density{PRETRAINED_SUFFIX}",
+           f"coverage{PRETRAINED_SUFFIX}")
+# distance → its ratio to the floor; WORST_RATIO is the larger of them
+RATIOS = {f"fd{PRETRAINED_SUFFIX}": f"fd_ratio{PRETRAINED_SUFFIX}", "swd": "swd_ratio"}
+WORST_RATIO = "ratio_to_floor"
 
 # Which result key names the feature space of each kind of metric.
 SPACE_KEYS = {"features": "feature_extractor", "pretrained": "pretrained_extractor"}
@@ -82,6 +99,14 @@ def _feature_metrics(suffix: str, space: str, group: str, name: str) -> list[Met
 
 
 _TABLE: list[Metric] = [
+    Metric(WORST_RATIO, "worst ratio to the real floor", "lower", "pretrained", "quality",
+           "the larger of FD (Lite0) ÷ its floor and SWD ÷ its floor; 1 = as close to the held-out frames "
+           "as other real frames are (what ranks: two spaces, one of them no network's)", True),
+    Metric(f"fd_ratio{PRETRAINED_SUFFIX}", "FD (Lite0) ÷ real floor", "lower", "pretrained", "quality",
+           "FD in Lite0 features divided by the FD of real training frames against the same held-out "
+           "frames", True),
+    Metric("swd_ratio", "SWD ÷ real floor", "lower", PIXELS, "quality",
+           "SWD divided by the SWD of real training frames against the same held-out frames", True),
     Metric("swd", "SWD ×1e3", "lower", PIXELS, "quality",
            "sliced Wasserstein distance of 7×7 Laplacian-pyramid patches (ProGAN), mean over levels", True),
     Metric(f"probe_acc{PRETRAINED_SUFFIX}", "linear-probe accuracy", "lower", "pretrained", "pretrained",
@@ -127,9 +152,14 @@ PRETRAINED_METRICS = frozenset(m.key for m in _TABLE if m.space == "pretrained")
 
 
 def lookup(key: str) -> Metric | None:
-    """The table's entry for a result key (per-level SWD keys included), or None for keys it does not know."""
+    """The table's entry for a result key (per-level SWD and floor_* keys included), or None for keys it
+    does not know."""
     if key in METRICS:
         return METRICS[key]
+    if key.startswith(FLOOR_PREFIX) and (base := lookup(key[len(FLOOR_PREFIX):])) is not None:
+        return Metric(key, f"{base.label}, real floor", "", base.space, base.group,
+                      f"real training frames against the same held-out frames: what {base.label} is "
+                      "for a second real sample")
     level = _SWD_LEVEL.match(key)
     if level:
         px = level.group(1)
@@ -159,15 +189,17 @@ def page_group(key: str, result: Mapping[str, Any]) -> str:
 
 
 def resolve_criterion(criterion: str, results: Iterable[Mapping[str, Any]]) -> str:
-    """The metric to rank `results` by: `auto` is fd_efflite0 when every result has it (finite), else swd."""
+    """The metric to rank `results` by: `auto` is the first of AUTO_ORDER that every result has (finite)
+    — ratio_to_floor, else fd_efflite0 — and swd otherwise."""
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if criterion != AUTO:
         return criterion
     results = list(results)
-    if results and all(_finite(r.get(AUTO_PREFERRED)) for r in results):
-        return AUTO_PREFERRED
-    return AUTO_FALLBACK
+    for key in AUTO_ORDER[:-1]:
+        if results and all(_finite(r.get(key)) for r in results):
+            return key
+    return AUTO_ORDER[-1]
 
 
 def check_comparable(a: Mapping[str, Any], b: Mapping[str, Any],

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from medsynth.data.keypoints import LabelledFrames
 from medsynth.evaluate.pages import report_html
+from medsynth.evaluate.suite import PRDC_K
 from medsynth.pictures import save_grid, to_uint8
 from medsynth.progress import Progress
 from medsynth.storage import atomic_write_json, atomic_write_text
@@ -32,7 +33,7 @@ class EvaluateConfig:
     batch_size: int = 64
     feature_extractor: str = "auto"
     inception_weights: str = "imagenet"
-    prdc_k: int = 3
+    prdc_k: int = PRDC_K
     pretrained: str = "auto"  # pretrained-feature (*_efflite0) metrics: auto | on | off
     # latest: the newest checkpoint; best: every kept checkpoint is judged and the best by `criterion`
     # without a collapse alarm is the one reported (and exported), as StyleGAN ships its best snapshot
@@ -87,10 +88,10 @@ def generate_frames(
 def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     """Metrics of a run's generator (its newest checkpoint, or the best kept one) against real
     validation frames, into `<out>/metrics.json`; `step` there names the checkpoint judged."""
-    from medsynth.data.input import labelled_frames, real_frames, resolve_dataset
+    from medsynth.data.input import labelled_frames, real_sample, resolve_dataset
     from medsynth.evaluate.compare import best_row
-    from medsynth.evaluate.registry import SPACE_KEYS
-    from medsynth.evaluate.suite import MetricsConfig, compute_metrics
+    from medsynth.evaluate.registry import SPACE_KEYS, WORST_RATIO
+    from medsynth.evaluate.suite import MetricsConfig, Reference, with_floor
     from medsynth.train.checkpoints import checkpoint_steps, load_generator
 
     steps = checkpoint_steps(cfg.run) if cfg.checkpoint == "best" else []
@@ -100,14 +101,14 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
         cfg.data, info["image_size"], cache_root=Path(cfg.run).parent / "_data", seed=cfg.seed
     )
     layouts = None
+    held_out = real_sample(data_dir, split="val", n=cfg.n, seed=cfg.seed)
+    real, loops = held_out.images, held_out.loops
     if len(generator.inputs) > 1:  # conditional: judged against labelled frames, drawn for their key points
         from medsynth.data.input import labelled_count, load_manifest
 
         available = labelled_count(load_manifest(data_dir), "val")
         layouts = labelled_frames(data_dir, "val", n=min(cfg.n, available), seed=cfg.seed)
-        real = layouts.images
-    else:
-        real = real_frames(data_dir, split="val", n=cfg.n, seed=cfg.seed)
+        real, loops = layouts.images, None
     metrics_cfg = MetricsConfig(
         n=len(real),
         seed=cfg.seed,
@@ -116,17 +117,21 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
         inception_weights=cfg.inception_weights,
         pretrained=cfg.pretrained,
     )
+    reference = Reference(real, metrics_cfg, loops)
+    # the floor: training-split frames (same n, never the held-out ones) judged like a generator
+    train = real_sample(data_dir, split="train", n=len(real), seed=cfg.seed + 1, exclude=held_out)
+    floor = reference.floor(train.images, train.loops)
     judged = []
     for i, step in enumerate(steps or [info["step"]]):
         if i:
             generator, info = load_generator(cfg.run, step)
         fake = generate_frames(generator, len(real), info["latent_dim"], cfg.seed, cfg.batch_size, layouts)
-        judged.append(({**compute_metrics(real, fake, metrics_cfg), "step": info["step"]}, fake, info))
+        judged.append((with_floor({**reference.judge(fake), "step": info["step"]}, floor), fake, info))
     best = best_row([m for m, _, _ in judged], cfg.criterion)
     metrics, fake, info = next(j for j in judged if j[0] is best)
     metrics.update({"step": info["step"], "backbone": info["backbone"]})
     if len(judged) > 1:  # what the choice was made from
-        kept = ("fd_efflite0", "swd", "ms_ssim_fake", *SPACE_KEYS.values())
+        kept = (WORST_RATIO, "fd_efflite0", "swd", "ms_ssim_fake", *SPACE_KEYS.values())
         metrics["checkpoints_judged"] = [
             {"step": m["step"], "collapse": bool(m.get("collapse")), **{k: m[k] for k in kept if k in m}}
             for m, _, _ in judged

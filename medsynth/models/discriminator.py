@@ -61,11 +61,12 @@ HEADS = ("auto", "paper", "projected")
 # channels are mixed to 64·2^i, the scale mixing halves them again on the way up (but the finest),
 # and each per-scale D halves its map as if the frames were 256 px (4, 3, 2, 1 blocks: the paper
 # found the fixed counts best at every resolution) down to a map of 8 px or less, then 4x4 logits.
-# SCALE_CHANNELS: the width of the block that outputs a map of a given nominal side (Projected GAN's,
-# but 256 instead of 512 at 8 px, for CPUs).
+# SCALE_CHANNELS: the width of the block that outputs a map of a given nominal side (Projected GAN's;
+# medsynth's recipe caps it at 256, for CPUs).
 MIX_CHANNELS = (64, 128, 256, 512)
 NOMINAL_SIDES = (128, 64, 32, 16)
-SCALE_CHANNELS = {64: 64, 32: 128, 16: 256, 8: 256}
+SCALE_CHANNELS = {64: 64, 32: 128, 16: 256, 8: 512}  # Projected GAN's; `max_channels` caps them
+SCALE_MIXINGS = ("residual", "projected-gan")
 
 
 CONDITIONAL_HEADS = ("dcgan", "projected")
@@ -147,11 +148,17 @@ def build_discriminator(
     head: str | None = None,
     seed: int = 0,
     condition_channels: int = 0,
+    feature_size: int = 0,
+    scale_mixing: str = "residual",
+    max_channels: int = 256,
 ) -> tf.keras.Model:
     """D: frames [n, S, S, 1] in [-1, 1] → logits [n, 1] (projected head: [n, patches]).
 
     `seed` fixes the projected head's random mixing, the same on every worker and run. With
     `condition_channels` C > 0 its inputs are [frames, heat maps float32 [n, S, S, C]].
+    `feature_size`: the side frames are resized to before the backbone (0: the frame size, at least
+    the backbone's minimum; Projected GAN: 224). `scale_mixing` and `max_channels`: the projected head's
+    (see `projected_discriminator`).
     """
     check_image_size(image_size)
     spec = get_backbone(backbone)
@@ -166,10 +173,12 @@ def build_discriminator(
         log.warning("discriminator %s: %s", spec.name, mode_reason(weights, mode, head))
     else:
         log.info("discriminator %s: %s", spec.name, mode_reason(weights, mode, head))
+    size = spec.input_size(feature_size or image_size)
     if head == "projected":
-        net = build_backbone(spec.name, spec.input_size(image_size), weights)
-        return projected_discriminator(image_size, spec, net, seed, condition_channels)
-    net = build_backbone(spec.name, spec.input_size(image_size), weights, channels=3 + condition_channels)
+        net = build_backbone(spec.name, size, weights)
+        return projected_discriminator(image_size, spec, net, seed, condition_channels, scale_mixing,
+                                       max_channels)
+    net = build_backbone(spec.name, size, weights, channels=3 + condition_channels)
     return discriminator_from_backbone(image_size, spec, net, resolved, head, condition_channels)
 
 
@@ -194,9 +203,20 @@ def tap_layers(spec: BackboneSpec, net: tf.keras.Model, count: int = 4) -> list[
 
 
 def projected_discriminator(
-    image_size: int, spec: BackboneSpec, net: tf.keras.Model, seed: int = 0, condition_channels: int = 0
+    image_size: int, spec: BackboneSpec, net: tf.keras.Model, seed: int = 0, condition_channels: int = 0,
+    scale_mixing: str = "residual", max_channels: int = 256,
 ) -> tf.keras.Model:
-    """Projected GAN's D around the frozen backbone `net` (see the module docstring)."""
+    """Projected GAN's D around the frozen backbone `net` (see the module docstring).
+
+    Scale mixing (CSM), coarse to fine: `projected-gan` is theirs (pg_modules/projector.py and
+    blocks.FeatureFusionBlock): add the coarser output to this scale's CCM map, bilinear x2 with
+    aligned corners, a 1x1 convolution, with PyTorch's random biases in every CCM/CSM convolution.
+    `residual` (medsynth's first reading of the paper): two fixed MiDaS residual units per scale around
+    the add, bias-free. `max_channels` caps the per-scale blocks' width (theirs: 512 at 8 px).
+    """
+    if scale_mixing not in SCALE_MIXINGS:
+        raise ConfigError(f"unknown scale mixing {scale_mixing!r}; use one of: {', '.join(SCALE_MIXINGS)}")
+    theirs = scale_mixing == "projected-gan"
     layers = tf.keras.layers
     taps = tap_layers(spec, net)
     tapped = tf.keras.Model(net.input, [net.get_layer(t).output for t in taps], name=f"{net.name}_taps")
@@ -207,12 +227,17 @@ def projected_discriminator(
     feats = tapped(x, training=False)
     counter = iter(range(1000))
 
-    def fixed(filters: int, kernel: int, name: str) -> tf.keras.layers.Layer:
-        """A convolution with seeded random weights that never learns (PyTorch's default init)."""
+    def fixed(filters: int, kernel: int, name: str, fan_in: int | None = None) -> tf.keras.layers.Layer:
+        """A convolution with seeded random weights that never learns (PyTorch's default init: weights and,
+        with their mixing, biases uniform in ±1/sqrt(fan_in))."""
         init = tf.keras.initializers.VarianceScaling(
             1 / 3, "fan_in", "uniform", seed=seed * 1000 + next(counter))
-        return layers.Conv2D(filters, kernel, padding="same", kernel_initializer=init, trainable=False,
-                             name=name)
+        bias = "zeros"
+        if theirs:
+            bound = 1 / (fan_in * kernel * kernel) ** 0.5
+            bias = tf.keras.initializers.RandomUniform(-bound, bound, seed=seed * 1000 + next(counter))
+        return layers.Conv2D(filters, kernel, padding="same", kernel_initializer=init, use_bias=theirs,
+                             bias_initializer=bias, trainable=False, name=name)
 
     def residual(t: tf.Tensor, name: str) -> tf.Tensor:  # MiDaS' residual conv unit, fixed weights
         c = t.shape[-1]
@@ -220,20 +245,24 @@ def projected_discriminator(
         y = fixed(c, 3, f"{name}_conv2")(layers.ReLU(name=f"{name}_relu2")(y))
         return layers.Add(name=f"{name}_add")([t, y])
 
-    mixed = [fixed(c, 1, f"ccm{i}")(f) for i, (c, f) in enumerate(zip(MIX_CHANNELS, feats, strict=True))]
+    mixed = [fixed(c, 1, f"ccm{i}", f.shape[-1])(f)
+             for i, (c, f) in enumerate(zip(MIX_CHANNELS, feats, strict=True))]
     out: list[tf.Tensor] = [None] * len(mixed)  # type: ignore[list-item]
     up = None
-    for i in range(len(mixed) - 1, -1, -1):  # coarse to fine: fuse, refine, up-sample x2, project
+    for i in range(len(mixed) - 1, -1, -1):  # coarse to fine: fuse, (refine,) up-sample x2, project
         if up is None:
             t = mixed[i]
         else:
             aligned = layers.Resizing(*mixed[i].shape[1:3], name=f"csm{i}_align")(up)
-            t = layers.Add(name=f"csm{i}_fuse")([aligned, residual(mixed[i], f"csm{i}_skip")])
-        t = residual(t, f"csm{i}_refine")
+            skip = mixed[i] if theirs else residual(mixed[i], f"csm{i}_skip")
+            t = layers.Add(name=f"csm{i}_fuse")([aligned, skip])
+        if not theirs:
+            t = residual(t, f"csm{i}_refine")
         h, w = t.shape[1:3]
-        t = layers.Resizing(2 * h, 2 * w, interpolation="bilinear", name=f"csm{i}_up")(t)
+        t = (_UpsampleAligned(name=f"csm{i}_up") if theirs
+             else layers.Resizing(2 * h, 2 * w, interpolation="bilinear", name=f"csm{i}_up"))(t)
         width = MIX_CHANNELS[i] // 2 if i > 0 else MIX_CHANNELS[i]
-        out[i] = up = fixed(width, 1, f"csm{i}_out")(t)
+        out[i] = up = fixed(width, 1, f"csm{i}_out", t.shape[-1])(t)
     features = tf.keras.Model(images, out, name="d_features")
     features.trainable = False
 
@@ -246,7 +275,8 @@ def projected_discriminator(
             for i, t in enumerate(head_inputs)
         ]
         head_inputs = [*head_inputs, maps]
-    logits = [_scale_discriminator(t, i, NOMINAL_SIDES[i]) for i, t in enumerate(scales)]
+    logits = [_scale_discriminator(t, i, NOMINAL_SIDES[i], max_channels, bias=theirs)
+              for i, t in enumerate(scales)]
     head = tf.keras.Model(head_inputs, layers.Concatenate(name="logits")(logits), name="d_head")
     if not condition_channels:
         return tf.keras.Model(images, head(features(images)), name="discriminator")
@@ -269,14 +299,16 @@ def _resize_maps(maps: tf.Tensor, side: int, name: str) -> tf.Tensor:
     return tf.keras.layers.Resizing(side, side, interpolation="bilinear", name=f"{name}_heatmaps")(maps)
 
 
-def _scale_discriminator(x: tf.Tensor, scale: int, nominal: int) -> tf.Tensor:
+def _scale_discriminator(x: tf.Tensor, scale: int, nominal: int, max_channels: int = 256,
+                         bias: bool = False) -> tf.Tensor:
     """Down blocks (SN conv 4x4/2 → BN → LeakyReLU) as for a `nominal`-px map down to 8, then SN 4x4
-    patch logits (valid where the map allows, else same)."""
+    patch logits (valid where the map allows, else same). `bias`: Projected GAN's down convolutions
+    keep PyTorch's default bias (the BN after them cancels it; only the parameter count differs)."""
     layers = tf.keras.layers
     side, k = int(x.shape[1]), 0
     while nominal > 8:
         nominal //= 2
-        conv = layers.Conv2D(SCALE_CHANNELS[nominal], 4, 2, padding="same", use_bias=False,
+        conv = layers.Conv2D(min(SCALE_CHANNELS[nominal], max_channels), 4, 2, padding="same", use_bias=bias,
                              name=f"d{scale}_down{k}")
         x = spectral_norm(conv)(x)
         x = layers.BatchNormalization(synchronized=True, name=f"d{scale}_down{k}_bn")(x)
@@ -285,6 +317,15 @@ def _scale_discriminator(x: tf.Tensor, scale: int, nominal: int) -> tf.Tensor:
     padding = "valid" if side >= 4 else "same"
     x = spectral_norm(layers.Conv2D(1, 4, padding=padding, use_bias=False, name=f"d{scale}_logits"))(x)
     return layers.Flatten(name=f"d{scale}_patches")(x)
+
+
+class _UpsampleAligned(tf.keras.layers.Layer):
+    """Bilinear x2 with aligned corners (PyTorch's `interpolate(..., align_corners=True)`), which
+    Keras' Resizing does not offer."""
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        h, w = int(x.shape[1]), int(x.shape[2])
+        return tf.raw_ops.ResizeBilinear(images=x, size=[2 * h, 2 * w], align_corners=True)
 
 
 def discriminator_from_backbone(

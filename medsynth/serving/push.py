@@ -5,9 +5,10 @@ metric beats the currently served version's by a margin, the generator did not
 collapse, and the SavedModel loads and answers a predict in a separate process
 that imports neither medsynth nor tensorflow_addons, as TF Serving would.
 
-The metric `auto` (the default) is fd_efflite0 when the new model and the served
-version both have it, else swd (`registry.resolve_criterion`); a metric computed
-in different feature spaces for the two is never compared: the push is refused.
+The metric `auto` (the default) is the first of ratio_to_floor (the worse of the FD and SWD ratios
+to the real floor), fd_efflite0 and swd that the new model and the served version both have
+(`registry.resolve_criterion`); a metric computed in different feature spaces for the two is never
+compared: the push is refused.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class PushConfig:
     model_name: str = "generator"
     metrics: str = ""
     margin: float = 0.0
-    metric: str = "auto"  # auto: fd_efflite0 when both results have it, else swd
+    metric: str = "auto"  # auto: ratio_to_floor, else fd_efflite0, else swd: the first both results have
     infra_validate: bool = True
     decision_out: str | None = None
     utility_report: str = ""  # the utility experiment's results.json (medsynth.utility)
@@ -96,7 +97,14 @@ def infra_validate(model_dir: str | Path, timeout: float = 300.0) -> str | None:
 
 
 def push(cfg: PushConfig) -> PushDecision:
-    from medsynth.evaluate.registry import CRITERIA, PRIMARY_METRICS, check_comparable, resolve_criterion
+    from medsynth.evaluate.pages import floor_sentence
+    from medsynth.evaluate.registry import (
+        AUTO_ORDER,
+        CRITERIA,
+        PRIMARY_METRICS,
+        check_comparable,
+        resolve_criterion,
+    )
 
     if cfg.metric not in CRITERIA:
         raise ConfigError(f"unknown gate metric {cfg.metric!r}; choose one of {', '.join(CRITERIA)}")
@@ -117,7 +125,10 @@ def push(cfg: PushConfig) -> PushDecision:
 
     reasons: list[str] = []
     if cfg.metric != metric:
-        reasons.append(f"gate metric {metric} ({cfg.metric}: fd_efflite0 when every compared result has it)")
+        reasons.append(f"gate metric {metric} ({cfg.metric}: the first of {', '.join(AUTO_ORDER)} that "
+                       "every compared result has)")
+    if floor_sentence(new):
+        reasons.append(f"quality: {floor_sentence(new)}")
     ok = True
     if value is None:
         ok = False

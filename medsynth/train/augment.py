@@ -43,15 +43,16 @@ def parse_policy(policy: str) -> tuple[str, ...]:
     return names
 
 
-def diff_augment(x: tf.Tensor, u: tf.Tensor, policy: tuple[str, ...]) -> tf.Tensor:
-    """Frames `x` [n, H, W, C] in [-1, 1] transformed by `policy`, frame i with the numbers `u[i]`."""
+def diff_augment(x: tf.Tensor, u: tf.Tensor, policy: tuple[str, ...], cutout: float = CUTOUT) -> tf.Tensor:
+    """Frames `x` [n, H, W, C] in [-1, 1] transformed by `policy`, frame i with the numbers `u[i]`;
+    `cutout`: the erased square's side as a share of the frame's."""
     if not policy:
         return x
-    return _geometric(_colour(x, u, policy), u, policy)
+    return _geometric(_colour(x, u, policy), u, policy, cutout)
 
 
 def diff_augment_with_maps(
-    x: tf.Tensor, maps: tf.Tensor, u: tf.Tensor, policy: tuple[str, ...]
+    x: tf.Tensor, maps: tf.Tensor, u: tf.Tensor, policy: tuple[str, ...], cutout: float = CUTOUT
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Frames `x` and their key points' heat maps `maps` [n, H, W, C'] transformed together: the maps
     move with the frame (translation, cutout), the colour changes the frame alone."""
@@ -59,7 +60,7 @@ def diff_augment_with_maps(
         return x, maps
     channels = x.shape[-1]
     both = tf.concat([_colour(x, u, policy), tf.cast(maps, x.dtype)], -1)
-    both = _geometric(both, u, policy)
+    both = _geometric(both, u, policy, cutout)
     return both[..., :channels], both[..., channels:]
 
 
@@ -74,12 +75,12 @@ def _colour(x: tf.Tensor, u: tf.Tensor, policy: tuple[str, ...]) -> tf.Tensor:
     return x
 
 
-def _geometric(x: tf.Tensor, u: tf.Tensor, policy: tuple[str, ...]) -> tf.Tensor:
+def _geometric(x: tf.Tensor, u: tf.Tensor, policy: tuple[str, ...], cutout: float) -> tf.Tensor:
     u = tf.cast(u, x.dtype)
     if "translation" in policy:
         x = _translate(x, u[:, 2], u[:, 3])
     if "cutout" in policy:
-        x = _cutout(x, u[:, 4], u[:, 5])
+        x = _cutout(x, u[:, 4], u[:, 5], cutout)
     return x
 
 
@@ -108,10 +109,11 @@ def _translate(x: tf.Tensor, uy: tf.Tensor, ux: tf.Tensor) -> tf.Tensor:
     return tf.gather(x, cols, axis=2, batch_dims=1)
 
 
-def _cutout(x: tf.Tensor, uy: tf.Tensor, ux: tf.Tensor) -> tf.Tensor:
-    """Set a square of half the side, centred anywhere in the frame, to 0 (mid-grey)."""
+def _cutout(x: tf.Tensor, uy: tf.Tensor, ux: tf.Tensor, ratio: float = CUTOUT) -> tf.Tensor:
+    """Set a square of `ratio` of the side (DiffAugment's 0.5; Projected GAN's 0.2), centred anywhere
+    in the frame, to 0 (mid-grey)."""
     h, w = tf.shape(x)[1], tf.shape(x)[2]
-    ch, cw = _part(h, CUTOUT), _part(w, CUTOUT)
+    ch, cw = _part(h, ratio), _part(w, ratio)
     cy = tf.cast(tf.floor(tf.cast(uy, tf.float32) * tf.cast(h, tf.float32)), tf.int32)
     cx = tf.cast(tf.floor(tf.cast(ux, tf.float32) * tf.cast(w, tf.float32)), tf.int32)
     ys = tf.range(h)[None, :] - (cy[:, None] - ch // 2)

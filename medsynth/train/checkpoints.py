@@ -32,7 +32,7 @@ from medsynth import storage
 from medsynth.cache import cache_root
 from medsynth.errors import CheckpointError
 from medsynth.storage import atomic_write_json, read_json
-from medsynth.train.config import TrainConfig
+from medsynth.train.config import LEGACY_SIGNATURE, TrainConfig
 
 CONFIG_FILE = "config.json"
 SIGNATURE_FILE = "model.json"
@@ -43,7 +43,7 @@ PREFIX = "ckpt"
 _INDEX_RE = re.compile(rf"^{PREFIX}-(\d+)\.index$")
 _GROUP_RE = re.compile(rf"^{PREFIX}-(\d+)$")
 # What a signature written before a key existed meant by it (model.json of older runs).
-_SIGNATURE_DEFAULTS = {"condition": "none"}
+_SIGNATURE_DEFAULTS = {"condition": "none", **LEGACY_SIGNATURE}
 
 log = logging.getLogger("medsynth")
 

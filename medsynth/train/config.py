@@ -20,6 +20,33 @@ SWITCHES = ("auto", "on", "off")  # auto: on for GPUs, off on CPU
 BATCH_NORMS = ("auto", "fused", "synchronized")
 
 
+# One switch for a discriminator recipe: every field below that is left unset (None) takes its value
+# from the recipe. `projected-gan` is Projected GAN as its authors run it (autonomousvision/projected-gan:
+# train.py's Adam and learning rates for the FastGAN configuration, pg_modules/projector.py's scale
+# mixing, discriminator.py's interp224 and per-scale widths, loss.py's separate D passes and fresh draws
+# per phase, diffaug.py's cutout, training_loop.py's G_ema buffer copy); `medsynth` is what this project
+# ran before these options existed (measured choices, docs/experiments.md).
+RECIPES: dict[str, dict[str, Any]] = {
+    "medsynth": {
+        "d_feature_size": 0, "d_scale_mixing": "residual", "d_max_channels": 256, "d_passes": "joint",
+        "beta_1": 0.5, "beta_2": 0.999, "adam_epsilon": 1e-7, "lr_d": None, "draws": "shared",
+        "cutout": 0.5, "g_ema_buffers": "average",
+    },
+    "projected-gan": {
+        "d_feature_size": 224, "d_scale_mixing": "projected-gan", "d_max_channels": 512,
+        "d_passes": "separate", "beta_1": 0.0, "beta_2": 0.99, "adam_epsilon": 1e-8, "lr_d": 2e-4,
+        "draws": "fresh", "cutout": 0.2, "g_ema_buffers": "copy",
+    },
+}
+DEFAULT_RECIPE = "medsynth"
+# the model-signature values of runs saved before these options existed
+LEGACY_SIGNATURE = {k: RECIPES["medsynth"][k] for k in ("d_feature_size", "d_scale_mixing", "d_max_channels")}
+SCALE_MIXINGS = ("residual", "projected-gan")
+D_PASSES = ("joint", "separate")
+DRAWS = ("shared", "fresh")
+EMA_BUFFERS = ("average", "copy")
+
+
 def _opt(default: Any, help: str = "", **argparse_kw: Any) -> Any:  # noqa: A002 - argparse's word
     """A field with its `medsynth train` flag's help (and argparse keywords such as choices or metavar):
     the flag, the job argv and their parsing are derived from these fields, nowhere else."""
@@ -65,9 +92,29 @@ class TrainConfig:
                                          "(Reed et al. 2016), real frames with another frame's key points "
                                          "judged as fake (0: off)")
     lr_g: float = _opt(2e-4, "generator learning rate (Adam)")
-    lr_d: float | None = _opt(None, "discriminator learning rate (Adam); default 2e-4, 5e-5 for the "
-                                    "projected head (measured: 2e-4 lets it win)")
-    beta_1: float = _opt(0.5, "Adam's beta_1 for both networks")
+    d_recipe: str = _opt(DEFAULT_RECIPE, "medsynth | projected-gan: the values of every discriminator "
+                                         "option below that is not given (projected-gan: Projected GAN "
+                                         "as its authors run it)", choices=tuple(RECIPES))
+    lr_d: float | None = _opt(None, "discriminator learning rate (Adam); medsynth recipe: 2e-4, 5e-5 for "
+                                    "the projected head (measured: 2e-4 lets it win); projected-gan: 2e-4")
+    beta_1: float | None = _opt(None, "Adam's beta_1 for both networks (medsynth 0.5, projected-gan 0)")
+    beta_2: float | None = _opt(None, "Adam's beta_2 for both networks (medsynth 0.999, projected-gan 0.99)")
+    adam_epsilon: float | None = _opt(None, "Adam's epsilon (medsynth 1e-7, projected-gan 1e-8)")
+    d_feature_size: int | None = _opt(None, "side the frames are resized to before a pretrained backbone "
+                                            "(0: the frame size; projected-gan: 224, its interp224)")
+    d_scale_mixing: str | None = _opt(None, "the projected head's scale mixing: residual (fixed residual "
+                                            "units, no biases) or projected-gan (add, bilinear x2, 1x1 "
+                                            "convolution with random biases)", choices=SCALE_MIXINGS)
+    d_max_channels: int | None = _opt(None, "widest per-scale block of the projected head (medsynth 256, "
+                                            "projected-gan 512)")
+    d_passes: str | None = _opt(None, "joint: D judges [real; fake] as one batch (one batch-norm batch); "
+                                      "separate: one pass each, as Projected GAN", choices=D_PASSES)
+    draws: str | None = _opt(None, "shared: G's update reuses the D update's latents and augmentation; "
+                                   "fresh: new draws for each phase, as Projected GAN", choices=DRAWS)
+    cutout: float | None = _opt(None, "DiffAugment's cutout square, as a share of the side (medsynth 0.5, "
+                                      "projected-gan 0.2)")
+    g_ema_buffers: str | None = _opt(None, "batch norm's moving statistics in G's average: average them, or "
+                                           "copy G's (projected-gan, StyleGAN2-ADA)", choices=EMA_BUFFERS)
     g_ema_kimg: float | None = _opt(None, "half-life in thousands of images of the moving average of "
                                           "G's weights that is sampled, judged and exported (default: "
                                           "batch·10/32, as StyleGAN2-ADA; 0: off)")
@@ -94,9 +141,7 @@ class TrainConfig:
                                    "run's numbers)", choices=BATCH_NORMS)
 
     def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
+        need = _need
 
         need(isinstance(self.steps, int) and self.steps >= 0, f"--steps must be >= 0, got {self.steps}")
         need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
@@ -172,6 +217,7 @@ class TrainConfig:
                 f"--keypoint-mismatch pairs the frames of a batch: use an even --batch-size (got "
                 f"{self.batch_size}) or --keypoint-mismatch 0",
             )
+        self._apply_recipe()
         if self.lr_d is None:
             self.lr_d = 5e-5 if self.d_head == "projected" else 2e-4
         need(self.lr_d > 0 and self.lr_g > 0, f"learning rates must be > 0, got {self.lr_g}, {self.lr_d}")
@@ -183,10 +229,31 @@ class TrainConfig:
             self.backbone_weights, self.backbone_mode, self.d_head, self.backbone
         )
 
+    def _apply_recipe(self) -> None:
+        """Fill every recipe option left unset from `d_recipe`, then check them all."""
+        need = _need
+        need(self.d_recipe in RECIPES,
+             f"unknown --d-recipe {self.d_recipe!r}; choose one of {', '.join(RECIPES)}")
+        for name, value in RECIPES[self.d_recipe].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        need(0 <= self.beta_1 < 1 and 0 <= self.beta_2 < 1,
+             f"--beta-1 and --beta-2 must be in [0, 1), got {self.beta_1}, {self.beta_2}")
+        need(self.adam_epsilon > 0, f"--adam-epsilon must be > 0, got {self.adam_epsilon}")
+        need(self.d_feature_size == 0 or 32 <= self.d_feature_size <= 1024,
+             f"--d-feature-size must be 0 (the frame size) or 32 to 1024 px, got {self.d_feature_size}")
+        need(self.d_max_channels >= 8, f"--d-max-channels must be >= 8, got {self.d_max_channels}")
+        for name, choices in (("d_scale_mixing", SCALE_MIXINGS), ("d_passes", D_PASSES), ("draws", DRAWS),
+                              ("g_ema_buffers", EMA_BUFFERS)):
+            value = getattr(self, name)
+            need(value in choices, f"unknown {_flag(name)} {value!r}; choose one of {', '.join(choices)}")
+        need(0 < self.cutout < 1, f"--cutout must be a share of the side in (0, 1), got {self.cutout}")
+
     def model_signature(self) -> dict[str, Any]:
         """What a checkpoint must agree with to be restorable into this run's models."""
         keys = ("image_size", "latent_dim", "generator_width", "generator_norm", "generator_upsampling",
-                "backbone", "backbone_mode", "d_head", "condition")
+                "backbone", "backbone_mode", "d_head", "condition", "d_feature_size", "d_scale_mixing",
+                "d_max_channels")
         d = {k: getattr(self, k) for k in keys}
         d["g_ema"] = self.g_ema_kimg > 0  # the checkpoint holds the average or not
         return d
@@ -248,12 +315,19 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in saved.items() if k in names}
         values.setdefault("generator_upsampling", "transpose")  # the only layout before the option
+        for name in ("d_feature_size", "d_scale_mixing", "d_max_channels"):  # D before its options existed
+            values.setdefault(name, LEGACY_SIGNATURE[name])
         for where in ("data", "out"):  # where it trained is not needed to rebuild its models
             values.setdefault(where, "")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
 
 
 def _flag(name: str) -> str:

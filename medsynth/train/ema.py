@@ -7,8 +7,11 @@ judge and ship G_ema, an average of G over its last few thousand images, and kee
 schedule is theirs (training_loop.py): a half-life of `kimg` thousand images, ramped up early as
 `rampup` × the images seen so far, so the average never reaches back to the random start.
 
-Every weight is averaged, batch norm's moving statistics too (they are themselves running averages
-of G's activations, which move with the weights). The average lives outside any distribution
+Every trainable weight is averaged. Batch norm's moving statistics are averaged too by default (they
+are themselves running averages of G's activations, which move with the weights), or copied from G
+(`copy_buffers`), as StyleGAN2-ADA and Projected GAN copy every buffer (training_loop.py): Keras' BN
+statistics already lag G by about 1 / (1 − momentum) = 100 steps, and averaging them again adds a
+second lag of the average's half-life. The average lives outside any distribution
 strategy: every replica's G holds the same weights, and every worker keeps its own identical copy.
 """
 
@@ -37,21 +40,25 @@ class GeneratorAverage:
     """`average` follows `generator`: after each of G's updates, w_avg ← β·w_avg + (1 − β)·w."""
 
     def __init__(
-        self, generator: tf.keras.Model, average: tf.keras.Model, batch_size: int, kimg: float
+        self, generator: tf.keras.Model, average: tf.keras.Model, batch_size: int, kimg: float,
+        copy_buffers: bool = False,
     ) -> None:
         if len(generator.weights) != len(average.weights):
             raise ValueError("the average must be built like the generator")
         self.generator, self.average = generator, average
         self.batch_size, self.kimg = batch_size, kimg
+        # weights that are copied rather than averaged: G's non-trainable state (BN's moving statistics)
+        self.copied = [not w.trainable for w in generator.weights] if copy_buffers else [False] * len(
+            generator.weights)
         for a, w in zip(average.weights, generator.weights, strict=True):
             a.assign(tf.convert_to_tensor(w))
         self._update = tf.function(self._lerp, reduce_retracing=True)
 
     def _lerp(self, step: tf.Tensor) -> None:
         beta = ema_beta(step, self.batch_size, self.kimg)  # in the compiled update, not op by op
-        for a, w in zip(self.average.weights, self.generator.weights, strict=True):
+        for a, w, copied in zip(self.average.weights, self.generator.weights, self.copied, strict=True):
             w = tf.cast(tf.convert_to_tensor(w), a.dtype)
-            a.assign(w + tf.cast(beta, a.dtype) * (a - w))
+            a.assign(w if copied else w + tf.cast(beta, a.dtype) * (a - w))
 
     def update(self, step: int) -> None:
         """Fold in G after its `step`-th update."""

@@ -220,6 +220,9 @@ def _adversarial_step(cfg: TrainConfig, dist: Distribution, state: TrainState, x
         loss=cfg.loss,
         condition=cfg.condition,
         keypoint_mismatch=cfg.keypoint_mismatch,
+        cutout=cfg.cutout,
+        separate_passes=cfg.d_passes == "separate",
+        fresh_draws=cfg.draws == "fresh",
     )
 
 

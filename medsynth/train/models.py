@@ -40,6 +40,7 @@ def build_models(cfg: TrainConfig, policy: str = "float32") -> tuple[tf.keras.Mo
         discriminator = build_discriminator(
             cfg.image_size, backbone=cfg.backbone, weights=cfg.backbone_weights, mode=cfg.backbone_mode,
             head=cfg.d_head, seed=cfg.seed, condition_channels=cfg.condition_channels,
+            feature_size=cfg.d_feature_size, scale_mixing=cfg.d_scale_mixing, max_channels=cfg.d_max_channels,
         )
     finally:
         tf.keras.mixed_precision.set_global_policy(previous)
@@ -49,8 +50,9 @@ def build_models(cfg: TrainConfig, policy: str = "float32") -> tuple[tf.keras.Mo
     return generator, discriminator
 
 
-def _optimizer(lr: float, beta_1: float, policy: str) -> tf.keras.optimizers.Optimizer:
-    opt = tf.keras.optimizers.Adam(lr, beta_1=beta_1)
+def _optimizer(lr: float, beta_1: float, policy: str, beta_2: float = 0.999,
+               epsilon: float = 1e-7) -> tf.keras.optimizers.Optimizer:
+    opt = tf.keras.optimizers.Adam(lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
     if policy == "mixed_float16":  # float16 gradients underflow without loss scaling; bfloat16 need none
         opt = tf.keras.mixed_precision.LossScaleOptimizer(opt)
     return opt
@@ -74,7 +76,8 @@ def _average(cfg: TrainConfig, generator: tf.keras.Model) -> GeneratorAverage | 
     finally:
         tf.keras.mixed_precision.set_global_policy(previous)
     fuse_batch_norm(average)
-    return GeneratorAverage(generator, average, cfg.batch_size, cfg.g_ema_kimg)
+    return GeneratorAverage(generator, average, cfg.batch_size, cfg.g_ema_kimg,
+                            copy_buffers=cfg.g_ema_buffers == "copy")
 
 
 @dataclass
@@ -127,8 +130,8 @@ def build_train_state(cfg: TrainConfig, dist: Distribution, policy: str) -> Trai
                 stable_sync_batch_norm(model, dist.hvd)
             else:
                 fuse_batch_norm(model)  # one replica: nothing to synchronise, and fused BN is faster
-        g_opt = _optimizer(cfg.lr_g, cfg.beta_1, policy)
-        d_opt = _optimizer(cfg.lr_d, cfg.beta_1, policy)
+        g_opt = _optimizer(cfg.lr_g, cfg.beta_1, policy, cfg.beta_2, cfg.adam_epsilon)
+        d_opt = _optimizer(cfg.lr_d, cfg.beta_1, policy, cfg.beta_2, cfg.adam_epsilon)
         # Built now, not at the first step: a restore then fills the slots at once, and Horovod can
         # broadcast them before any rank takes a step.
         getattr(g_opt, "inner_optimizer", g_opt).build(generator.trainable_variables)

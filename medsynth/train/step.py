@@ -4,9 +4,13 @@ Written once for every strategy: each replica draws its slice of the *global*
 latent batch from a stateless seed (so one device and N replicas see the same
 numbers, and a resumed run draws what the uninterrupted one would have).
 
-D sees real and generated frames in one batch (the projected head too: measured at 64 px, Lite0,
-seed 0, its heads' batch norm on batches of one kind, as Projected GAN runs it, gave white streaks
-all alike by step 360 where the joint batch gave catheters and vessels). The paper's head,
+By default D sees real and generated frames in one batch (the projected head too: measured at 64 px,
+Lite0, seed 0, its heads' batch norm on batches of one kind, as Projected GAN runs it, gave white
+streaks all alike by step 360 where the joint batch gave catheters and vessels). `separate_passes`
+runs D once on the real and once on the generated batch, as Projected GAN does (loss.py), and G's
+update then judges only its own frames. `fresh_draws` gives G's update its own latents and
+augmentation (stream 1), as every phase of Projected GAN and StyleGAN2-ADA draws its own; by default
+one G forward pass serves both updates. The paper's head,
 BN(center=False, scale=False) → Dense(1, no bias), needs that: on a batch of
 one kind it would standardise the features to zero mean, and D's mean logit
 would be 0 for real and generated frames alike (measured: with a learning
@@ -27,7 +31,7 @@ from typing import Any, NamedTuple
 import tensorflow as tf
 
 from medsynth.errors import ConfigError
-from medsynth.train.augment import UNIFORMS, diff_augment, diff_augment_with_maps
+from medsynth.train.augment import CUTOUT, UNIFORMS, diff_augment, diff_augment_with_maps
 from medsynth.train.loss import discriminator_loss, generator_loss, mismatch_loss
 
 SAMPLE_STREAM = 2**31 - 1  # seed stream of the fixed latent batch used for sample grids
@@ -120,6 +124,9 @@ class AdversarialStep:
     # "keypoints": batches are (frames, points, classes, mask) and G and D take the heat maps too
     condition: str = "none"
     keypoint_mismatch: float = 0.0  # weight of D's matching-aware term (conditional only; 0: off)
+    cutout: float = CUTOUT  # DiffAugment's cutout side, as a share of the frame's
+    separate_passes: bool = False  # D on the real and the generated batch apart (Projected GAN)
+    fresh_draws: bool = False  # G's update draws its own latents and augmentation (Projected GAN)
 
     def __post_init__(self) -> None:
         self.strategy = self.strategy or tf.distribute.get_strategy()
@@ -185,8 +192,8 @@ class AdversarialStep:
 
     def _augment(self, frames: tf.Tensor, maps: tf.Tensor | None, u: tf.Tensor) -> tuple[tf.Tensor, Any]:
         if maps is None:
-            return diff_augment(frames, u, self.augment), None
-        return diff_augment_with_maps(frames, maps, u, self.augment)
+            return diff_augment(frames, u, self.augment, self.cutout), None
+        return diff_augment_with_maps(frames, maps, u, self.augment, self.cutout)
 
     def _judge(self, frames: tf.Tensor, maps: tf.Tensor | None) -> tf.Tensor:
         return self.discriminator(frames if maps is None else [frames, maps], training=True)
@@ -195,18 +202,40 @@ class AdversarialStep:
         head = self._split[1]
         return head(features if maps is None else [*tf.nest.flatten(features), maps], training=True)
 
+    def _passes(self, judge: Any, local: tf.Tensor, part: str) -> tf.Tensor:
+        """Logits of `part` ("both": [real; fake], "real", "fake") of a [real; fake] batch: `judge(rows)`
+        judges the rows of that batch, in one pass, or with `separate_passes` one per kind."""
+        if not self.separate_passes:
+            logits = judge(slice(None))
+            return {"both": logits, "real": logits[:local], "fake": logits[local:]}[part]
+        parts = {"real": lambda: judge(slice(None, local)), "fake": lambda: judge(slice(local, None))}
+        if part != "both":
+            return parts[part]()
+        return tf.concat([parts["real"](), parts["fake"]()], 0)
+
     def _discriminate(
         self, real: tf.Tensor, fake: tf.Tensor, u: tf.Tensor, maps: tf.Tensor | None = None,
-        real_maps: tf.Tensor | None = None,
+        real_maps: tf.Tensor | None = None, part: str = "both",
     ) -> tf.Tensor:
-        """D's logits of [real; fake], one batch, augmented with the numbers `u` (one row per frame);
+        """D's logits of `part` of [real; fake], augmented with the numbers `u` (one row per frame);
         with key points each fake frame's are its real frame's (`maps`), the real ones' `real_maps`
         when given (the matching-aware term)."""
         frames = tf.concat([real, tf.cast(fake, real.dtype)], 0)
-        if maps is None:
-            return self._judge(*self._augment(frames, None, u))
-        both = tf.concat([maps if real_maps is None else real_maps, maps], 0)
-        return self._judge(*self._augment(frames, both, u))
+        both = None if maps is None else tf.concat([maps if real_maps is None else real_maps, maps], 0)
+
+        def judge(rows: slice) -> tf.Tensor:
+            return self._judge(*self._augment(frames[rows], None if both is None else both[rows], u[rows]))
+
+        return self._passes(judge, tf.shape(real)[0], part)
+
+    def _judge_features(self, features: Any, maps: tf.Tensor | None, local: tf.Tensor,
+                        part: str = "both") -> tf.Tensor:
+        """D's head on frozen features of [real; fake] (and their heat maps): logits of `part`."""
+        def judge(rows: slice) -> tf.Tensor:
+            return self._head(tf.nest.map_structure(lambda f: f[rows], features),
+                              None if maps is None else maps[rows])
+
+        return self._passes(judge, local, part)
 
     def _d_update(self, batch: Any, z: tf.Tensor, u: tf.Tensor) -> dict[str, tf.Tensor]:
         real, maps = self._unpack(batch)
@@ -228,13 +257,13 @@ class AdversarialStep:
                 if frozen is None:
                     logits = self._discriminate(real, fake, u, maps)
                     if self.mismatch:
-                        wrong_logits = self._discriminate(real, fake, u, maps, mismatched(maps))[:local]
+                        wrong_logits = self._discriminate(real, fake, u, maps, mismatched(maps), "real")
                 else:
                     features = tf.nest.map_structure(tf.stop_gradient, frozen.features)
-                    logits = self._head(features, frozen.maps)
+                    logits = self._judge_features(features, frozen.maps, local)
                     if self.mismatch:
                         wrong = tf.concat([frozen.wrong_maps, frozen.maps[local:]], 0)
-                        wrong_logits = self._head(features, wrong)[:local]
+                        wrong_logits = self._judge_features(features, wrong, local, "real")
                 real_logits, fake_logits = logits[:local], logits[local:]
                 real_sum = tf.reduce_sum(tf.cast(real_logits, tf.float32))
             loss = discriminator_loss(real_logits, fake_logits, self.global_batch_size, self.label_smoothing,
@@ -289,11 +318,11 @@ class AdversarialStep:
         """
         local = tf.shape(real)[0]
         if frozen is None:
-            logits = self._discriminate(real, fake, u, maps)[local:]
+            logits = self._discriminate(real, fake, u, maps, part="fake")
         else:
             features = tf.nest.map_structure(
                 lambda f: tf.concat([tf.stop_gradient(f[:local]), f[local:]], 0), frozen.features)
-            logits = self._head(features, frozen.maps)[local:]
+            logits = self._judge_features(features, frozen.maps, local, "fake")
         return generator_loss(logits, self.global_batch_size, self.loss)
 
     def _apply_g(self, tape: tf.GradientTape, loss: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -369,6 +398,10 @@ class AdversarialStep:
         return run
 
     def _train_step(self, real: tf.Tensor, step: tf.Tensor) -> dict[str, tf.Tensor]:
+        if self.fresh_draws:  # D's update, then G's with its own draws (stream 1), through the updated D
+            out = self._distributed(self._d_update, 0)(real, step)
+            out.update(self._distributed(self._g_update, 1)(real, step))
+            return out
         return self._distributed(self._replica_step, 0)(real, step)
 
     def _agree(self, flag: tf.Tensor) -> tf.Tensor:
