@@ -1,4 +1,5 @@
-"""compare: rank the backbones' short runs by measured quality and name the winner."""
+"""compare: rank the candidates' short runs by measured quality and name the winner (or stop the run
+when every one collapsed and `if_all_collapsed` is `stop`)."""
 
 from typing import NamedTuple
 
@@ -14,9 +15,10 @@ def compare(
     run_id: str,
     backbones: list,
     criterion: str,
+    if_all_collapsed: str,
     table: Output[Markdown],
     pictures: Output[HTML],
 ) -> NamedTuple("CompareOutputs", winner=str):
     from medsynth.pipeline_steps import compare_step
 
-    return compare_step(storage_root, run_id, backbones, criterion, table, pictures)
+    return compare_step(storage_root, run_id, backbones, criterion, table, pictures, if_all_collapsed)

@@ -317,7 +317,8 @@ def _kfp_parser_args(s: argparse.ArgumentParser, job: bool) -> None:
         s.add_argument("--pipeline-root", default=None, help="where KFP keeps artifacts, e.g. gs://BUCKET/root")
         s.add_argument("--package", default=None,
                        help="compiled pipeline YAML to send (default: compile medsynth-train from this code)")
-        s.add_argument("--backbones", default=None, help="comma-separated, when compiling (default: all 8)")
+        s.add_argument("--backbones", default=None,
+                       help="comma-separated candidates, when compiling (default: the 8 of Table 2)")
         s.add_argument("--service-account", default=None, help="Kubernetes service account the run uses")
         s.add_argument("--no-cache", action="store_true",
                        help="run every task even if KFP has a cached result for the same inputs")
@@ -439,8 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pipeline-root", default="demo-out", help="where every artifact goes")
     s.add_argument("--image-size", type=int, default=64, help="frame side (32, 64 or 128)")
     s.add_argument("--steps", type=int, default=None, help="steps of the final training")
-    s.add_argument("--compare-steps", type=int, default=None, help="steps per backbone in the comparison")
-    s.add_argument("--backbones", default=None, help="comma-separated backbones to compare")
+    s.add_argument("--compare-steps", type=int, default=None, help="steps per candidate in the comparison")
+    s.add_argument("--backbones", default=None, help="comma-separated candidates: backbones or "
+                   "configurations (paper-lite0, pg-lite0, ...; default: the paper's, our best)")
     s.add_argument("--batch-size", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
 
@@ -519,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("compile", help="write the pipeline YAML for the Kubeflow UI")
     s.add_argument("--out", default="pipelines/medsynth_train.yaml")
-    s.add_argument("--backbones", default=None, help="comma-separated; default: the 8 of Table 2")
+    s.add_argument("--backbones", default=None, help="comma-separated candidates: backbones or "
+                   "configurations (medsynth.train.candidates); default: the 8 of Table 2")
     s.add_argument("--gpu-type", default=None,
                    help="GKE accelerator label for a node selector, e.g. nvidia-l4")
     s.add_argument("--spot", action="store_true", help="let training pods run on spot nodes (they resume)")

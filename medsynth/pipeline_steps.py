@@ -144,8 +144,11 @@ class TrainTask:
         return cls(**{f.name: inputs[f.name] for f in dataclasses.fields(cls) if f.name in inputs})
 
     def config(self, metrics_port: int | None = None) -> TrainConfig:
+        """`backbone` names a comparison candidate: a named configuration's fields win over the run's."""
+        from medsynth.train.candidates import candidate_options
+
         root = run_root(self.storage_root, self.run_id)
-        return TrainConfig(
+        run_wide = dict(
             data=self.dataset_dir,
             out=join(root, self.run_name),
             init_from=join(root, self.init_run) if self.init_run else None,
@@ -153,7 +156,6 @@ class TrainTask:
             steps=self.steps,
             batch_size=self.batch_size,
             seed=self.seed,
-            backbone=self.backbone,
             backbone_weights=self.backbone_weights,
             strategy=self.strategy,
             d_augment=self.d_augment,
@@ -161,6 +163,7 @@ class TrainTask:
             checkpoint_every=max(1, min(500, self.steps // 4 or 1)),
             metrics_port=metrics_port,
         )
+        return TrainConfig(**{**run_wide, **candidate_options(self.backbone)})
 
 
 def train_step(task: TrainTask, model: Any, metrics: Any, samples: Any) -> tuple[str]:
@@ -248,7 +251,8 @@ def evaluate_step(
 
 
 def compare_step(
-    storage_root: str, run_id: str, backbones: list[str], criterion: str, table: Any, pictures: Any
+    storage_root: str, run_id: str, backbones: list[str], criterion: str, table: Any, pictures: Any,
+    if_all_collapsed: str = "continue",
 ) -> tuple[str]:
     """Rank this run's backbones; the run's directory is built here from the root and the run id
     (each a whole KFP parameter, which the backend substitutes, unlike a placeholder inside a string)."""
@@ -262,8 +266,12 @@ def compare_step(
         if storage.exists(join(root, b, "metrics.json")):
             atomic_write_bytes(runs / b / "metrics.json", storage.read_bytes(join(root, b, "metrics.json")))
     out = runs / "comparison"
-    result = compare_runs(runs, list(backbones), out, criterion)
-    publish_back(out, join(root, "comparison"))
+    try:
+        result = compare_runs(runs, list(backbones), out, criterion, if_all_collapsed)
+    finally:  # the pages also when the comparison stops the run: they show why
+        if (out / "comparison.json").exists():
+            publish_back(out, join(root, "comparison"))
+    print(f"comparison: {result.verdict}", flush=True)
     atomic_write_text(table.path, (out / "comparison.md").read_text())
     _html(pictures, (out / "comparison.html").read_text())
     return (result.winner,)

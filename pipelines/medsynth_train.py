@@ -1,4 +1,7 @@
-"""medsynth-train: prepare → train per backbone → compare → train the winner → evaluate → export → push.
+"""medsynth-train: prepare → train per candidate → compare → train the winner → evaluate → export → push.
+
+A candidate is a D backbone under the run's parameters (the paper's eight by default) or a named
+generator × discriminator configuration (medsynth.train.candidates: `paper`, `pg-lite0`, ...).
 
 Beside them, after prepare: `utility` (the tracker with and without synthetic frames; off unless
 `utility_seeds` > 0), whose verdict the push gate can require (`require_utility`).
@@ -7,7 +10,7 @@ The winner's final training continues its comparison run (same model, data and s
 resume, the same numbers as one run of `train_steps`), so its first `compare_steps` are not redone.
 
 Reads like the DAG it draws. The backbone fan-out is a Python loop at compile
-time (kfp.local in kfp 2.13 has no ParallelFor), so the list of backbones is a
+time (kfp.local in kfp 2.13 has no ParallelFor), so the list of candidates is a
 compile-time option; every other knob is a run-time parameter.
 
 No `from __future__ import annotations` here: kfp reads the pipeline's type
@@ -45,18 +48,18 @@ def _task_name(backbone: str) -> str:
 
 
 def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Callable:  # noqa: ANN001
-    """The pipeline function for a fixed list of backbones to compare and a fixed `Placement`.
+    """The pipeline function for a fixed list of candidates to compare and a fixed `Placement`.
 
     The placement (medsynth.cluster.Placement: GPU node type, spot nodes, credentials,
     multi-node final training) shapes the pods' specs, so it is chosen at compile time.
     """
     from medsynth.cluster import Placement, configure_launch_task, size_task
-    from medsynth.models.backbones import get_backbone
+    from medsynth.train.candidates import candidate_options
 
     placement = placement or Placement()
     backbones = list(backbones or default_backbones())
     for b in backbones:
-        get_backbone(b)  # unknown names fail at compile time, with the list of valid ones
+        candidate_options(b)  # unknown names fail at compile time, with the list of valid ones
 
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])
     def medsynth_train(
@@ -75,6 +78,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
         model_name: str = "generator",
         eval_frames: int = 1000,
         criterion: str = "auto",
+        if_all_collapsed: str = "stop",
         gate_margin: float = 0.0,
         phantom_frames: int = 4096,
         seed: int = 0,
@@ -140,7 +144,8 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
             evaluations.append(judged)
 
         # run_id alone, as a whole parameter: the KFP backend substitutes a job placeholder only then
-        ranking = compare(storage_root=storage_root, run_id=run_id, backbones=backbones, criterion=criterion)
+        ranking = compare(storage_root=storage_root, run_id=run_id, backbones=backbones, criterion=criterion,
+                          if_all_collapsed=if_all_collapsed)
         size_task(ranking, "compare").set_display_name("compare").after(*evaluations)
 
         common = dict(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medsynth.errors import ConfigError, ServingError
+from medsynth.errors import ConfigError, DataError, ServingError
 from medsynth.evaluate.compare import compare_runs, pick_winner
 from medsynth.serving.push import METRICS_FILE, PushConfig, push
 
@@ -235,5 +235,17 @@ def test_when_every_candidate_collapsed_the_comparison_says_so_in_one_line(tmp_p
     assert record["verdict"] == ("every candidate raised the collapse alarm at step 200 (a, b): b is only "
                                  "the least bad by SWD ×1e3 (20)")
     _plant(tmp_path, "c", swd=90.0, collapse=False)
-    healthy = compare_runs(tmp_path, ["a", "b", "c"], tmp_path / "cmp2")
+    healthy = compare_runs(tmp_path, ["a", "b", "c"], tmp_path / "cmp2", if_all_collapsed="stop")
     assert healthy.winner == "c" and not healthy.all_collapsed  # an alarm never wins against none
+
+
+def test_if_all_collapsed_stop_ends_the_run_with_the_verdict_after_writing_the_pages(tmp_path):
+    _plant(tmp_path, "a", swd=30.0, collapse=True, step=200)
+    _plant(tmp_path, "b", swd=20.0, collapse=True, step=200)
+    with pytest.raises(DataError, match=r"^every candidate raised the collapse alarm at step 200 \(a, b\).*"
+                                        r"stopping \(if_all_collapsed=stop\)"):
+        compare_runs(tmp_path, ["a", "b"], tmp_path / "cmp", if_all_collapsed="stop")
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["all_collapsed"] is True
+    assert (tmp_path / "cmp" / "comparison.html").exists()  # the pages say why it stopped
+    with pytest.raises(ConfigError, match="unknown if_all_collapsed 'retry'; choose one of stop, continue"):
+        compare_runs(tmp_path, ["a", "b"], tmp_path / "cmp3", if_all_collapsed="retry")

@@ -472,7 +472,8 @@ def test_compute_metrics_returns_the_flat_contract(phantom):
     m = compute_metrics(real, other, cfg, timings)
     expected = {"swd", "swd_level_32", "swd_level_16", "fid", "kid", "kid_std", "precision", "recall",
                 "density", "coverage", "ms_ssim_fake", "ms_ssim_real", "dup_rate_fake", "dup_rate_real",
-                "collapse", "collapse_reason", "feature_extractor", "n_real", "n_fake", *PRETRAINED_KEYS}
+                "collapse", "collapse_reason", "mass_rate_fake", "mass_rate_real", "feature_extractor",
+                "n_real", "n_fake", *PRETRAINED_KEYS}
     assert set(m) == expected
     assert m["feature_extractor"] == "inceptionv3-random-s0-75px"
     assert m["pretrained_extractor"] == "efflite0-imagenet-224px"
@@ -669,3 +670,27 @@ def test_floor_keys_and_ratios_to_the_floor(phantom):
     assert judged["ratio_to_floor"] > 1.5  # heavy noise is far from the real floor
     assert reference.judge(fake) == compute_metrics(real, fake, cfg, real_loops=np.arange(len(real)) // 8)
     assert "ratio_to_floor" not in with_floor(reference.judge(fake), {})  # no floor, no ratio
+
+
+def test_saturated_masses_are_counted_where_a_white_or_black_blob_is_pasted(phantom):
+    """The defect of the demo's grids: real phantom frames carry none; a white square of 3 % of the frame
+    pasted into a third of them, or a black one, is counted; thin saturated lines (a catheter) are not."""
+    from medsynth.evaluate.masses import largest_mass, mass_rate, masses
+
+    real, _ = phantom
+    assert mass_rate(real) == 0.0
+    side = int(round((0.03 * real.shape[1] * real.shape[2]) ** 0.5))
+    white, black = real.copy(), real.copy()
+    white[::3, 5:5 + side, 5:5 + side] = 255
+    black[1::3, 10:10 + side, 3:3 + side] = 0
+    third = len(real[::3]) / len(real)
+    assert mass_rate(white) == pytest.approx(third)
+    assert mass_rate(black) == pytest.approx(len(real[1::3]) / len(real))
+    line = real[0].copy()
+    line[4:6, :] = 255  # a saturated wire two pixels wide across the frame (6 % of it) is not a blob
+    assert largest_mass(line) == 0.0
+    line[20:23, :] = 255  # three pixels thick: a band, a mass
+    assert largest_mass(line) == pytest.approx(3 / real.shape[1])
+    generated = np.clip(real.astype(np.float32) / 127.5 - 1, -1, 1)  # generator output in [-1, 1] is read too
+    generated[0, :side, :side] = 1.0
+    assert masses(real, generated) == {"mass_rate_fake": pytest.approx(1 / len(real)), "mass_rate_real": 0.0}

@@ -89,7 +89,9 @@ def assert_not_blank(shot: np.ndarray) -> None:
 
 @needs_chromium
 def test_report_page_reads_with_directions_spaces_groups_and_the_alarm(tmp_path, grids):
-    text, images, shot = read_in_browser(report_html("convnet at step 200", evaluation(), grids), tmp_path)
+    judged = evaluation(floor_fd_efflite0=31.5, floor_swd=26.2, fd_ratio_efflite0=2.81, swd_ratio=2.34,
+                        ratio_to_floor=2.81)
+    text, images, shot = read_in_browser(report_html("convnet at step 200", judged, grids), tmp_path)
     assert_not_blank(shot)
     assert sorted(a for a, w, h in images if w > 0 and h > 0) == ["generated", "real"]  # both pictures loaded
     assert f"Collapse alarm RAISED — {REASON}" in text
@@ -99,17 +101,22 @@ def test_report_page_reads_with_directions_spaces_groups_and_the_alarm(tmp_path,
                 "Diversity and the collapse alarm", "Random-feature fallback", "Run"]
     at = [text.index(h) for h in headings]
     assert at == sorted(at), "groups out of order"
-    # A metric's row reads "label", then "key <tab> value <tab> better <tab> feature space <tab> meaning".
+    # the report leads with quality against the real floor, before the alarm and the tables
+    assert text.index("Quality: 2.81× the real floor (FD (Lite0) 88.5 vs 31.5 real = 2.81×") < text.index(
+        "Collapse alarm RAISED")
+    # A metric's row reads "label", then "key <tab> value <tab> real floor <tab> better <tab> feature space
+    # <tab> meaning"; the floor is a column beside its metric, not a row of its own.
     lines = [line.split("\t") for line in text.splitlines()]
     row = {cells[0]: cells[1:] for cells in lines if len(cells) > 1}
-    assert row["fd_efflite0"][:3] == ["88.5", "↓ lower", LITE0]
-    assert row["recall_efflite0"][:3] == ["0.25", "↑ higher", LITE0]
-    assert row["probe_acc_efflite0"][:3] == ["0.73", "↓ lower", LITE0]
-    assert row["fid"][:3] == ["0.41", "↓ lower", RANDOM]
-    assert row["precision"][:3] == ["0.6", "↑ higher", RANDOM]
-    assert row["swd"][:3] == ["61.2", "↓ lower", "pixels"]
-    assert row["ms_ssim_real"][1] == "–"  # a reference, better neither way
-    assert all(len(cells) == 4 and cells[3] for cells in row.values()), "a row without its meaning"
+    assert row["fd_efflite0"][:4] == ["88.5", "31.5", "↓ lower", LITE0]
+    assert row["swd"][:4] == ["61.2", "26.2", "↓ lower", "pixels"]
+    assert row["recall_efflite0"][:4] == ["0.25", "–", "↑ higher", LITE0]
+    assert row["probe_acc_efflite0"][:4] == ["0.73", "–", "↓ lower", LITE0]
+    assert row["fid"][:4] == ["0.41", "–", "↓ lower", RANDOM]
+    assert row["precision"][:4] == ["0.6", "–", "↑ higher", RANDOM]
+    assert row["ms_ssim_real"][2] == "–"  # a reference, better neither way
+    assert "floor_fd_efflite0" not in row
+    assert all(len(cells) == 5 and cells[4] for cells in row.values()), "a row without its meaning"
     assert text.index("fd_efflite0") > text.index("Pretrained features") > text.index("swd")
     assert text.index("precision\t") > text.index("Random-feature fallback")
 

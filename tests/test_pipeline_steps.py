@@ -48,6 +48,20 @@ def test_run_root_and_the_training_tasks_share_the_layout():
     assert cfg.out == f"{root}/final" and cfg.init_from == f"{root}/xception"
 
 
+def test_a_named_candidate_fixes_its_fields_over_the_runs_parameters():
+    """`paper-lite0` is the paper's head on Lite0 whatever the run's d_head; a bare backbone keeps it."""
+    common = dict(dataset_dir="gs://b/d", storage_root="gs://b/medsynth", run_id="r1", image_size=32,
+                  steps=10, batch_size=8, backbone_weights="none", seed=0, d_head="projected")
+    named = pipeline_steps.TrainTask(run_name="paper-lite0", backbone="paper-lite0", **common).config()
+    assert (named.backbone, named.d_head, named.d_recipe) == ("efficientnet_lite0", "paper", "medsynth")
+    pg = pipeline_steps.TrainTask(run_name="pg-lite0", backbone="pg-lite0", **common).config()
+    assert (pg.d_recipe, pg.d_passes, pg.draws, pg.beta_1) == ("projected-gan", "separate", "fresh", 0.0)
+    bare = pipeline_steps.TrainTask(run_name="mobilenetv2", backbone="mobilenetv2", **common).config()
+    assert (bare.backbone, bare.d_head) == ("mobilenetv2", "projected")
+    with pytest.raises(ConfigError, match="unknown candidate 'pg-vgg'.*paper-lite0.*xception"):
+        pipeline_steps.TrainTask(run_name="x", backbone="pg-vgg", **common).config()
+
+
 def test_push_decision_lands_beside_the_metrics_in_the_bucket(gcs_bucket, tmp_path):
     model = tmp_path / "model"
     model.mkdir()

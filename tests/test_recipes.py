@@ -90,6 +90,10 @@ def test_feature_size_resizes_frames_before_the_backbone_and_sizes_the_patches()
                    if layer.name.endswith("_bn") and "_down" in layer.name)
 
     assert (widest(large), widest(small)) == (512, 256)
+    # as interp224: only a smaller frame is upsampled; a larger one keeps its own size
+    larger = build_discriminator(128, "efficientnet_lite0", weights="none", head="projected", seed=3,
+                                 feature_size=64)
+    assert larger.get_layer("d_features").layers[1].size == 128
 
 
 def _step(separate: bool = False, fresh: bool = False):

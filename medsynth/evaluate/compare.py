@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medsynth.errors import DataError
+from medsynth.errors import ConfigError, DataError
 from medsynth.evaluate.pages import (
     STYLE,
     better,
@@ -58,6 +58,10 @@ class Comparison:
     def all_collapsed(self) -> bool:
         """Every candidate raised the collapse alarm: the winner is only the least bad."""
         return all(r.get("collapse") for r in self.rows)
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.rows, self.winner, self.criterion)
 
 
 def verdict(rows: list[dict[str, Any]], winner: str, criterion: str) -> str:
@@ -105,14 +109,25 @@ def pick_winner(rows: list[dict[str, Any]], criterion: str = AUTO) -> str:
     return best_row(rows, criterion)["backbone"]
 
 
+# What the pipeline does when every candidate raised the collapse alarm: `stop` (the run fails with the
+# verdict line, after the pages are written: a longer comparison or other candidates are needed) or
+# `continue` (the least bad goes on to the final training, whose best checkpoint without an alarm is
+# exported; the push gate refuses an alarmed one).
+IF_ALL_COLLAPSED = ("stop", "continue")
+
+
 def compare_runs(
-    run_root: str | Path, backbones: list[str], out: str | Path, criterion: str = AUTO
+    run_root: str | Path, backbones: list[str], out: str | Path, criterion: str = AUTO,
+    if_all_collapsed: str = "continue",
 ) -> Comparison:
-    """Table (Markdown), bar chart and side-by-side sample grids (HTML) of every backbone's run.
+    """Table (Markdown), bar chart and side-by-side sample grids (HTML) of every candidate's run.
 
     `criterion` `auto` ranks by ratio_to_floor, else fd_efflite0, else swd: the first every run has
     (registry.py).
     """
+    if if_all_collapsed not in IF_ALL_COLLAPSED:
+        raise ConfigError(f"unknown if_all_collapsed {if_all_collapsed!r}; choose one of "
+                          f"{', '.join(IF_ALL_COLLAPSED)}")
     rows = load_results(run_root, backbones)
     requested, criterion = criterion, resolve_criterion(criterion, rows)
     winner = pick_winner(rows, criterion)
@@ -126,7 +141,11 @@ def compare_runs(
               "verdict": verdict(rows, winner, criterion),
               "all_collapsed": all(bool(r.get("collapse")) for r in rows), "rows": rows}
     atomic_write_json(out / "comparison.json", record)
-    return Comparison(winner, criterion, rows)
+    result = Comparison(winner, criterion, rows)
+    if result.all_collapsed and if_all_collapsed == "stop":
+        raise DataError(f"{record['verdict']}; stopping (if_all_collapsed=stop): compare longer "
+                        "(compare_steps) or other candidates, or set if_all_collapsed=continue")
+    return result
 
 
 def markdown_table(rows: list[dict[str, Any]], winner: str, criterion: str) -> str:

@@ -121,6 +121,11 @@ _TABLE: list[Metric] = [
            "share of generated frames whose nearest other generated frame is near-identical"),
     Metric("dup_rate_real", "near-duplicates real", "", PIXELS, "diversity",
            "the same for real frames (consecutive cine frames are near-identical too)"),
+    Metric("mass_rate_fake", "frames with a saturated mass", "lower", PIXELS, "diversity",
+           "share of generated frames with a connected pure-white or pure-black region of at least 1 % "
+           "of the frame: an artefact, not anatomy"),
+    Metric("mass_rate_real", "real frames with a saturated mass", "", PIXELS, "diversity",
+           "the same for the held-out real frames: the reference"),
     Metric("collapse", "collapse alarm", "", PIXELS, "diversity",
            "raised when generated frames are much more alike than real ones (see the reason)"),
     Metric("collapse_reason", "why", "", "", "diversity", "the numbers behind the alarm"),

@@ -14,6 +14,7 @@ Metrics artifact, the comparison table and the quality gate:
   ms_ssim_real, ms_ssim_fake, mean MS-SSIM of random pairs, near-duplicate rates,        (diversity.py)
   dup_rate_real, dup_rate_fake, the collapse alarm and its reason
   collapse, collapse_reason
+  mass_rate_fake, mass_rate_real  share of frames with a saturated white/black mass          (masses.py)
   feature_extractor           e.g. inceptionv3-imagenet-299px, inceptionv3-random-s0-75px, or "none"
   n_real, n_fake              frames actually used
 
@@ -37,6 +38,7 @@ import numpy as np
 from medsynth.errors import ConfigError, DataError
 from medsynth.evaluate import diversity as dv
 from medsynth.evaluate.frames import as_frames, same_size
+from medsynth.evaluate.masses import masses
 from medsynth.evaluate.registry import FLOOR_PREFIX, FLOORED, PRETRAINED_SUFFIX, RATIOS, WORST_RATIO
 
 PRETRAINED_MODES = ("auto", "on", "off")
@@ -197,6 +199,7 @@ class Reference:
                                         margin=cfg.collapse_margin, absolute=cfg.collapse_absolute,
                                         dup_margin=cfg.collapse_dup_margin,
                                         dup_threshold=cfg.collapse_dup_threshold, progress=cfg.progress))
+                out.update(masses(real, fake))
         out["n_real"] = len(real)
         out["n_fake"] = len(fake)
         return out

@@ -156,8 +156,9 @@ def build_discriminator(
 
     `seed` fixes the projected head's random mixing, the same on every worker and run. With
     `condition_channels` C > 0 its inputs are [frames, heat maps float32 [n, S, S, C]].
-    `feature_size`: the side frames are resized to before the backbone (0: the frame size, at least
-    the backbone's minimum; Projected GAN: 224). `scale_mixing` and `max_channels`: the projected head's
+    `feature_size`: the side smaller frames are upsampled to before the backbone (0: the frame size, at
+    least the backbone's minimum; Projected GAN: 224, and as its interp224 a larger frame keeps its size).
+    `scale_mixing` and `max_channels`: the projected head's
     (see `projected_discriminator`).
     """
     check_image_size(image_size)
@@ -173,7 +174,7 @@ def build_discriminator(
         log.warning("discriminator %s: %s", spec.name, mode_reason(weights, mode, head))
     else:
         log.info("discriminator %s: %s", spec.name, mode_reason(weights, mode, head))
-    size = spec.input_size(feature_size or image_size)
+    size = spec.input_size(max(feature_size, image_size))
     if head == "projected":
         net = build_backbone(spec.name, size, weights)
         return projected_discriminator(image_size, spec, net, seed, condition_channels, scale_mixing,

@@ -100,8 +100,8 @@ class TrainConfig:
     beta_1: float | None = _opt(None, "Adam's beta_1 for both networks (medsynth 0.5, projected-gan 0)")
     beta_2: float | None = _opt(None, "Adam's beta_2 for both networks (medsynth 0.999, projected-gan 0.99)")
     adam_epsilon: float | None = _opt(None, "Adam's epsilon (medsynth 1e-7, projected-gan 1e-8)")
-    d_feature_size: int | None = _opt(None, "side the frames are resized to before a pretrained backbone "
-                                            "(0: the frame size; projected-gan: 224, its interp224)")
+    d_feature_size: int | None = _opt(None, "side smaller frames are upsampled to before a pretrained "
+                                            "backbone (0: the frame size; projected-gan: 224, its interp224)")
     d_scale_mixing: str | None = _opt(None, "the projected head's scale mixing: residual (fixed residual "
                                             "units, no biases) or projected-gan (add, bilinear x2, 1x1 "
                                             "convolution with random biases)", choices=SCALE_MIXINGS)
