@@ -35,13 +35,13 @@ def run_root(storage_root: str, run_id: str) -> str:
     """`runs/<run-id>` under the storage root (DESIGN.md §5): every task of one pipeline run writes there.
 
     `run_id` must be a real id: a KFP backend that does not substitute the job placeholder (before
-    2.4, or inside a longer string) passes it through verbatim, and every run would then share, and
+    2.5, or inside a longer string) passes it through verbatim, and every run would then share, and
     resume from, one directory.
     """
     if not run_id or "{{" in run_id or "/" in run_id:
         raise ConfigError(
             f"run id {run_id!r} is not a pipeline run id: the KFP backend did not substitute "
-            "{{$.pipeline_job_uuid}} (KFP >= 2.4 does, when it is a whole parameter value)"
+            "{{$.pipeline_job_uuid}} (KFP >= 2.5 does, when it is a whole parameter value)"
         )
     return join(storage_root, "runs", run_id)
 

@@ -29,10 +29,13 @@ NAMESPACE_ENV = "KF_PIPELINES_NAMESPACE"
 TOKEN_FILE_ENV = "KF_PIPELINES_TOKEN_FILE"
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
 UI_ENV = "KF_PIPELINES_UI_ENDPOINT"  # kfp's own: where run links point when the UI is elsewhere
-# The oldest backend medsynth-train runs correctly on: from 2.4 the driver substitutes the run-id
-# placeholder and honours the final task's GPU count given as a pipeline parameter (resourceCount);
-# older ones share one run directory between runs and give the final training no GPU.
-MIN_KFP_VERSION = (2, 4)
+# The oldest backend medsynth-train runs correctly on. The driver substitutes `{{$.pipeline_job_uuid}}`
+# given as a whole task-input constant only from 2.5.0 (kubeflow/pipelines#11599, commit 6a13f4b, not
+# in 2.4.x: its driver passes `runtimeValue.GetConstant()` through verbatim); it honours the final
+# task's GPU count given as a pipeline parameter (resourceCount) from 2.4. Older backends share one
+# run directory between runs (every train and compare task fails on the unsubstituted id) or give the
+# final training no GPU.
+MIN_KFP_VERSION = (2, 5)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -166,8 +169,8 @@ class PipelineClient:
         elif release[:2] < MIN_KFP_VERSION:
             raise KfpError(
                 f"KFP at {redact_url(self.host)} is {self.version}; medsynth-train needs Kubeflow Pipelines "
-                f">= {floor} (older backends leave the run id unsubstituted, so runs share and resume one "
-                "directory, and give the final training no GPU): upgrade the backend"
+                f">= {floor} (older backends leave the run id placeholder unsubstituted, and every train and "
+                "compare task fails on it): upgrade the backend"
             )
 
     # - experiments -
