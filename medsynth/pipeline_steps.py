@@ -302,9 +302,7 @@ def utility_step(
     from medsynth.utility import UtilityConfig, run_utility
 
     if seeds < 1:
-        atomic_write_text(table.path, "The utility experiment was not requested (utility_seeds = 0).\n")
-        _html(pictures, report_html("utility experiment: not requested", {}, {}))
-        return ("",)
+        return utility_not_requested(table, pictures)
     uri = join(run_root(storage_root, run_id), "utility")
     work = CACHE / "utility" / run_id
     cfg = UtilityConfig(
@@ -331,6 +329,15 @@ def utility_step(
         shown["generated"] = work / "synthetic.png"  # captioned synthetic on the page
     _html(pictures, report_html(f"utility experiment: {summary['verdict']['text']}", values, shown))
     return (join(uri, "results.json"),)
+
+
+def utility_not_requested(table: Any, pictures: Any) -> tuple[str]:
+    """What the UI shows when the experiment was not asked for (utility_seeds = 0); no report."""
+    from medsynth.evaluate.report import report_html
+
+    atomic_write_text(table.path, "The utility experiment was not requested (utility_seeds = 0).\n")
+    _html(pictures, report_html("utility experiment: not requested", {}, {}))
+    return ("",)
 
 
 def push_step(
