@@ -98,7 +98,10 @@ def build_pipeline(
             storage_root=storage_root,
             phantom_frames=phantom_frames,
         ).set_display_name("prepare")
-        size_task(data, "prepare").set_caching_options(True)
+        # Never from KFP's cache: its key is the inputs, and a schedule passes the same dataset_uri every
+        # time. prepare keys its output on the source's content itself (datasets/<name>/<hash>/):
+        # unchanged frames are re-read and hashed, not decoded again; new frames make a new data set.
+        size_task(data, "prepare").set_caching_options(False)
         dataset_dir = data.outputs["dataset_dir"]
 
         # Does the synthetic data help a key-point tracker? (utility_seeds = 0: not run.) Its generators
@@ -208,7 +211,7 @@ def build_pipeline(
             utility_report=utility_report,
             require_utility=require_utility,
         ).set_display_name("push")
-        size_task(pushed, "push")
+        size_task(pushed, "push").set_caching_options(False)  # it publishes: never skipped as "done"
 
     return medsynth_train
 

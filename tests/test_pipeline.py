@@ -61,12 +61,13 @@ def test_compiled_pipeline_has_the_dag_of_design(spec):
     # the utility experiment reads the prepared data set; the gate can require its verdict, which
     # comes from whichever branch ran (the experiment, or the note that it was not requested)
     prepare = [k for k, t in tasks.items() if t["taskInfo"]["name"] == "prepare"]
-    branches = next(t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-condition-branches"))
+    branches = next(t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-condition-b"))
     assert branches["dependentTasks"] == prepare
     gate = by_name["push"]["inputs"]["parameters"]
     oneof = gate["utility_report"]["taskOutputParameter"]
     selectors = spec["components"][branches["componentRef"]["name"]]["outputDefinitions"]
-    assert oneof["producerTask"] == branches["taskInfo"]["name"] and oneof["outputParameterKey"] in selectors["parameters"]
+    assert oneof["producerTask"] == branches["taskInfo"]["name"]
+    assert oneof["outputParameterKey"] in selectors["parameters"]
     assert gate["require_utility"]["componentInputParameter"] == "require_utility"
     assert set(by_name["compare"]["dependentTasks"]) >= {
         k for k, t in tasks.items() if t["taskInfo"]["name"].startswith("evaluate-m")
@@ -173,6 +174,15 @@ def test_components_run_on_project_images_without_runtime_installs(spec):
     assert gpu and all(e["container"]["resources"]["accelerator"]["resourceCount"] for e in gpu)
 
 
+def test_tasks_whose_result_depends_on_more_than_their_inputs_are_never_cached(spec):
+    """KFP's cache key is a task's inputs. prepare reads whatever the source holds now (a schedule passes
+    the same dataset_uri every time; prepare keys its data set on the content itself) and push writes
+    to the served repository: a cached result would be stale data, or a version never published."""
+    tasks = _all_tasks(spec)
+    for name in ("prepare", "push"):
+        assert tasks[name].get("cachingOptions", {}).get("enableCache") is not True, name
+
+
 def test_no_task_that_asks_for_a_gpu_runs_the_base_image(spec):
     """The base image has no CUDA: a GPU task on it would hold a GPU node and compute on the CPU."""
     from components.images import BASE_IMAGE, TRAINER_IMAGE
@@ -187,7 +197,8 @@ def test_the_utility_experiment_takes_a_gpu_only_when_it_runs(spec):
     """utility_seeds > 0: the experiment on the trainer image and a GPU; 0 (the default): a note on the
     base image, no GPU, so a run that does not ask for it scales up no GPU node and push waits for none."""
     assert spec["root"]["inputDefinitions"]["parameters"]["utility_seeds"]["defaultValue"] == 0
-    branches = next(c["dag"]["tasks"] for k, c in spec["components"].items() if k.startswith("comp-condition-branches"))
+    components = spec["components"]
+    branches = next(c["dag"]["tasks"] for k, c in components.items() if k.startswith("comp-condition-branch"))
     conditions = {t["taskInfo"]["name"]: t["triggerPolicy"]["condition"] for t in branches.values()}
     assert conditions == {
         "utility-requested": "int(inputs.parameter_values['pipelinechannel--utility_seeds']) > 0",
@@ -197,9 +208,11 @@ def test_the_utility_experiment_takes_a_gpu_only_when_it_runs(spec):
     tasks = _all_tasks(spec)
     experiment = execs[spec["components"][tasks["utility"]["componentRef"]["name"]]["executorLabel"]]
     assert experiment["container"]["resources"]["accelerator"]["resourceCount"] == "1"
-    refs = {t["componentRef"]["name"] for c in spec["components"].values() for t in c.get("dag", {}).get("tasks", {}).values()}
-    (note,) = [r for r in refs if r == "comp-utility-not-requested"]
-    container = execs[spec["components"][note]["executorLabel"]]["container"]
+    dags = [c["dag"]["tasks"] for c in components.values() if "dag" in c]
+    experiment_ref = tasks["utility"]["componentRef"]["name"]
+    (note,) = [t["componentRef"]["name"] for d in dags for t in d.values()
+               if t["taskInfo"]["name"] == "utility" and t["componentRef"]["name"] != experiment_ref]
+    container = execs[components[note]["executorLabel"]]["container"]
     assert "accelerator" not in container.get("resources", {})
 
 

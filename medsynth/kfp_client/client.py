@@ -319,9 +319,10 @@ class PipelineClient:
         KFP's 6-field form); times are in the KFP scheduler's time zone, UTC unless configured.
         Refuses a second schedule with the same name, so re-running a deploy script is safe.
 
-        KFP caches tasks by their inputs: a schedule that always passes the same dataset_uri reuses
-        the first run's prepared data set. Point dataset_uri at new data, or pass
-        `enable_caching=False` (every task runs)."""
+        KFP caches tasks by their inputs, and a schedule passes the same dataset_uri every time: so
+        medsynth-train's prepare task is never taken from KFP's cache; it keys its data set on the
+        source's content itself, and a run sees the frames the source holds when it runs.
+        `enable_caching=False` turns KFP's cache off for every task."""
         kfp_cron = to_kfp_cron(cron)
         check_pipeline_root(pipeline_root)
         if max_concurrency < 1:
