@@ -71,7 +71,7 @@ def run_demo(cfg: DemoConfig) -> str:
     for p in (store, models, kfp_root):
         p.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root))
-    pipeline = build_pipeline(cfg.backbones)
+    pipeline = build_pipeline(cfg.backbones, local=True)
     t0 = time.monotonic()
     pipeline(
         dataset_uri="builtin://phantom",

@@ -35,13 +35,13 @@ def run_root(storage_root: str, run_id: str) -> str:
     """`runs/<run-id>` under the storage root (DESIGN.md §5): every task of one pipeline run writes there.
 
     `run_id` must be a real id: a KFP backend that does not substitute the job placeholder (before
-    2.4, or inside a longer string) passes it through verbatim, and every run would then share, and
+    2.5, or inside a longer string) passes it through verbatim, and every run would then share, and
     resume from, one directory.
     """
     if not run_id or "{{" in run_id or "/" in run_id:
         raise ConfigError(
             f"run id {run_id!r} is not a pipeline run id: the KFP backend did not substitute "
-            "{{$.pipeline_job_uuid}} (KFP >= 2.4 does, when it is a whole parameter value)"
+            "{{$.pipeline_job_uuid}} (KFP >= 2.5 does, when it is a whole parameter value)"
         )
     return join(storage_root, "runs", run_id)
 
@@ -310,9 +310,7 @@ def utility_step(
     from medsynth.utility import UtilityConfig, run_utility
 
     if seeds < 1:
-        atomic_write_text(table.path, "The utility experiment was not requested (utility_seeds = 0).\n")
-        _html(pictures, report_html("utility experiment: not requested", {}, {}))
-        return ("",)
+        return utility_not_requested(table, pictures)
     uri = join(run_root(storage_root, run_id), "utility")
     work = CACHE / "utility" / run_id
     cfg = UtilityConfig(
@@ -339,6 +337,15 @@ def utility_step(
         shown["generated"] = work / "synthetic.png"  # captioned synthetic on the page
     _html(pictures, report_html(f"utility experiment: {summary['verdict']['text']}", values, shown))
     return (join(uri, "results.json"),)
+
+
+def utility_not_requested(table: Any, pictures: Any) -> tuple[str]:
+    """What the UI shows when the experiment was not asked for (utility_seeds = 0); no report."""
+    from medsynth.evaluate.report import report_html
+
+    atomic_write_text(table.path, "The utility experiment was not requested (utility_seeds = 0).\n")
+    _html(pictures, report_html("utility experiment: not requested", {}, {}))
+    return ("",)
 
 
 def push_step(

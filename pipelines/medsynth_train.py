@@ -31,7 +31,7 @@ from components.launch_training_job import launch_training_job
 from components.prepare import prepare
 from components.push import push
 from components.train import train
-from components.utility import utility
+from components.utility import utility, utility_not_requested
 
 PIPELINE_NAME = "medsynth-train"
 DEFAULT_YAML = Path(__file__).with_name("medsynth_train.yaml")
@@ -47,11 +47,14 @@ def _task_name(backbone: str) -> str:
     return re.sub(r"[^a-z0-9-]", "-", backbone.lower())
 
 
-def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Callable:  # noqa: ANN001
+def build_pipeline(
+    backbones: Sequence[str] | None = None, placement=None, local: bool = False  # noqa: ANN001
+) -> Callable:
     """The pipeline function for a fixed list of candidates to compare and a fixed `Placement`.
 
     The placement (medsynth.cluster.Placement: GPU node type, spot nodes, credentials,
     multi-node final training) shapes the pods' specs, so it is chosen at compile time.
+    `local`: the variant kfp.local runs (`medsynth demo`), without the constructs it lacks (dsl.If).
     """
     from medsynth.cluster import Placement, configure_launch_task, size_task
     from medsynth.train.candidates import candidate_options
@@ -99,24 +102,39 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
             storage_root=storage_root,
             phantom_frames=phantom_frames,
         ).set_display_name("prepare")
-        size_task(data, "prepare").set_caching_options(True)
+        # Never from KFP's cache: its key is the inputs, and a schedule passes the same dataset_uri every
+        # time. prepare keys its output on the source's content itself (datasets/<name>/<hash>/):
+        # unchanged frames are re-read and hashed, not decoded again; new frames make a new data set.
+        size_task(data, "prepare").set_caching_options(False)
         dataset_dir = data.outputs["dataset_dir"]
 
         # Does the synthetic data help a key-point tracker? (utility_seeds = 0: not run.) Its generators
         # learn from N labelled frames only; the gate can require "not worse" (require_utility).
-        useful = utility(
-            dataset_dir=dataset_dir,
-            storage_root=storage_root,
-            run_id=run_id,
-            image_size=image_size,
-            n_real=utility_n_real,
-            n_synthetic=utility_n_synthetic,
-            seeds=utility_seeds,
-            gan_steps=utility_gan_steps,
-            tracker_steps=utility_tracker_steps,
-        ).set_display_name("utility")
-        placement.on_gpus(useful, 1)
-        useful.set_caching_options(False)
+        # On the cluster it takes a GPU (and the trainer image) only when it runs; kfp.local has no
+        # dsl.If, so there the one component runs and skips itself.
+        def run_utility():  # noqa: ANN202
+            task = utility(
+                dataset_dir=dataset_dir,
+                storage_root=storage_root,
+                run_id=run_id,
+                image_size=image_size,
+                n_real=utility_n_real,
+                n_synthetic=utility_n_synthetic,
+                seeds=utility_seeds,
+                gan_steps=utility_gan_steps,
+                tracker_steps=utility_tracker_steps,
+            )
+            return task.set_display_name("utility").set_caching_options(False)
+
+        if local:
+            utility_report = run_utility().outputs["report_path"]
+        else:
+            with dsl.If(utility_seeds > 0, name="utility-requested"):
+                useful = placement.on_gpus(run_utility(), 1)
+            with dsl.Else(name="utility-not-requested"):
+                skipped = size_task(utility_not_requested(), "note").set_display_name("utility")
+                skipped.set_caching_options(False)
+            utility_report = dsl.OneOf(useful.outputs["report_path"], skipped.outputs["report_path"])
 
         evaluations = []
         for backbone in backbones:
@@ -195,10 +213,10 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
             model_name=model_name,
             metric=criterion,
             margin=gate_margin,
-            utility_report=useful.outputs["report_path"],
+            utility_report=utility_report,
             require_utility=require_utility,
         ).set_display_name("push")
-        size_task(pushed, "push")
+        size_task(pushed, "push").set_caching_options(False)  # it publishes: never skipped as "done"
 
     return medsynth_train
 

@@ -127,20 +127,20 @@ def test_submit_sends_the_compiled_pipeline_with_typed_parameters(fake, package,
     assert TOKEN not in out + err
 
 
-@pytest.mark.parametrize("version", ["2.3.0", "1.8.5", "v2.3.1-rc.0"])
+@pytest.mark.parametrize("version", ["2.4.1", "2.4.0", "2.3.0", "1.8.5", "v2.4.1-rc.0"])
 @pytest.mark.parametrize("command", ["submit", "schedule"])
-def test_a_backend_before_2_4_is_refused_before_anything_is_created(fake, package, capsys, version, command):
+def test_a_backend_before_2_5_is_refused_before_anything_is_created(fake, package, capsys, version, command):
     fake.version = version
     extra = ["--cron", "0 3 * * 1"] if command == "schedule" else []
     rc, out, err = run_cli(capsys, command, "--host", fake.endpoint, "--package", str(package), *extra)
     assert rc == 2
     line = one_error_line(err)
-    assert f"KFP at {fake.endpoint} is {version}" in line and ">= 2.4" in line
+    assert f"KFP at {fake.endpoint} is {version}" in line and ">= 2.5" in line
     assert not fake.calls("POST")  # no experiment, run or recurring run
 
 
-@pytest.mark.parametrize("version,behind_ui", [("2.4.0", False), ("v2.5.0-rc.1", False), ("2.4.1", True)])
-def test_a_backend_from_2_4_on_is_accepted_directly_or_via_ui(fake, package, capsys, version, behind_ui):
+@pytest.mark.parametrize("version,behind_ui", [("2.5.0", False), ("v2.5.0-rc.1", False), ("2.14.3", True)])
+def test_a_backend_from_2_5_on_is_accepted_directly_or_via_ui(fake, package, capsys, version, behind_ui):
     fake.version, fake.behind_ui = version, behind_ui
     rc, out, err = run_cli(capsys, "submit", "--host", fake.endpoint, "--package", str(package))
     assert rc == 0, err
@@ -152,7 +152,7 @@ def test_a_backend_without_a_release_is_warned_about(fake, package, capsys, capl
     with caplog.at_level(logging.WARNING, logger="medsynth"):
         rc, out, err = run_cli(capsys, "submit", "--host", fake.endpoint, "--package", str(package))
     assert rc == 0, err
-    assert "cannot check it is >= 2.4" in caplog.text
+    assert "cannot check it is >= 2.5" in caplog.text
 
 
 def test_submit_reuses_an_existing_experiment(fake, package, capsys):

@@ -756,9 +756,23 @@ def test_training_pods_opt_out_of_istio_sidecars(directory):
 # --- operators -------------------------------------------------------------------------------
 
 
+# What training-operator v1.8.1's manifests/base/webhook/manifests.yaml registers a validator for, each
+# with `failurePolicy: Fail`; the operator serves one only for the schemes it enables
+# (cmd/training-operator.v1/main.go, pkg/webhooks/webhooks.go). MPIJob has no validator upstream.
+UPSTREAM_VALIDATED_KINDS = {"mxjob", "paddlejob", "pytorchjob", "tfjob", "xgboostjob"}
+
+
+def _training_operator_args() -> list[str]:
+    doc = yaml.safe_load((K8S / "operators" / "training-operator" / "kustomization.yaml").read_text())
+    patches = [yaml.safe_load(p["patch"]) for p in doc["patches"]]
+    json_ops = [op for p in patches if isinstance(p, list) for op in p]
+    (args,) = [op["value"] for op in json_ops if op["path"].endswith("/args")]
+    return args
+
+
 def test_training_operator_leaves_the_mpi_operators_crd_alone():
     # Both operators ship mpijobs.kubeflow.org; the Training Operator's (v1 only) would replace the MPI
-    # Operator's v2beta1 CRD. Its kustomization must delete that CRD and run the TFJob scheme only.
+    # Operator's v2beta1 CRD. Its kustomization must delete that CRD and not run the MPIJob scheme.
     doc = yaml.safe_load((K8S / "operators" / "training-operator" / "kustomization.yaml").read_text())
     (remote,) = doc["resources"]
     upstream = r"github\.com/kubeflow/training-operator\.git/manifests/overlays/standalone\?ref=v1\.8\.1"
@@ -768,9 +782,26 @@ def test_training_operator_leaves_the_mpi_operators_crd_alone():
     assert [(p["kind"], p["metadata"]["name"]) for p in deletes] == [
         ("CustomResourceDefinition", "mpijobs.kubeflow.org")
     ]
-    json_ops = [op for p in patches if isinstance(p, list) for op in p]
-    (args,) = [op["value"] for op in json_ops if op["path"].endswith("/args")]
-    assert args == ["--enable-scheme=tfjob"]
+    assert "--enable-scheme=mpijob" not in _training_operator_args()
+
+
+def test_training_operator_serves_every_validator_its_webhook_configuration_registers():
+    """A kind whose validator the operator does not serve is rejected cluster-wide (failurePolicy: Fail):
+    every kind upstream's webhook configuration names must be an enabled scheme."""
+    enabled = {a.split("=", 1)[1] for a in _training_operator_args() if a.startswith("--enable-scheme=")}
+    assert not UPSTREAM_VALIDATED_KINDS - enabled, sorted(UPSTREAM_VALIDATED_KINDS - enabled)
+    assert enabled <= UPSTREAM_VALIDATED_KINDS  # and no scheme it does not know
+
+
+def test_the_guide_patches_an_existing_kubeflow_operator_with_the_same_schemes():
+    """Beside full Kubeflow the guide does not apply the overlay; it turns off the MPIJob scheme of
+    Kubeflow's own operator with the same list of schemes."""
+    guide = (ROOT / "docs" / "cluster.md").read_text()
+    command = r"kubectl -n kubeflow patch deployment training-operator --type=json -p '(.*?)'"
+    (patch,) = re.findall(command, guide)
+    (op,) = json.loads(patch)
+    assert op["path"] == "/spec/template/spec/containers/0/args"
+    assert op["value"] == _training_operator_args()
 
 
 # --- monitoring ------------------------------------------------------------------------------

@@ -24,9 +24,26 @@ def spec(tmp_path_factory):
     return next(yaml.safe_load_all(out.read_text()))  # the pipeline spec; the platform spec follows
 
 
+def _all_tasks(spec: dict) -> dict[str, dict]:
+    """Every task of the pipeline by display name, those inside dsl.If/Else branches too."""
+    found: dict[str, dict] = {}
+
+    def walk(dag: dict) -> None:
+        for key, task in dag.get("tasks", {}).items():
+            ref = task["componentRef"]["name"]
+            inner = spec["components"][ref].get("dag")
+            if inner:
+                walk(inner)
+            else:
+                found.setdefault(task["taskInfo"]["name"], {**task, "_key": key})
+
+    walk(spec["root"]["dag"])
+    return found
+
+
 def test_compiled_pipeline_has_the_dag_of_design(spec):
     tasks = spec["root"]["dag"]["tasks"]
-    names = {t["taskInfo"]["name"] for t in tasks.values()}
+    names = set(_all_tasks(spec))
     assert names == {
         "prepare",
         "train-mobilenetv2",
@@ -41,11 +58,16 @@ def test_compiled_pipeline_has_the_dag_of_design(spec):
         "utility",
     }
     by_name = {t["taskInfo"]["name"]: t for t in tasks.values()}
-    # the utility experiment reads the prepared data set; the gate can require its verdict
+    # the utility experiment reads the prepared data set; the gate can require its verdict, which
+    # comes from whichever branch ran (the experiment, or the note that it was not requested)
     prepare = [k for k, t in tasks.items() if t["taskInfo"]["name"] == "prepare"]
-    assert by_name["utility"]["dependentTasks"] == prepare
+    branches = next(t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-condition-b"))
+    assert branches["dependentTasks"] == prepare
     gate = by_name["push"]["inputs"]["parameters"]
-    assert gate["utility_report"]["taskOutputParameter"]["outputParameterKey"] == "report_path"
+    oneof = gate["utility_report"]["taskOutputParameter"]
+    selectors = spec["components"][branches["componentRef"]["name"]]["outputDefinitions"]
+    assert oneof["producerTask"] == branches["taskInfo"]["name"]
+    assert oneof["outputParameterKey"] in selectors["parameters"]
     assert gate["require_utility"]["componentInputParameter"] == "require_utility"
     assert set(by_name["compare"]["dependentTasks"]) >= {
         k for k, t in tasks.items() if t["taskInfo"]["name"].startswith("evaluate-m")
@@ -150,6 +172,58 @@ def test_components_run_on_project_images_without_runtime_installs(spec):
         assert "pip install" not in command  # images carry medsynth; kfp.local uses the venv
     gpu = [e for e in execs.values() if e["container"]["image"] == TRAINER_IMAGE]
     assert gpu and all(e["container"]["resources"]["accelerator"]["resourceCount"] for e in gpu)
+
+
+def test_tasks_whose_result_depends_on_more_than_their_inputs_are_never_cached(spec):
+    """KFP's cache key is a task's inputs. prepare reads whatever the source holds now (a schedule passes
+    the same dataset_uri every time; prepare keys its data set on the content itself) and push writes
+    to the served repository: a cached result would be stale data, or a version never published."""
+    tasks = _all_tasks(spec)
+    for name in ("prepare", "push"):
+        assert tasks[name].get("cachingOptions", {}).get("enableCache") is not True, name
+
+
+def test_no_task_that_asks_for_a_gpu_runs_the_base_image(spec):
+    """The base image has no CUDA: a GPU task on it would hold a GPU node and compute on the CPU."""
+    from components.images import BASE_IMAGE, TRAINER_IMAGE
+
+    execs = spec["deploymentSpec"]["executors"]
+    gpu = {k for k, e in execs.items() if e["container"].get("resources", {}).get("accelerator")}
+    assert gpu and {execs[k]["container"]["image"] for k in gpu} == {TRAINER_IMAGE}
+    assert {e["container"]["image"] for k, e in execs.items() if k not in gpu} == {BASE_IMAGE}
+
+
+def test_the_utility_experiment_takes_a_gpu_only_when_it_runs(spec):
+    """utility_seeds > 0: the experiment on the trainer image and a GPU; 0 (the default): a note on the
+    base image, no GPU, so a run that does not ask for it scales up no GPU node and push waits for none."""
+    assert spec["root"]["inputDefinitions"]["parameters"]["utility_seeds"]["defaultValue"] == 0
+    components = spec["components"]
+    branches = next(c["dag"]["tasks"] for k, c in components.items() if k.startswith("comp-condition-branch"))
+    conditions = {t["taskInfo"]["name"]: t["triggerPolicy"]["condition"] for t in branches.values()}
+    assert conditions == {
+        "utility-requested": "int(inputs.parameter_values['pipelinechannel--utility_seeds']) > 0",
+        "utility-not-requested": "!(int(inputs.parameter_values['pipelinechannel--utility_seeds']) > 0)",
+    }
+    execs = spec["deploymentSpec"]["executors"]
+    tasks = _all_tasks(spec)
+    experiment = execs[spec["components"][tasks["utility"]["componentRef"]["name"]]["executorLabel"]]
+    assert experiment["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    dags = [c["dag"]["tasks"] for c in components.values() if "dag" in c]
+    experiment_ref = tasks["utility"]["componentRef"]["name"]
+    (note,) = [t["componentRef"]["name"] for d in dags for t in d.values()
+               if t["taskInfo"]["name"] == "utility" and t["componentRef"]["name"] != experiment_ref]
+    container = execs[components[note]["executorLabel"]]["container"]
+    assert "accelerator" not in container.get("resources", {})
+
+
+def test_the_local_variant_has_no_construct_kfp_local_lacks():
+    """kfp.local (the demo) runs no dsl.If: its variant runs the one utility component, which skips itself."""
+    from pipelines.medsynth_train import build_pipeline
+
+    spec = build_pipeline(["mobilenetv2"], local=True).pipeline_spec
+    assert not any(t.trigger_policy.condition for t in spec.root.dag.tasks.values())
+    assert not any(c.dag.tasks for c in spec.components.values())
+    assert "utility" in {t.task_info.name for t in spec.root.dag.tasks.values()}
 
 
 def test_training_tasks_run_on_gpu_nodes_with_the_compiled_placement(tmp_path):

@@ -55,6 +55,7 @@ TASK_SIZES = {
     "export": PodSize("1", "4Gi", "2", "8Gi"),
     "push": PodSize("1", "4Gi", "2", "8Gi"),
     "launch": PodSize("250m", "512Mi", "1", "1Gi"),
+    "note": PodSize("250m", "1Gi", "1", "2Gi"),  # writes a line for the UI (utility not requested)
     "train": PodSize("4", "16Gi", "16", "48Gi"),
 }
 

@@ -29,10 +29,13 @@ NAMESPACE_ENV = "KF_PIPELINES_NAMESPACE"
 TOKEN_FILE_ENV = "KF_PIPELINES_TOKEN_FILE"
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
 UI_ENV = "KF_PIPELINES_UI_ENDPOINT"  # kfp's own: where run links point when the UI is elsewhere
-# The oldest backend medsynth-train runs correctly on: from 2.4 the driver substitutes the run-id
-# placeholder and honours the final task's GPU count given as a pipeline parameter (resourceCount);
-# older ones share one run directory between runs and give the final training no GPU.
-MIN_KFP_VERSION = (2, 4)
+# The oldest backend medsynth-train runs correctly on. The driver substitutes `{{$.pipeline_job_uuid}}`
+# given as a whole task-input constant only from 2.5.0 (kubeflow/pipelines#11599, commit 6a13f4b, not
+# in 2.4.x: its driver passes `runtimeValue.GetConstant()` through verbatim); it honours the final
+# task's GPU count given as a pipeline parameter (resourceCount) from 2.4. Older backends share one
+# run directory between runs (every train and compare task fails on the unsubstituted id) or give the
+# final training no GPU.
+MIN_KFP_VERSION = (2, 5)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -166,8 +169,8 @@ class PipelineClient:
         elif release[:2] < MIN_KFP_VERSION:
             raise KfpError(
                 f"KFP at {redact_url(self.host)} is {self.version}; medsynth-train needs Kubeflow Pipelines "
-                f">= {floor} (older backends leave the run id unsubstituted, so runs share and resume one "
-                "directory, and give the final training no GPU): upgrade the backend"
+                f">= {floor} (older backends leave the run id placeholder unsubstituted, and every train and "
+                "compare task fails on it): upgrade the backend"
             )
 
     # - experiments -
@@ -316,9 +319,10 @@ class PipelineClient:
         KFP's 6-field form); times are in the KFP scheduler's time zone, UTC unless configured.
         Refuses a second schedule with the same name, so re-running a deploy script is safe.
 
-        KFP caches tasks by their inputs: a schedule that always passes the same dataset_uri reuses
-        the first run's prepared data set. Point dataset_uri at new data, or pass
-        `enable_caching=False` (every task runs)."""
+        KFP caches tasks by their inputs, and a schedule passes the same dataset_uri every time: so
+        medsynth-train's prepare task is never taken from KFP's cache; it keys its data set on the
+        source's content itself, and a run sees the frames the source holds when it runs.
+        `enable_caching=False` turns KFP's cache off for every task."""
         kfp_cron = to_kfp_cron(cron)
         check_pipeline_root(pipeline_root)
         if max_concurrency < 1:
