@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medsynth import __version__
+from medsynth.cli_help import Parser
 from medsynth.errors import ConfigError, MedsynthError
 from medsynth.train.config import TrainConfig
 
@@ -431,7 +432,7 @@ def _tracker_parser(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medsynth", description=__doc__.splitlines()[0])
+    p = Parser(prog="medsynth", description=__doc__.splitlines()[0])  # every --help ends with an example
     p.add_argument("--version", action="version", version=f"medsynth {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"components"},
     {"pipelines"},
     {"medsynth.demo"},  # entry points: they drive the pipeline
-    {"medsynth.cli"},
+    {"medsynth.cli", "medsynth.cli_help"},
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 
