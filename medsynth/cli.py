@@ -44,7 +44,7 @@ def _command(name: str) -> Callable[[Handler], Handler]:
 # --- demo ---------------------------------------------------------------------------------------
 @_command("demo")
 def _demo(args: argparse.Namespace) -> int:
-    from medsynth.demo import DemoConfig, run_demo
+    from medsynth.demo import DemoConfig, DemoFailed, run_demo
 
     cfg = DemoConfig(
         pipeline_root=args.pipeline_root,
@@ -55,7 +55,11 @@ def _demo(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    print(run_demo(cfg))
+    try:
+        print(run_demo(cfg))
+    except DemoFailed as e:  # its task's last lines and log are on the terminal already
+        print(f"medsynth demo: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -619,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ logging: cuDNN registration and such noise
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     try:

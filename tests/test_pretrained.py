@@ -259,6 +259,7 @@ def test_the_default_training_config_needs_no_network(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network in this test")
 
     monkeypatch.setenv("HOME", str(tmp_path))  # an empty keras cache
+    monkeypatch.delenv("MEDSYNTH_OFFLINE", raising=False)  # not known to be offline: keras would try
     monkeypatch.setattr(data_utils, "urlretrieve", refuse)
     cfg = TrainConfig(data="d", out="o", image_size=32)
     assert cfg.backbone_weights == "imagenet" and cfg.backbone_mode == "frozen"
