@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medsynth import __version__
+from medsynth.cli_help import Parser
 from medsynth.errors import ConfigError, MedsynthError
 from medsynth.train.config import TrainConfig
 
@@ -43,7 +44,7 @@ def _command(name: str) -> Callable[[Handler], Handler]:
 # --- demo ---------------------------------------------------------------------------------------
 @_command("demo")
 def _demo(args: argparse.Namespace) -> int:
-    from medsynth.demo import DemoConfig, run_demo
+    from medsynth.demo import DemoConfig, DemoFailed, run_demo
 
     cfg = DemoConfig(
         pipeline_root=args.pipeline_root,
@@ -54,7 +55,11 @@ def _demo(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    print(run_demo(cfg))
+    try:
+        print(run_demo(cfg))
+    except DemoFailed as e:  # its task's last lines and log are on the terminal already
+        print(f"medsynth demo: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -432,7 +437,7 @@ def _tracker_parser(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medsynth", description=__doc__.splitlines()[0])
+    p = Parser(prog="medsynth", description=__doc__.splitlines()[0])  # every --help ends with an example
     p.add_argument("--version", action="version", version=f"medsynth {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -621,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ logging: cuDNN registration and such noise
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     try:

@@ -16,13 +16,21 @@ frames for evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
-from medsynth.errors import ConfigError
+from medsynth import network
+from medsynth.demo_console import Console
+from medsynth.errors import ConfigError, MedsynthError
+from medsynth.progress import INTERVAL_ENV
 
 log = logging.getLogger("medsynth")
 
@@ -59,64 +67,111 @@ class DemoConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 
 
-def run_demo(cfg: DemoConfig) -> str:
-    """Run the pipeline under kfp.local and return a summary of where everything is."""
+class DemoFailed(MedsynthError):
+    """A task of the pipeline failed; its last lines and the path of its log have been shown."""
+
+
+# What the tasks inherit: no TensorFlow C++ logging (cuDNN/cuFFT registration, grappler notes: never an
+# error of ours; Python exceptions still say what failed), and frequent progress lines for the console.
+TASK_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", INTERVAL_ENV: "2"}
+
+
+def run_demo(cfg: DemoConfig, terminal: TextIO | None = None) -> str:
+    """Run the pipeline under kfp.local, a line per task on `terminal`, and return where everything is."""
     from kfp import local
 
     from pipelines.medsynth_train import build_pipeline
 
+    terminal = terminal or sys.stdout
     root = Path(cfg.pipeline_root).resolve()
     store, models = root / "store", root / "models"
     kfp_root = root / "kfp"
     for p in (store, models, kfp_root):
         p.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root))
-    pipeline = build_pipeline(cfg.backbones, local=True)
-    t0 = time.monotonic()
-    pipeline(
-        dataset_uri="builtin://phantom",
-        image_size=cfg.image_size,
-        compare_steps=cfg.compare_steps,
-        train_steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        backbone_weights="imagenet",
-        strategy="auto",
-        gpus=0,
-        storage_root=str(store),
-        model_repository=str(models),
-        model_name="generator",
-        eval_frames=cfg.eval_frames,
-        phantom_frames=cfg.phantom_frames,
-        seed=cfg.seed,
-        if_all_collapsed="continue",  # a demo shows what it got, and says so
-    )
-    return summarize(root, time.monotonic() - t0)
+    logs = root / "logs" / time.strftime("%Y%m%d-%H%M%S")
+    with _environment(TASK_ENV):
+        terminal.write(network.describe(network.decide()) + "\n")  # the tasks inherit the answer
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root))
+        pipeline = build_pipeline(cfg.backbones, local=True)
+        titles = {name: task.task_info.name for name, task in pipeline.pipeline_spec.root.dag.tasks.items()}
+        terminal.write(f"running {len(titles)} tasks with kfp.local; each task's log goes to {logs}/\n")
+        console = Console(terminal, logs, titles)
+        t0 = time.monotonic()
+        try:
+            with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+                pipeline(
+                    dataset_uri="builtin://phantom",
+                    image_size=cfg.image_size,
+                    compare_steps=cfg.compare_steps,
+                    train_steps=cfg.steps,
+                    batch_size=cfg.batch_size,
+                    backbone_weights="imagenet",
+                    strategy="auto",
+                    gpus=0,
+                    storage_root=str(store),
+                    model_repository=str(models),
+                    model_name="generator",
+                    eval_frames=cfg.eval_frames,
+                    phantom_frames=cfg.phantom_frames,
+                    seed=cfg.seed,
+                    if_all_collapsed="continue",  # a demo shows what it got, and says so
+                )
+        except RuntimeError:
+            if console.failed is None:
+                raise
+            raise DemoFailed(f"task {console.failed.title} failed; its log: {console.failed.log}") from None
+        finally:
+            console.close()
+    return summarize(root, time.monotonic() - t0, logs)
 
 
-def summarize(root: Path, seconds: float) -> str:
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ (where the user has not set them) for the run, as it was afterwards;
+    also what network.decide() adds."""
+    before = dict(os.environ)
+    for key, value in values.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+
+
+def summarize(root: Path, seconds: float, logs: Path | None = None) -> str:
+    """Where everything is, the verdict, the quality beside its floor, and how to serve the model."""
+    from medsynth.evaluate.pages import quality_line
+
     store, models = root / "store", root / "models"
     runs = sorted((store / "runs").glob("*"), key=lambda p: p.stat().st_mtime)
     run = runs[-1] if runs else None
     manifests = sorted(store.glob("datasets/*/*/manifest.json"))
     lines = [f"medsynth demo finished in {seconds / 60:.1f} min", ""]
-    if manifests:
-        lines.append(f"data set manifest : {manifests[-1]}")
     if run:
         final = run / "final"
-        lines += [
-            f"comparison        : {run / 'comparison' / 'comparison.md'}",
-            f"                    {run / 'comparison' / 'comparison.png'}",
-            f"sample grids      : {final / 'samples'}/  (latest: {final / 'samples' / 'latest.png'})",
-            f"loss curves       : {final / 'losses.png'}",
-            f"metrics           : {final / 'eval' / 'metrics.json'}",
-        ]
         comparison = json.loads((run / "comparison" / "comparison.json").read_text())
-        lines.append(f"verdict           : {comparison.get('verdict', comparison['winner'])}")
+        lines.append(f"verdict           : {comparison.get('verdict') or 'winner ' + comparison['winner']}")
+        metrics = final / "eval" / "metrics.json"
+        if metrics.exists():
+            lines.append(f"final model       : {quality_line(json.loads(metrics.read_text()))}")
         decision = final / "eval" / "push_decision.json"
         if decision.exists():
             d = json.loads(decision.read_text())
             verdict = f"pushed as version {d['version']}" if d["pushed"] else "refused"
             lines.append(f"push decision     : {verdict} ({'; '.join(d['reasons'])})")
+        lines.append("")
+    if manifests:
+        lines.append(f"data set manifest : {manifests[-1]}")
+    if run:
+        lines += [
+            f"comparison        : {run / 'comparison' / 'comparison.md'} (.png, .html beside it)",
+            f"sample grids      : {final / 'samples'}/  (latest: {final / 'samples' / 'latest.png'})",
+            f"loss curves       : {final / 'losses.png'}",
+            f"metrics           : {final / 'eval' / 'metrics.json'} (report.html beside it)",
+        ]
+    if logs is not None:
+        lines.append(f"task logs         : {logs}/")
     versions = sorted((models / "generator").glob("[0-9]*"), key=lambda p: int(p.name))
     if versions:
         lines += [

@@ -22,6 +22,7 @@ from medsynth import storage
 from medsynth.cache import cache_root
 from medsynth.cluster.settings import NAMESPACE
 from medsynth.errors import ConfigError
+from medsynth.progress import report_result
 from medsynth.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, join
 from medsynth.train.config import TrainConfig
 
@@ -114,6 +115,8 @@ def prepare_step(
             out / "preview.png", storage.read_bytes(join(result, "preview.png"))
         )
     _html(preview, report_html(f"data set {result.rstrip('/').rsplit('/', 1)[-1]}", counts, pictures))
+    splits = ", ".join(f"{v:,} {k[len('frames_'):]}" for k, v in counts.items() if k.startswith("frames_"))
+    report_result(f"{splits} frames, {counts['quarantined']} quarantined: {result}")
     return (result,)
 
 
@@ -192,6 +195,8 @@ def train_step(task: TrainTask, model: Any, metrics: Any, samples: Any) -> tuple
         if (run_dir / rel).exists()
     }
     _html(samples, report_html(f"training {task.run_name} ({backbone})", result.metrics, pictures))
+    rate = result.metrics.get("images_per_s")
+    report_result(f"{backbone}: step {result.step}" + (f", {rate:.1f} img/s" if rate else ""))
     return (run_uri,)
 
 
@@ -237,6 +242,7 @@ def evaluate_step(
     run_dir: str, dataset_dir: str, n: int, seed: int, metrics: Any, report: Any,
     checkpoint: str = "latest", criterion: str = "auto",
 ) -> tuple[str]:
+    from medsynth.evaluate.pages import quality_line
     from medsynth.evaluate.report import EvaluateConfig, evaluate_run
 
     run = local(run_dir)
@@ -247,6 +253,7 @@ def evaluate_step(
     eval_dir = run / "eval"
     publish_back(eval_dir, join(run_dir, "eval"))
     _html(report, (eval_dir / "report.html").read_text())
+    report_result(quality_line(values))
     return (join(run_dir, "eval", "metrics.json"),)
 
 
@@ -271,9 +278,9 @@ def compare_step(
     finally:  # the pages also when the comparison stops the run: they show why
         if (out / "comparison.json").exists():
             publish_back(out, join(root, "comparison"))
-    print(f"comparison: {result.verdict}", flush=True)
     atomic_write_text(table.path, (out / "comparison.md").read_text())
     _html(pictures, (out / "comparison.html").read_text())
+    report_result(result.verdict)
     return (result.winner,)
 
 
@@ -288,6 +295,7 @@ def export_step(run_dir: str, metrics_path: str, model_name: str, model: Any) ->
     out = Path(model.path)
     export_generator(generator, out, metadata=info)
     model.metadata.update({"run_dir": run_dir, "backbone": info["backbone"], "step": info["step"]})
+    report_result(f"SavedModel of {info['backbone']}, step {info['step']}")
 
 
 def utility_step(
@@ -336,6 +344,7 @@ def utility_step(
     if (work / "synthetic.png").exists():
         shown["generated"] = work / "synthetic.png"  # captioned synthetic on the page
     _html(pictures, report_html(f"utility experiment: {summary['verdict']['text']}", values, shown))
+    report_result(summary["verdict"]["text"])
     return (join(uri, "results.json"),)
 
 
@@ -345,6 +354,7 @@ def utility_not_requested(table: Any, pictures: Any) -> tuple[str]:
 
     atomic_write_text(table.path, "The utility experiment was not requested (utility_seeds = 0).\n")
     _html(pictures, report_html("utility experiment: not requested", {}, {}))
+    report_result("not requested (utility_seeds = 0)")
     return ("",)
 
 
@@ -375,4 +385,5 @@ def push_step(
         )
     )
     atomic_write_text(decision.path, decision_markdown(result))
+    report_result(result.summary())
     return (result.pushed, result.version or 0)

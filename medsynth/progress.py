@@ -1,11 +1,35 @@
-"""The progress bar long work shows: tqdm's, redrawn in place on a TTY, whole lines in logs (KFP, CI)."""
+"""The progress bar long work shows: tqdm's, redrawn in place on a TTY, whole lines in logs (KFP, CI);
+and the one line a pipeline step ends with, saying what it made."""
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from typing import TextIO
 
 from tqdm import tqdm
+
+from medsynth.errors import ConfigError
+
+INTERVAL_ENV = "MEDSYNTH_PROGRESS_INTERVAL"  # seconds between a log's progress lines (default 10)
+RESULT_PREFIX = "result: "
+
+
+def report_result(text: str) -> None:
+    """Log a step's one-line result ("3,072 frames: …", "winner …"); the demo shows it beside the task."""
+    logging.getLogger("medsynth").info("%s%s", RESULT_PREFIX, " ".join(text.split()))
+
+
+def _log_interval() -> float:
+    value = os.environ.get(INTERVAL_ENV, "").strip() or "10"
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ConfigError(f"{INTERVAL_ENV}={value!r}: give seconds between progress lines, e.g. 10")
+    return seconds
 
 
 class Progress(tqdm):
@@ -29,7 +53,7 @@ class Progress(tqdm):
     ) -> None:
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = interval if interval is not None else (0.2 if self.tty else 10.0)
+        self.interval = interval if interval is not None else (0.2 if self.tty else _log_interval())
         self._drawn_n: float | None = None
         self._started = False
         super().__init__(

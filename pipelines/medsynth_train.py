@@ -94,6 +94,57 @@ def build_pipeline(
         utility_tracker_steps: int = 1500,
         require_utility: bool = False,
     ):
+        """Train, compare, judge and serve a generator of X-ray frames.
+
+        Args:
+            dataset_uri: The frames to learn from: builtin://phantom (synthetic angiography, the
+                default), a gs:// prefix or a local folder of DICOM, PNG or JPEG files or a .zip of
+                them; COCO key-point files beside them are kept as labels.
+            image_size: Frame side in pixels, a power of two from 8 to 1024 (256: the paper's).
+            compare_steps: Training steps of each compared candidate (500); the winner's
+                run continues from them.
+            train_steps: Training steps of the winner in all, counting its compare_steps (20000).
+            batch_size: Frames per step, split across the GPUs of a training (16, the paper's).
+            backbone_weights: The discriminator backbone's weights: imagenet (downloaded by name;
+                EfficientNet-Lite0's ship with medsynth; the convnet baseline has none), none (random,
+                trained) or a gs:// or local weights file.
+            strategy: How a training spreads over its GPUs: auto (mirrored with several GPUs, else
+                one device), one, mirrored, multiworker or horovod.
+            d_augment: DiffAugment of every frame the discriminator sees: auto (all four), none, or a
+                comma list of brightness, contrast, translation, cutout.
+            d_head: The discriminator's head on its backbone: auto (each backbone's own), paper
+                (Table 3: pooling, batch norm, one dense unit) or projected (Projected GAN's
+                multi-scale heads on frozen features).
+            gpus: GPUs of the final training (per worker with a multi-node training); each compared
+                training gets one; 0 runs on CPUs.
+            storage_root: Where data sets and runs are kept (gs://BUCKET/PREFIX or a local path); the
+                default names no real bucket and must be replaced.
+            model_repository: The repository TF Serving polls (gs://BUCKET/models or a local path):
+                a model is pushed into it only if it passes the quality gate; replace the default.
+            model_name: The model's folder in model_repository and its name in TF Serving's API.
+            eval_frames: Generated and held-out real frames each evaluation compares (1000).
+            criterion: The metric that ranks the candidates and gates the push: auto (ratio_to_floor,
+                the worse of the FD and SWD ratios to two real samples' distance; else fd_efflite0,
+                else swd) or a metric key such as fd_efflite0, swd_ratio, swd.
+            if_all_collapsed: What happens when every compared candidate raised the collapse alarm:
+                stop (the default: the run fails with that verdict in one line, after the comparison
+                pages are written) or continue (the least bad goes on; the push gate still refuses an
+                alarmed model).
+            gate_margin: How much better than the served model the new one must be on the criterion
+                to be pushed (0: at least as good).
+            phantom_frames: Frames of builtin://phantom (4096); ignored for other data.
+            seed: Seed of the data split, the training and the evaluation (same seed, same numbers).
+            workers: Nodes of a multi-node final training (only when compiled with --multi-node).
+            namespace: Kubernetes namespace of that multi-node training job (only with --multi-node).
+            utility_seeds: How many seeds of the utility experiment (does adding synthetic labelled
+                frames help a key-point tracker?) to run; 0, the default, skips it.
+            utility_n_real: Numbers of real labelled frames the utility experiment tries, e.g. [64, 256].
+            utility_n_synthetic: Numbers of synthetic frames it adds to them, e.g. [1000, 4000].
+            utility_gan_steps: Training steps of its key-point-conditioned generator (1000).
+            utility_tracker_steps: Training steps of each of its trackers (1500).
+            require_utility: True: push only if the utility experiment ran and the synthetic frames did
+                not make the tracker worse.
+        """
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         data = prepare(
             dataset_uri=dataset_uri,

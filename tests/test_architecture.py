@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Lowest first; docs/architecture.md draws the same list.
 LAYERS: list[set[str]] = [
     {"medsynth", "medsynth.errors", "medsynth.sizes", "medsynth.progress", "medsynth.cache",
-     "medsynth.storage", "medsynth.pictures"},
+     "medsynth.storage", "medsynth.pictures", "medsynth.network"},
     {"medsynth.data", "medsynth.models"},
     {"medsynth.train", "medsynth.tracker"},
     {"medsynth.evaluate", "medsynth.utility"},
@@ -24,8 +24,8 @@ LAYERS: list[set[str]] = [
     {"medsynth.pipeline_steps", "medsynth.kfp_client"},
     {"components"},
     {"pipelines"},
-    {"medsynth.demo"},  # entry points: they drive the pipeline
-    {"medsynth.cli"},
+    {"medsynth.demo", "medsynth.demo_console"},  # entry points: they drive the pipeline
+    {"medsynth.cli", "medsynth.cli_help"},
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 

@@ -104,3 +104,40 @@ def test_bad_input_is_one_line_and_exit_2(argv, words, tmp_path, capsys):
     for w in words:
         assert w in errors[0], (w, err)
     assert keep.read_text() == "earlier work"  # nothing written before is lost
+
+
+def _parsers(parser, words=()):
+    """(words, parser) of `medsynth` and of every command and sub-command under it."""
+    import argparse
+
+    yield words, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*words, name))
+
+
+def test_every_help_ends_with_an_example_that_parses(tmp_path, monkeypatch):
+    import shlex
+
+    from medsynth.cli import build_parser
+
+    seen = []
+    for words, parser in _parsers(build_parser()):
+        last = parser.format_help().rstrip().splitlines()[-1].strip()
+        name = " ".join(("medsynth", *words))
+        assert last.startswith(name), f"`{name} --help` does not end with an example: {last!r}"
+        argv = shlex.split(last)[1:]
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"the example of `{name} --help` does not parse: {last}")
+        assert args.command == (words[0] if words else argv[0])
+        seen.append(words)
+    assert len(seen) > len(DESIGN_COMMANDS) and ("tracker", "evaluate") in seen
+    # the first ones of the session work as written, in an empty folder
+    monkeypatch.chdir(tmp_path)
+    from medsynth.cli_help import EXAMPLES
+
+    assert main(shlex.split(EXAMPLES["phantom"])) == 0
+    assert len(list((tmp_path / "phantom-frames").glob("frame_*.png"))) == 16

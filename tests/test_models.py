@@ -42,6 +42,7 @@ def _no_download(monkeypatch: pytest.MonkeyPatch, tmp_path) -> list[str]:
         raise urllib.error.URLError("no network in this test")
 
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("MEDSYNTH_OFFLINE", raising=False)  # not known to be offline: keras tries
     monkeypatch.setattr(data_utils, "urlretrieve", refuse)
     return asked
 

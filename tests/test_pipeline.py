@@ -338,6 +338,30 @@ def test_committed_yaml_is_current():
         fresh.unlink()
 
 
+def test_every_pipeline_parameter_is_described_for_the_kubeflow_ui(spec):
+    """KFP compiles the pipeline function's `Args:` into each parameter's description, which the UI shows
+    beside the field: every parameter has one, none describes a parameter that is gone, and the
+    enumerated ones name every value the library accepts."""
+    import inspect
+
+    import docstring_parser
+
+    from medsynth.models.discriminator import HEADS
+    from medsynth.train.config import STRATEGIES
+    from pipelines.medsynth_train import build_pipeline
+
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert len(params) >= 20
+    bare = sorted(name for name, p in params.items() if not p.get("description", "").strip())
+    assert not bare, f"pipeline parameters without a description (add them to Args:): {bare}"
+    fn = build_pipeline(["convnet"]).pipeline_func
+    described = {p.arg_name for p in docstring_parser.parse(inspect.getdoc(fn)).params}
+    assert described == set(inspect.signature(fn).parameters), "Args: names a parameter that does not exist"
+    for name, values in (("strategy", STRATEGIES), ("d_head", HEADS)):
+        missing = [v for v in values if v not in params[name]["description"]]
+        assert not missing, f"the description of {name} does not name {missing}"
+
+
 def test_unknown_backbone_fails_at_compile_time(tmp_path):
     from pipelines.medsynth_train import compile_pipeline
 

@@ -79,7 +79,8 @@ def prepare(cfg: PrepareConfig) -> Path | str:
 
 
 def _prepare_phantom(cfg: PrepareConfig, listing: Listing) -> Path | str:
-    from medsynth.data.phantom import check_size, patient_name
+    from medsynth.data.phantom import patient_name
+    from medsynth.sizes import check_size
 
     check_size(cfg.image_size, "--image-size")
     n, size, seed = cfg.phantom_frames, cfg.image_size, cfg.seed

