@@ -346,6 +346,7 @@ def test_every_pipeline_parameter_is_described_for_the_kubeflow_ui(spec):
 
     import docstring_parser
 
+    from medsynth.evaluate.compare import IF_ALL_COLLAPSED
     from medsynth.models.discriminator import HEADS
     from medsynth.train.config import STRATEGIES
     from pipelines.medsynth_train import build_pipeline
@@ -357,7 +358,7 @@ def test_every_pipeline_parameter_is_described_for_the_kubeflow_ui(spec):
     fn = build_pipeline(["convnet"]).pipeline_func
     described = {p.arg_name for p in docstring_parser.parse(inspect.getdoc(fn)).params}
     assert described == set(inspect.signature(fn).parameters), "Args: names a parameter that does not exist"
-    for name, values in (("strategy", STRATEGIES), ("d_head", HEADS)):
+    for name, values in (("strategy", STRATEGIES), ("d_head", HEADS), ("if_all_collapsed", IF_ALL_COLLAPSED)):
         missing = [v for v in values if v not in params[name]["description"]]
         assert not missing, f"the description of {name} does not name {missing}"
 
