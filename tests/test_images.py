@@ -381,6 +381,43 @@ def test_apt_installs_nothing_that_moves_cuda_or_nccl(dockerfile):
                         assert re.match(r"cuda-[a-z-]+-\$\{CUDA_MAJOR_MINOR/\./-\}", package), package
 
 
+def _apt_installs(stage: dict) -> list[list[str]]:
+    """The package words of every `apt-get install` of a stage (options dropped)."""
+    found = []
+    for op, rest in stage["ops"]:
+        for command in re.split(r"&&|;", rest) if op == "RUN" else []:
+            if "apt-get install" in command:
+                words = command.split("apt-get install", 1)[1].split()
+                found.append([w.strip('"') for w in words if not w.startswith("-")])
+    return found
+
+
+def _sets_snapshot_sources(stage: dict) -> bool:
+    archive = "snapshot.ubuntu.com/ubuntu/${UBUNTU_SNAPSHOT}"
+    runs = [rest for op, rest in stage["ops"] if op == "RUN"]
+    return any("/etc/apt/sources.list" in rest and archive in rest for rest in runs)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
+def test_apt_packages_are_pinned(dockerfile):
+    """A rebuild installs the same packages: Ubuntu's come from one snapshot of its archive (a fixed
+    timestamp, set before any install, inherited by later stages); NVIDIA's repository packages
+    (cuda-*, libnccl*, libcudnn*) carry an explicit version."""
+    stages = _stages(dockerfile)
+    snapshot = _arg_default(dockerfile, "UBUNTU_SNAPSHOT")
+    pinned: dict[str, bool] = {}
+    for stage in stages:
+        inherited = pinned.get(stage["image"], False)
+        pinned[stage["alias"] or ""] = inherited or _sets_snapshot_sources(stage)
+        installs = _apt_installs(stage)
+        if installs:
+            assert pinned[stage["alias"] or ""], f"{dockerfile}: apt-get install from Ubuntu's moving mirrors"
+            assert snapshot and re.fullmatch(r"\d{8}T\d{6}Z", snapshot), f"UBUNTU_SNAPSHOT={snapshot!r}"
+        for package in (p for words in installs for p in words):
+            if re.match(r"cuda-|libnccl|libcudnn", package):
+                assert re.search(r"=\S+", package), f"{dockerfile}: {package} has no version"
+
+
 def test_trainer_image_holds_the_sshd_config_the_mpijob_uses():
     text = (ROOT / "images" / "trainer" / "Dockerfile").read_text()
     assert "COPY images/trainer/sshd_config /home/medsynth/.sshd_config" in text

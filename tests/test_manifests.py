@@ -417,10 +417,10 @@ def test_serving_flags_point_at_mounted_config_files():
     model_config = files[flags["--model_config_file"]]
     model_name = re.search(r'name:\s*"([^"]+)"', model_config).group(1)
     assert re.search(r'base_path:\s*"gs://[^/"]+/models/' + model_name + '"', model_config), model_config
-    # Readiness asks TF Serving for the status of exactly that model; liveness (and start-up, which
-    # gates it) only whether the server answers: a model directory briefly missing must not
-    # restart every replica.
-    assert c["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{model_name}"
+    # Readiness asks TF Serving for exactly that model's metadata (200 only with a version AVAILABLE:
+    # tests/test_serving_rollout.py); liveness (and start-up, which gates it) only whether the server
+    # answers: a model directory briefly missing must not restart every replica.
+    assert c["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{model_name}/metadata"
     port_names = {p["name"] for p in c["ports"]}
     for probe in ("startupProbe", "livenessProbe"):
         assert "httpGet" not in c[probe] and c[probe]["tcpSocket"]["port"] in port_names, probe
@@ -500,7 +500,9 @@ def test_mpijob_runs_horovod_over_the_operators_ssh():
 
     # The worker runs the image's non-root sshd; its port and key path agree with images/trainer.
     sshd = _sshd_config()
-    assert wc["command"] == ["/usr/sbin/sshd"]
+    # PID 1 is medsynth's worker entrypoint, which runs sshd (tests/test_worker.py: it saves the ranks)
+    assert wc["command"] == ["python", "-m", "medsynth.cluster.worker"]
+    assert wc["args"][0] == "/usr/sbin/sshd"
     config_path = wc["args"][wc["args"].index("-f") + 1]
     assert config_path == "/home/medsynth/.sshd_config"
     assert argv[argv.index("-p") + 1] == sshd["Port"]

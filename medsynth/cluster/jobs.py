@@ -24,6 +24,9 @@ from medsynth.cluster.settings import (
     SERVICE_ACCOUNT,
     SPOT_TOLERATION,
     SSH_PORT,
+    SSHD_COMMAND,
+    TERMINATION_GRACE_S,
+    WORKER_ENTRYPOINT,
 )
 from medsynth.errors import ConfigError
 from medsynth.train.config import TrainConfig
@@ -100,8 +103,9 @@ def _gpu_pod(
     pod["spec"].update(
         {
             "tolerations": [GPU_TOLERATION] + ([SPOT_TOLERATION] if spot else []),
-            # Preemption: SIGTERM makes `medsynth train` write a checkpoint first.
-            "terminationGracePeriodSeconds": 120,
+            # SIGTERM makes `medsynth train` write a checkpoint and exit (MPIJob: the worker's PID 1
+            # hands it on); a spot preemption leaves about 15 s of this, a drain all of it.
+            "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
         }
     )
     if gpu_type:
@@ -228,8 +232,9 @@ def job_manifest(
     worker_container = {
         "name": "worker",
         "image": image,
-        "command": ["/usr/sbin/sshd"],
-        "args": ["-De", "-f", f"{HOME}/.sshd_config"],
+        # PID 1 runs sshd and passes SIGTERM on to the ranks (sshd's session children), see worker.py
+        "command": list(WORKER_ENTRYPOINT),
+        "args": list(SSHD_COMMAND),
         "ports": [{"name": "ssh", "containerPort": SSH_PORT, "protocol": "TCP"}, *_PORTS],
         "resources": _resources(gpus_per_worker),
     }

@@ -15,6 +15,14 @@ SERVICE_ACCOUNT = "medsynth-trainer"  # k8s/base/serviceaccounts.yaml: Workload 
 METRICS_PORT = 9400  # k8s/monitoring's PodMonitor scrapes this port
 SSH_PORT = 2222  # images/trainer/sshd_config
 HOME = "/home/medsynth"
+# An MPIJob worker's PID 1: medsynth.cluster.worker runs sshd and hands SIGTERM on to the ranks, which
+# sshd (their sessions' parent) would not: they would die with it, SIGKILLed, without a checkpoint.
+WORKER_ENTRYPOINT = ["python", "-m", "medsynth.cluster.worker"]
+SSHD_COMMAND = ["/usr/sbin/sshd", "-De", "-f", f"{HOME}/.sshd_config"]  # images/trainer/sshd_config
+# Worker pods' grace period: a drain or scale-down waits this long for the checkpoint. A spot
+# preemption gives less, whatever this says: GCE's notice is 30 s, and GKE's graceful node shutdown
+# leaves non-system pods the first 15 s of it (best effort). docs/cluster.md §6.
+TERMINATION_GRACE_S = 120
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 SPOT_TOLERATION = {

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from medsynth.storage import atomic_directory, atomic_write_json
 log = logging.getLogger("medsynth")
 
 METRICS_FILE = "assets.extra/metrics.json"
+SAVED_MODEL_FILE = "saved_model.pb"  # what TF Serving's loader looks for first
+STAGING_PREFIX = ".staging-"  # not an integer: TF Serving and list_versions skip it
 
 
 @dataclass
@@ -173,13 +176,12 @@ def push(cfg: PushConfig) -> PushDecision:
         version = (served_version or 0) + 1
         target = f"{model_root}/{version}"
         if storage.is_gcs(target):
-            # No rename on object storage: stage locally, then publish (files first, the marker last).
             with tempfile.TemporaryDirectory() as tmp:
                 staged = Path(tmp) / str(version)
                 shutil.copytree(model, staged)
                 atomic_write_json(staged / METRICS_FILE, new)
-                storage.publish_dir(staged, target)
-        else:
+                publish_version(staged, model_root, version)
+        else:  # one rename from a name TF Serving skips (`.N.*.tmp` is no integer)
             with atomic_directory(target) as tmp:
                 shutil.copytree(model, tmp, dirs_exist_ok=True)
                 atomic_write_json(tmp / METRICS_FILE, new)
@@ -188,6 +190,30 @@ def push(cfg: PushConfig) -> PushDecision:
     if cfg.decision_out:
         storage.write_json(cfg.decision_out, asdict(decision))
     return decision
+
+
+def publish_version(staged: Path, model_root: str, version: int) -> str:
+    """Put a SavedModel at `gs://…/<model_root>/<version>/` so that TF Serving never loads part of one.
+
+    Object storage has no rename, and TF Serving lists `<version>/` as soon as one object lies below
+    it (FileSystemStoragePathSource takes the first path component of every object name). So:
+    1. the whole version is uploaded under `.staging-<version>-<random>/`, a name TF Serving skips
+       (its version must parse as an integer), then
+    2. copied inside the bucket into `<version>/`: every file but saved_model.pb, then saved_model.pb,
+       then medsynth's `_COMPLETE` marker; the staging copy is deleted.
+    TF Serving's loader needs saved_model.pb before it reads anything else: a load tried during the
+    copy (seconds) fails cleanly and is retried a minute later (--max_num_load_retries 5,
+    --load_retry_interval_micros 60 s, its defaults) while the served version keeps serving; a load
+    that finds saved_model.pb finds every other file of the version too.
+    """
+    target = f"{model_root}/{version}"
+    staging = f"{model_root}/{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+    storage.publish_dir(staged, staging)
+    try:
+        storage.copy_tree(staging, target, last=(SAVED_MODEL_FILE,))
+    finally:
+        storage.delete_prefix(staging)
+    return target
 
 
 def _utility_judgement(path: str) -> tuple[bool, str]:

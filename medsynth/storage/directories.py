@@ -93,15 +93,17 @@ def publish_dir(local_dir: str | os.PathLike, uri: Uri) -> str:
     return dst.uri
 
 
-def copy_tree(src_uri: Uri, dst_uri: Uri) -> str:
-    """Make `dst_uri` a copy of `src_uri` (local or gs:// on either side); complete iff the source is."""
+def copy_tree(src_uri: Uri, dst_uri: Uri, *, last: tuple[str, ...] = ()) -> str:
+    """Make `dst_uri` a copy of `src_uri` (local or gs:// on either side); complete iff the source is.
+
+    `last` (gs:// targets): relative paths copied after every other file (a local copy is one rename)."""
     src, dst = parse(src_uri), parse(dst_uri)
     if _overlap(src, dst):
         raise StorageError(f"{src.uri} -> {dst.uri}: source and destination overlap; copy elsewhere")
     if dst.gcs:
         if not dst.key:
             raise StorageError(f"{dst.uri}: copy below a path in the bucket, not to its root")
-        mirror_gcs(src, dst, mark=False)
+        mirror_gcs(src, dst, mark=False, last=last)
     else:
         mirror_local(src, dst.path, mark=False)
     return dst.uri

@@ -189,8 +189,11 @@ def mirror_local(src: Loc, dst: Path, *, mark: bool) -> int:
         raise
 
 
-def mirror_gcs(src: Loc, dst: Loc, *, mark: bool) -> int:
-    """Make `dst` a copy of `src`: drop its markers, copy content, drop stale objects, markers last."""
+def mirror_gcs(src: Loc, dst: Loc, *, mark: bool, last: tuple[str, ...] = ()) -> int:
+    """Make `dst` a copy of `src`: drop its markers, copy content, drop stale objects, markers last.
+
+    `last`: relative paths written after the rest of the content (before the markers), for readers
+    that take one file as the sign of a whole directory (TF Serving: saved_model.pb)."""
     if src.gcs:
         sources: dict[str, Any] = list_gcs(src)
     elif src.path.is_dir():
@@ -203,9 +206,10 @@ def mirror_gcs(src: Loc, dst: Loc, *, mark: bool) -> int:
     old_markers = markers_last(list(existing))[1]
     delete_blobs(dst.bucket, [dst.prefix + r for r in reversed(old_markers)])  # readers now ignore dst
     content, markers = markers_last(list(sources))
-    _put(src, sources, content, dst)
+    _put(src, sources, [r for r in content if r not in last], dst)
     stale = [dst.prefix + r for r in existing if r not in sources and not is_marker(r)]
     delete_blobs(dst.bucket, stale)
+    _put(src, sources, [r for r in content if r in last], dst)
     _put(src, sources, markers, dst)
     if mark and MARKER not in sources:
         write_object(dst.join(MARKER), b"")
