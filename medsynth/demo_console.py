@@ -67,6 +67,7 @@ class Console(io.TextIOBase):
         self.done: list[_Task] = []
         self.failed: _Task | None = None
         self._pending = ""
+        self._open_line = False  # a TTY line drawn without its newline yet
 
     # --- the stream -------------------------------------------------------------------------------
     def writable(self) -> bool:
@@ -91,6 +92,8 @@ class Console(io.TextIOBase):
             self._line(self._pending)
             self._pending = ""
         super().close()  # flushes first
+        if self._open_line:  # interrupted while a task's line was being redrawn: end it
+            self.terminal.write("\n")
         if self.task:
             self.task.file.close()
         self.all.close()
@@ -158,6 +161,7 @@ class Console(io.TextIOBase):
             columns = shutil.get_terminal_size((100, 24)).columns
             shown = text if keep else text[: columns - 1]
             self.terminal.write(f"\r\x1b[K{shown}" + ("\n" if keep else ""))
+            self._open_line = not keep
         elif keep:
             self.terminal.write(text + "\n")
         self.terminal.flush()

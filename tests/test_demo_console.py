@@ -93,6 +93,11 @@ def test_on_a_terminal_the_task_line_is_redrawn_with_its_progress_bar(tmp_path):
     assert draws[0].startswith("[ 1/1] train-final")
     assert "10/20" in draws[1] and not draws[1].endswith("\n")  # redrawn in place
     assert draws[2] == "[ 1/1] train-final ok   1m15s  step 20, 3.1 img/s\n"
+    interrupted = io.StringIO()
+    console = Console(interrupted, tmp_path / "again", {"train": "train-final"}, tty=True)
+    console.write("12:20:54.131 - INFO - Executing task 'train'\n")
+    console.close()  # Ctrl-C while the task ran: the redrawn line is ended, the next message starts clean
+    assert interrupted.getvalue().endswith("…\n")
 
 
 def test_the_network_is_decided_once_and_the_subprocesses_inherit_it(monkeypatch):

@@ -1,4 +1,5 @@
-"""docs/cluster.md, followed top to bottom as a platform engineer would paste it.
+"""The README as a landing page whose links all lead somewhere, and docs/cluster.md, followed top to
+bottom as a platform engineer would paste it.
 
 The guide's shell blocks are read in order with the environment they build up (every `export`, every
 assignment): each variable a command uses must be set before it, each value the user chooses is set
@@ -29,6 +30,7 @@ from medsynth.kfp_client import coerce_params, load_package, parse_param_args, p
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "cluster.md"
+README = ROOT / "README.md"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 _ASSIGN = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 _FOR = re.compile(r"^for\s+([A-Za-z_][A-Za-z0-9_]*)\s+in\b")
@@ -115,6 +117,35 @@ def _medsynth_argv(line: Line) -> list[str] | None:
     if words and words[0] in ("medsynth", ".venv/bin/medsynth"):
         return words[1:]
     return None
+
+
+# --- the README and the pages it links ------------------------------------------------------------
+_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def broken_links(text: str, base: Path) -> list[str]:
+    """The relative links and pictures of a Markdown page (in `base`) that point at nothing."""
+    targets = [t for t in _LINK.findall(text) if not re.match(r"[a-z]+:|#", t)]
+    return [t for t in targets if not (base / t.split("#")[0]).exists()]
+
+
+def test_every_relative_link_and_picture_of_the_docs_resolves():
+    pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    assert len(pages) >= 9
+    for page in pages:
+        assert broken_links(page.read_text(), page.parent) == [], page.relative_to(ROOT)
+    assert broken_links("[x](docs/nowhere.md) ![y](img/none.png) [z](https://e.org/a) [w](#top)", ROOT) == [
+        "docs/nowhere.md", "img/none.png"]
+
+
+def test_the_readme_is_a_landing_page_that_links_every_page():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 160, "the README is a landing page: move the detail to docs/"
+    for needed in ("make demo", "make test", "](docs/cluster.md)", "docs/img/demo-seed0-generated.png"):
+        assert needed in text, needed
+    linked = {Path(t).name for t in _LINK.findall(text)}
+    unlinked = sorted(p.name for p in (ROOT / "docs").glob("*.md") if p.name not in linked)
+    assert not unlinked, f"docs/ pages the README does not link: {unlinked}"
 
 
 # --- the environment ------------------------------------------------------------------------------

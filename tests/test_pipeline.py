@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -384,8 +385,16 @@ def test_end_to_end_kfp_local_run_produces_every_artifact(tmp_path):
         eval_frames=16,
         phantom_frames=48,
     )
-    summary = run_demo(cfg)
+    terminal = io.StringIO()
+    summary = run_demo(cfg, terminal)
     root = tmp_path / "demo"
+    # quiet: a line for the network, one for the logs, then a line as each task starts and as it ends
+    shown = terminal.getvalue().splitlines()
+    assert shown[0].startswith("network: ") and len(shown) == 2 + 2 * 11, shown
+    assert not [line for line in shown if re.search(r"^\S+ \S+: [EWI] external|Downloading data from", line)]
+    logs = next((root / "logs").iterdir())
+    assert len(list(logs.glob("[0-9][0-9]-*.log"))) == 11 and str(logs) in summary
+    assert "result: " in (logs / "01-prepare.log").read_text()
     store = root / "store"
     manifest = next(store.glob("datasets/*/*/manifest.json"))
     assert json.loads(manifest.read_text())["image_size"] == 32

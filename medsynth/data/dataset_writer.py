@@ -205,36 +205,36 @@ def _content_summary(out: DatasetWriter, labels: LabelReport) -> dict:
     }
 
 
-def _write_outputs(
-    root: Path,
-    cfg: PrepareConfig,
-    name: str,
-    content_hash: str,
-    out: DatasetWriter,
-    quarantine: list[dict],
-    source: dict,
-    settings: dict,
-    *,
-    synthetic: bool,
-    normalisation: dict,
-    labels: LabelReport,
-) -> None:
+@dataclass
+class Built:
+    """What a prepare pass made (its shards) and what the manifest says of it."""
+
+    out: DatasetWriter
+    quarantine: list[dict]
+    source: dict
+    synthetic: bool
+    normalisation: dict
+    labels: LabelReport
+
+
+def _write_outputs(root: Path, cfg: PrepareConfig, name: str, content_hash: str, settings: dict,
+                   built: Built) -> None:
     """Close the shards, then write the preview, the quarantine list and the manifest that lists them."""
-    content = _content_summary(out, labels)
-    if out.preview:
-        _write_preview(root / "preview.png", out, name, synthetic)
-    _write_quarantine(root, quarantine)
+    content = _content_summary(built.out, built.labels)
+    if built.out.preview:
+        _write_preview(root / "preview.png", built.out, name, built.synthetic)
+    _write_quarantine(root, built.quarantine)
     manifest = {
         "name": name,
         "hash": content_hash,
-        "synthetic": synthetic,
+        "synthetic": built.synthetic,
         "image_size": cfg.image_size,
         "channels": 1,
-        "normalisation": normalisation,
+        "normalisation": built.normalisation,
         "resize": RESIZE_POLICY,
         "split_policy": "by patient (else study, else series, else file) via a seeded order of salted hashes",
-        "source": source,
-        "quarantined": len(quarantine),
+        "source": built.source,
+        "quarantined": len(built.quarantine),
         "settings": settings | {"min_frames": cfg.min_frames, "val_fraction": cfg.val_fraction},
         **content,
     }

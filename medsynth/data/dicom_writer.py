@@ -105,6 +105,18 @@ def save_dataset(path: str | os.PathLike, ds: Dataset) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+# The patient and study modules' type 2 attributes: always present, empty unless `extra` fills them.
+_EMPTY_TYPE2 = ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName",
+                "StudyID", "AccessionNumber")
+
+
+def _patient(ds: Dataset, name: str, patient_id: str) -> None:
+    ds.PatientName = name
+    ds.PatientID = patient_id
+    for keyword in _EMPTY_TYPE2:
+        setattr(ds, keyword, "")
+
+
 def write_xa(
     path: str | os.PathLike,
     frames: np.ndarray,
@@ -129,15 +141,7 @@ def write_xa(
     ds.StudyInstanceUID = study_uid or uid("study")
     ds.SeriesInstanceUID = series_uid or uid("series")
     # Patient / study / series (type 2 attributes are present, possibly empty).
-    ds.PatientName = patient_name
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
-    ds.StudyDate = ""
-    ds.StudyTime = ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = ""
-    ds.AccessionNumber = ""
+    _patient(ds, patient_name, patient_id)
     ds.Modality = "XA"
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
@@ -190,15 +194,7 @@ def write_secondary_capture(
     ds = _new_dataset(SecondaryCaptureImageStorage, uid("sop"))
     ds.StudyInstanceUID = uid("study")
     ds.SeriesInstanceUID = uid("series")
-    ds.PatientName = SYNTHETIC
-    ds.PatientID = SYNTHETIC
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
-    ds.StudyDate = ""
-    ds.StudyTime = ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = ""
-    ds.AccessionNumber = ""
+    _patient(ds, SYNTHETIC, SYNTHETIC)
     ds.Modality = "OT"
     ds.ConversionType = "SYN"  # DICOM's own code for "synthetic image"
     ds.SeriesNumber = 1

@@ -43,6 +43,7 @@ from medsynth import storage
 from medsynth.data import deid
 from medsynth.data.dataset_writer import (
     FORMAT_VERSION,
+    Built,
     DatasetWriter,
     LabelReport,
     _model_scaling,
@@ -96,7 +97,7 @@ def _prepare_phantom(cfg: PrepareConfig, listing: Listing) -> Path | str:
     ]
     splits = assign_splits(patients, cfg.val_fraction, seed)
 
-    def build(root: Path) -> None:
+    def build(root: Path) -> Built:
         out = DatasetWriter(root, np.dtype(np.uint8), cfg.shard_mb << 20)
         report = LabelReport("rendered by the phantom with its frames (every frame labelled)")
         jobs = ((i, size, seed) for i in range(n))
@@ -111,24 +112,10 @@ def _prepare_phantom(cfg: PrepareConfig, listing: Listing) -> Path | str:
                 out.add(splits.get(p, "train"), pixels[None], p, p, loop, frame, [points.keep(inside)])
                 bar.update()
         source = listing.describe() | {"frames": n, "seed": seed}
-        _write_outputs(
-            root,
-            cfg,
-            name,
-            content_hash,
-            out,
-            [],
-            source,
-            settings,
-            synthetic=True,
-            normalisation={
-                "policy": "phantom frames are rendered at image_size as uint8 (MONOCHROME2)",
-                **_model_scaling("uint8"),
-            },
-            labels=report,
-        )
+        policy = "phantom frames are rendered at image_size as uint8 (MONOCHROME2)"
+        return Built(out, [], source, True, {"policy": policy, **_model_scaling("uint8")}, report)
 
-    return _finish(cfg, name, content_hash, build, f"{n} phantom frames")
+    return _finish(cfg, name, content_hash, settings, build, f"{n} phantom frames")
 
 
 def _prepare_files(cfg: PrepareConfig, listing: Listing, limits: Limits) -> Path | str:
@@ -188,7 +175,7 @@ def _prepare_files(cfg: PrepareConfig, listing: Listing, limits: Limits) -> Path
         report.quarantined = len(labels.quarantine)
         return out, failed_now, report, labels.quarantine
 
-    def build(root: Path) -> None:
+    def build(root: Path) -> Built:
         failed: dict[int, str] = {}
         splits = assign_splits((g[0] for g in groups.values()), cfg.val_fraction, cfg.seed)
         out, failed_now, report, label_quarantine = decode_pass(root, splits, failed)
@@ -219,21 +206,9 @@ def _prepare_files(cfg: PrepareConfig, listing: Listing, limits: Limits) -> Path
             "colour to ITU-R 601 luma. PNG/JPEG/TIFF: / 255 (8 bit) or / 65535 (16 bit).",
             **_model_scaling(dtype),
         }
-        _write_outputs(
-            root,
-            cfg,
-            name,
-            content_hash,
-            out,
-            quarantine,
-            source,
-            settings,
-            synthetic=False,
-            normalisation=normalisation,
-            labels=report,
-        )
+        return Built(out, quarantine, source, False, normalisation, report)
 
-    return _finish(cfg, name, content_hash, build, f"{len(good)} inputs")
+    return _finish(cfg, name, content_hash, settings, build, f"{len(good)} inputs")
 
 
 def _scan(entries: list[Entry], workers: int, init: tuple) -> list[Scan]:
@@ -297,8 +272,14 @@ def _complete(dest: str) -> bool:
 
 
 def _finish(
-    cfg: PrepareConfig, name: str, content_hash: str, build: Callable[[Path], None], describe: str
+    cfg: PrepareConfig, name: str, content_hash: str, settings: dict, build: Callable[[Path], Built],
+    describe: str,
 ) -> Path | str:
+    """The data set at its place in the storage layout: reused when complete, else built and written."""
+
+    def write(root: Path) -> None:
+        _write_outputs(root, cfg, name, content_hash, settings, build(root))
+
     dest = _dest(cfg, name, content_hash)
     if _complete(dest):
         log.info("reusing prepared data set %s (hash %s)", dest, content_hash)
@@ -308,13 +289,13 @@ def _finish(
         try:
             local = tmp / content_hash
             with storage.atomic_directory(local) as d:
-                build(d)
+                write(d)
             storage.publish_dir(local, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     else:
         with storage.atomic_directory(dest) as d:
-            build(d)
+            write(d)
     log.info("prepared %s: %s", dest, describe)
     return dest if storage.is_gcs(dest) else Path(dest)
 

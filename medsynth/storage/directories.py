@@ -84,13 +84,7 @@ def publish_dir(local_dir: str | os.PathLike, uri: Uri) -> str:
     src, dst = parse(local_dir), parse(uri)
     if src.gcs:
         raise StorageError(f"{src.uri}: publish_dir needs a local directory; use copy_tree")
-    if dst.gcs:
-        if not dst.key:
-            raise StorageError(f"{dst.uri}: publish below a path in the bucket, not at its root")
-        mirror_gcs(src, dst, mark=True)
-    else:
-        mirror_local(src, dst.path, mark=True)
-    return dst.uri
+    return _mirror(src, dst, mark=True)
 
 
 def copy_tree(src_uri: Uri, dst_uri: Uri, *, last: tuple[str, ...] = ()) -> str:
@@ -100,12 +94,18 @@ def copy_tree(src_uri: Uri, dst_uri: Uri, *, last: tuple[str, ...] = ()) -> str:
     src, dst = parse(src_uri), parse(dst_uri)
     if _overlap(src, dst):
         raise StorageError(f"{src.uri} -> {dst.uri}: source and destination overlap; copy elsewhere")
+    return _mirror(src, dst, mark=False, last=last)
+
+
+def _mirror(src: Loc, dst: Loc, mark: bool, last: tuple[str, ...] = ()) -> str:
+    """Make `dst` hold exactly `src`'s files (`last` after the others, on gs://); `mark`: then write the
+    completion marker, last."""
     if dst.gcs:
         if not dst.key:
-            raise StorageError(f"{dst.uri}: copy below a path in the bucket, not to its root")
-        mirror_gcs(src, dst, mark=False, last=last)
+            raise StorageError(f"{dst.uri}: write below a path in the bucket, not to its root")
+        mirror_gcs(src, dst, mark=mark, last=last)
     else:
-        mirror_local(src, dst.path, mark=False)
+        mirror_local(src, dst.path, mark=mark)
     return dst.uri
 
 

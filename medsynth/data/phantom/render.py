@@ -212,14 +212,8 @@ def phantom_frames(
     return (render_frame(size, seed, i, frames_per_loop, loops_per_patient) for i in range(n))
 
 
-def phantom_array(
-    n: int,
-    size: int,
-    seed: int = 0,
-    frames_per_loop: int = FRAMES_PER_LOOP,
-    loops_per_patient: int = LOOPS_PER_PATIENT,
-) -> tuple[np.ndarray, list[dict]]:
-    """All `n` frames as one uint8 array [n, size, size] plus their metadata, for training code."""
-    frames = list(phantom_frames(n, size, seed, frames_per_loop, loops_per_patient))
+def phantom_array(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, list[dict]]:
+    """The built-in data set's first `n` frames as one uint8 array [n, size, size] plus their metadata."""
+    frames = list(phantom_frames(n, size, seed))
     return np.stack([f.pixels for f in frames]), [f.meta(seed) for f in frames]
 
