@@ -69,6 +69,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
         strategy: str = "auto",
         d_augment: str = "auto",
         d_head: str = "auto",
+        generator: str = "paper",
         gpus: int = 1,
         storage_root: str = "gs://YOUR_BUCKET/medsynth",
         model_repository: str = "gs://YOUR_BUCKET/models",
@@ -130,6 +131,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
                 seed=seed,
                 d_augment=d_augment,
                 d_head=d_head,
+                generator=generator,
             )
             short.set_display_name(f"train-{_task_name(backbone)}").set_caching_options(False)
             placement.on_gpus(short, 1)
@@ -157,6 +159,7 @@ def build_pipeline(backbones: Sequence[str] | None = None, placement=None) -> Ca
             seed=seed,
             d_augment=d_augment,
             d_head=d_head,
+            generator=generator,
         )
         if placement.multi_node:
             # `workers` nodes of `gpus` GPUs each, run by the training operator; this task follows it.
