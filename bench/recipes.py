@@ -90,14 +90,14 @@ class Judge:
         its wall-clock time into training (when its index file was written: TF writes it last)."""
         from medsynth.evaluate.report import generate_frames
         from medsynth.evaluate.suite import with_floor
-        from medsynth.models.generator import build_generator
         from medsynth.pictures import save_grid
         from medsynth.train.checkpoints import load_run_config, local_checkpoints, restore_generator
+        from medsynth.train.models import generator_for
 
         cfg = load_run_config(run)
         rows = []
         for step, prefix in local_checkpoints(run / "checkpoints"):
-            g = build_generator(cfg.image_size, **cfg.generator_options())
+            g = generator_for(cfg)
             restore_generator(g, prefix)
             fake = generate_frames(g, self.n, cfg.latent_dim, seed=0)
             elapsed = Path(prefix + ".index").stat().st_mtime - started

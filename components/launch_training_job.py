@@ -36,6 +36,7 @@ def launch_training_job(
     d_augment: str = "auto",
     d_head: str = "auto",
     init_run: str = "",
+    generator: str = "paper",
 ) -> NamedTuple("LaunchOutputs", run_dir=str):
     from medsynth.pipeline_steps import TrainTask, launch_step
 

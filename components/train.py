@@ -30,6 +30,7 @@ def train(
     metrics: Output[Metrics],
     samples: Output[HTML],
     init_run: str = "",
+    generator: str = "paper",
 ) -> NamedTuple("TrainOutputs", run_dir=str):
     from medsynth.pipeline_steps import TrainTask, train_step
 

@@ -139,6 +139,7 @@ class TrainTask:
     strategy: str = "auto"
     d_augment: str = "auto"
     d_head: str = "auto"
+    generator: str = "paper"
     init_run: str = ""  # another run of this pipeline run (the winner's comparison run) to continue
 
     @classmethod
@@ -163,6 +164,7 @@ class TrainTask:
             strategy=self.strategy,
             d_augment=self.d_augment,
             d_head=self.d_head,
+            generator=self.generator,
             checkpoint_every=max(1, min(500, self.steps // 4 or 1)),
             metrics_port=metrics_port,
         )

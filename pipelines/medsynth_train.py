@@ -75,6 +75,7 @@ def build_pipeline(
         strategy: str = "auto",
         d_augment: str = "auto",
         d_head: str = "auto",
+        generator: str = "paper",
         gpus: int = 1,
         storage_root: str = "gs://YOUR_BUCKET/medsynth",
         model_repository: str = "gs://YOUR_BUCKET/models",
@@ -203,6 +204,7 @@ def build_pipeline(
                 seed=seed,
                 d_augment=d_augment,
                 d_head=d_head,
+                generator=generator,
             )
             short.set_display_name(f"train-{_task_name(backbone)}").set_caching_options(False)
             placement.on_gpus(short, 1)
@@ -231,6 +233,7 @@ def build_pipeline(
             seed=seed,
             d_augment=d_augment,
             d_head=d_head,
+            generator=generator,
         )
         if placement.multi_node:
             # `workers` nodes of `gpus` GPUs each, run by the training operator; this task follows it.

@@ -61,6 +61,15 @@ def levels_for(image_size: int) -> int:
     return int(math.log2(check_image_size(image_size))) - int(math.log2(BASE))
 
 
+def heatmaps_beside(x: tf.Tensor, maps: tf.Tensor | None, image_size: int, name: str) -> tf.Tensor:
+    """`x` with the heat maps (max-pooled to its resolution) beside its channels; `x` when `maps` is None."""
+    if maps is None:
+        return x
+    factor = image_size // int(x.shape[1])
+    m = maps if factor == 1 else tf.keras.layers.MaxPooling2D(factor, name=f"{name}_heatmaps")(maps)
+    return tf.keras.layers.Concatenate(name=f"{name}_with_heatmaps")([x, m])
+
+
 def build_generator(
     image_size: int,
     latent_dim: int = 100,
@@ -118,12 +127,7 @@ def build_generator(
                               name="heatmaps")
 
     def with_maps(x: tf.Tensor, name: str) -> tf.Tensor:
-        """`x` with the heat maps at its resolution beside its channels (unchanged when unconditional)."""
-        if maps is None:
-            return x
-        factor = image_size // int(x.shape[1])
-        m = maps if factor == 1 else layers.MaxPooling2D(factor, name=f"{name}_heatmaps")(maps)
-        return layers.Concatenate(name=f"{name}_with_heatmaps")([x, m])
+        return heatmaps_beside(x, maps, image_size, name)
 
     # Project and reshape. Batch norm normalises the 4·4·C projection feature by
     # feature (the paper's count); instance and group norm need a spatial map, so

@@ -111,8 +111,77 @@ def normalization(kind: str, name: str | None = None) -> tf.keras.layers.Layer:
 
 
 def spectral_norm(layer: tf.keras.layers.Layer) -> tf.keras.layers.Layer:
-    """Wrap a Conv/Dense layer so its kernel is divided by its largest singular value (Miyato et al. 2018)."""
+    """Wrap a Conv/Dense layer so its kernel is divided by its largest singular value (Miyato et al. 2018).
+
+    TF Addons' wrapper: in training calls it overwrites the kernel variable with kernel / σ, so no
+    gradient flows through σ (the SpectralConv2D / SpectralDense below are PyTorch's semantics)."""
     return tfa.layers.SpectralNormalization(layer)
+
+
+# --- spectral normalisation as PyTorch's torch.nn.utils.spectral_norm computes it ----------------
+def spectral_kernel(kernel: tf.Tensor, u: tf.Variable, training: bool) -> tf.Tensor:
+    """`kernel` / σ, σ its largest singular value by one power iteration from `u` (Miyato et al. 2018).
+
+    As torch.nn.utils.spectral_norm: the variable keeps the raw kernel, the gradient flows through σ
+    (u and v held constant), and `u` advances in training calls only (so inference, and an exported
+    model, are a function of the weights alone). The kernel is read as a matrix [-1, out channels].
+    """
+    w = tf.cast(tf.reshape(kernel, [-1, kernel.shape[-1]]), tf.float32)
+    v = tf.stop_gradient(tf.math.l2_normalize(tf.matmul(u, w, transpose_b=True)))
+    new_u = tf.stop_gradient(tf.math.l2_normalize(tf.matmul(v, w)))
+    sigma = tf.reduce_sum(tf.matmul(v, w) * new_u)
+    if training:
+        u.assign(new_u)
+    return tf.cast(tf.cast(kernel, tf.float32) / sigma, kernel.dtype)
+
+
+class _SpectralKernel:
+    """The power-iteration vector of a layer with a `kernel`: one per replica (SyncOnRead, like batch
+    norm's statistics: every replica has the same kernel, so the same u), float32 under any policy."""
+
+    def _add_u(self) -> None:
+        self.sn_u = self.add_weight(
+            name="sn_u", shape=(1, self.kernel.shape[-1]), dtype=tf.float32, trainable=False,
+            initializer=tf.keras.initializers.RandomNormal(), experimental_autocast=False,
+            synchronization=tf.VariableSynchronization.ON_READ, aggregation=tf.VariableAggregation.MEAN,
+        )
+
+
+@tf.keras.saving.register_keras_serializable(package="medsynth")
+class SpectralConv2D(_SpectralKernel, tf.keras.layers.Conv2D):
+    """Conv2D with a spectrally normalised kernel (`spectral_kernel`), channels last, no dilation or
+    groups; its input gradient as a forward convolution where `forward_gradient_conv` covers it."""
+
+    def build(self, input_shape: tf.TensorShape) -> None:
+        super().build(input_shape)
+        if self.data_format != "channels_last" or self.groups != 1 or tuple(self.dilation_rate) != (1, 1):
+            raise ConfigError(f"{self.name}: SpectralConv2D is channels-last, without groups or dilation")
+        self._add_u()
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        kernel = spectral_kernel(self.kernel, self.sn_u, bool(training))
+        if _covered(self.kernel_size, self.strides, self.padding):
+            x = ForwardGradientConv2D.convolution_op(self, inputs, kernel)
+        else:
+            x = self.convolution_op(inputs, kernel)
+        if self.use_bias:
+            x = tf.nn.bias_add(x, self.bias)
+        return self.activation(x) if self.activation is not None else x
+
+
+@tf.keras.saving.register_keras_serializable(package="medsynth")
+class SpectralDense(_SpectralKernel, tf.keras.layers.Dense):
+    """Dense on [n, features] with a spectrally normalised kernel (`spectral_kernel`)."""
+
+    def build(self, input_shape: tf.TensorShape) -> None:
+        super().build(input_shape)
+        self._add_u()
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        x = tf.matmul(inputs, spectral_kernel(self.kernel, self.sn_u, bool(training)))
+        if self.use_bias:
+            x = tf.nn.bias_add(x, self.bias)
+        return self.activation(x) if self.activation is not None else x
 
 
 def synchronize_batch_norm(model: tf.keras.Model) -> int:

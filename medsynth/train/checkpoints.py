@@ -267,12 +267,12 @@ def load_generator(run_dir: str | Path, step: int | None = None) -> tuple[tf.ker
 
     `run_dir` is a local run or one in object storage (its complete checkpoints are downloaded).
     """
-    from medsynth.models.generator import build_generator
+    from medsynth.train.models import generator_for
 
     text = str(run_dir).rstrip("/")
     saved = _saved_config(text)
     cfg = TrainConfig.from_saved(saved)
-    generator = build_generator(cfg.image_size, **cfg.generator_options())
+    generator = generator_for(cfg)
     found = dict(_run_checkpoints(text))
     if not found:
         raise CheckpointError(f"{run_dir} has no checkpoint yet; train it first")

@@ -12,6 +12,10 @@ from typing import Any
 from medsynth.errors import ConfigError
 
 CONDITIONS = ("none", "keypoints")
+# paper: Table 1's generator (medsynth.models.generator); fastgan: FastGAN's, as Projected GAN pairs it
+# with its discriminator (medsynth.models.fastgan). Default widths: Table 1's w = 8; FastGAN's ngf at
+# the width measured to train at the paper G's speed on a CPU (docs/architecture.md).
+GENERATORS = {"paper": 8, "fastgan": 16}
 STRATEGIES = ("auto", "one", "mirrored", "multiworker", "horovod")
 # auto: bfloat16 on Ampere and newer GPUs, float16 on older ones, off on CPU
 PRECISIONS = ("auto", "off", "float16", "bfloat16")
@@ -40,7 +44,10 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 DEFAULT_RECIPE = "medsynth"
 # the model-signature values of runs saved before these options existed
-LEGACY_SIGNATURE = {k: RECIPES["medsynth"][k] for k in ("d_feature_size", "d_scale_mixing", "d_max_channels")}
+LEGACY_SIGNATURE = {
+    **{k: RECIPES["medsynth"][k] for k in ("d_feature_size", "d_scale_mixing", "d_max_channels")},
+    "generator": "paper",
+}
 SCALE_MIXINGS = ("residual", "projected-gan")
 D_PASSES = ("joint", "separate")
 DRAWS = ("shared", "fresh")
@@ -82,7 +89,11 @@ class TrainConfig:
     loss: str = _opt("auto", "auto | bce | hinge (auto: hinge for the projected head, as Projected GAN; "
                              "the paper's BCE otherwise)")
     latent_dim: int = _opt(100)
-    generator_width: int = _opt(8, "w in F = 2**level * w (Table 1: 8)")
+    generator: str = _opt("paper", "paper | fastgan: Table 1's generator, or FastGAN's as Projected GAN "
+                                   "runs it (spectral norm, GLU, skip-layer excitation)",
+                          choices=tuple(GENERATORS))
+    generator_width: int | None = _opt(None, "paper: w in F = 2**level * w (default 8, Table 1); fastgan: "
+                                             "ngf (default 16; Projected GAN: 128)")
     generator_norm: str = _opt("batch", "G's normalisation (medsynth.models.layers.NORMALIZATIONS)")
     # measured at 32 px: resize cuts the checkerboard speckle of the 3x3/2 and the 2-pixel grid of 1x1/2
     generator_upsampling: str = _opt("resize", "Table 1's transposed convolutions as written (transpose) "
@@ -196,6 +207,11 @@ class TrainConfig:
         if self.d_augment is None or str(self.d_augment).strip().lower() == "auto":
             self.d_augment = DEFAULT_POLICY
         parse_policy(self.d_augment)  # unknown transformation: ConfigError naming it
+        need(self.generator in GENERATORS,
+             f"unknown --generator {self.generator!r}; choose one of {', '.join(GENERATORS)}")
+        if self.generator_width is None:
+            self.generator_width = GENERATORS[self.generator]
+        need(self.generator_width >= 1, f"--generator-width must be >= 1, got {self.generator_width}")
         from medsynth.models.generator import UPSAMPLINGS
 
         need(
@@ -203,6 +219,9 @@ class TrainConfig:
             f"--generator-upsampling must be one of {', '.join(UPSAMPLINGS)}, "
             f"got {self.generator_upsampling!r}",
         )
+        need(self.generator == "paper" or self.generator_upsampling == "resize",
+             "--generator fastgan up-samples as nearest + convolution (resize); --generator-upsampling "
+             "transpose is Table 1's only")
         if self.sample_every is None:
             self.sample_every = max(1, min(self.checkpoint_every, max(self.steps // 10, 1)))
         from medsynth.models.backbones import get_backbone
@@ -255,17 +274,18 @@ class TrainConfig:
 
     def model_signature(self) -> dict[str, Any]:
         """What a checkpoint must agree with to be restorable into this run's models."""
-        keys = ("image_size", "latent_dim", "generator_width", "generator_norm", "generator_upsampling",
-                "backbone", "backbone_mode", "d_head", "condition", "d_feature_size", "d_scale_mixing",
-                "d_max_channels")
+        keys = ("image_size", "latent_dim", "generator", "generator_width", "generator_norm",
+                "generator_upsampling", "backbone", "backbone_mode", "d_head", "condition", "d_feature_size",
+                "d_scale_mixing", "d_max_channels")
         d = {k: getattr(self, k) for k in keys}
         d["g_ema"] = self.g_ema_kimg > 0  # the checkpoint holds the average or not
         return d
 
     def generator_options(self) -> dict[str, Any]:
-        """`build_generator`'s keyword arguments."""
-        return {"latent_dim": self.latent_dim, "width": self.generator_width, "norm": self.generator_norm,
-                "upsampling": self.generator_upsampling, "condition_channels": self.condition_channels}
+        """The keyword arguments of `--generator`'s builder (build_generator or build_fastgan)."""
+        options = {"latent_dim": self.latent_dim, "width": self.generator_width, "norm": self.generator_norm,
+                   "condition_channels": self.condition_channels}
+        return {**options, "upsampling": self.generator_upsampling} if self.generator == "paper" else options
 
     @property
     def condition_channels(self) -> int:
@@ -319,7 +339,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in saved.items() if k in names}
         values.setdefault("generator_upsampling", "transpose")  # the only layout before the option
-        for name in ("d_feature_size", "d_scale_mixing", "d_max_channels"):  # D before its options existed
+        for name in LEGACY_SIGNATURE:  # G and D before their options existed
             values.setdefault(name, LEGACY_SIGNATURE[name])
         for where in ("data", "out"):  # where it trained is not needed to rebuild its models
             values.setdefault(where, "")

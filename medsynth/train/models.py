@@ -28,15 +28,25 @@ def _float32_outputs(model: tf.keras.Model) -> None:
             layer._set_dtype_policy(tf.keras.mixed_precision.Policy("float32"))
 
 
+def generator_for(cfg: TrainConfig) -> tf.keras.Model:
+    """G as `cfg` describes it (`--generator`: Table 1's or FastGAN's), in the global Keras policy."""
+    if cfg.generator == "fastgan":
+        from medsynth.models.fastgan import build_fastgan
+
+        return build_fastgan(cfg.image_size, **cfg.generator_options())
+    from medsynth.models.generator import build_generator
+
+    return build_generator(cfg.image_size, **cfg.generator_options())
+
+
 def build_models(cfg: TrainConfig, policy: str = "float32") -> tuple[tf.keras.Model, tf.keras.Model]:
     """G and D as `cfg` describes them, computing in the Keras `policy`."""
     from medsynth.models.discriminator import build_discriminator
-    from medsynth.models.generator import build_generator
 
     previous = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy(policy)
     try:
-        generator = build_generator(cfg.image_size, **cfg.generator_options())
+        generator = generator_for(cfg)
         discriminator = build_discriminator(
             cfg.image_size, backbone=cfg.backbone, weights=cfg.backbone_weights, mode=cfg.backbone_mode,
             head=cfg.d_head, seed=cfg.seed, condition_channels=cfg.condition_channels,
@@ -67,12 +77,10 @@ def _average(cfg: TrainConfig, generator: tf.keras.Model) -> GeneratorAverage | 
     """G's moving average (built like G, in float32, with fused BN: it is only ever sampled)."""
     if not cfg.g_ema_kimg:
         return None
-    from medsynth.models.generator import build_generator
-
     previous = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy("float32")
     try:
-        average = build_generator(cfg.image_size, **cfg.generator_options())
+        average = generator_for(cfg)
     finally:
         tf.keras.mixed_precision.set_global_policy(previous)
     fuse_batch_norm(average)
