@@ -43,6 +43,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # Lite0; Projected GAN's head with medsynth's earlier recipe; Projected GAN as its authors run it
     **{name: {**CANDIDATES[name], "backbone_weights": "imagenet"}
        for name in ("paper-lite0", "projected-lite0", "pg-lite0")},
+    # Projected GAN's discriminator with the generator its authors pair it with
+    "pg-fastgan-lite0": {**CANDIDATES["pg-fastgan-lite0"], "backbone_weights": "imagenet"},
     # Projected GAN's own feature-network input size: every frame upsampled to 224 px first
     "pg-lite0-224": {**CANDIDATES["pg-lite0"], "d_feature_size": 224},
     # the ablation: medsynth's recipe with one departure at a time set to Projected GAN's value

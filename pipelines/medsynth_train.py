@@ -116,6 +116,9 @@ def build_pipeline(
             d_head: The discriminator's head on its backbone: auto (each backbone's own), paper
                 (Table 3: pooling, batch norm, one dense unit) or projected (Projected GAN's
                 multi-scale heads on frozen features).
+            generator: The generator of every training whose candidate does not fix it: paper (Table 1's,
+                the default) or fastgan (FastGAN's lightweight G as Projected GAN runs it: spectral
+                norm, GLU, skip-layer excitation).
             gpus: GPUs of the final training (per worker with a multi-node training); each compared
                 training gets one; 0 runs on CPUs.
             storage_root: Where data sets and runs are kept (gs://BUCKET/PREFIX or a local path); the

