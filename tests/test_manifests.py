@@ -982,6 +982,15 @@ def test_gcp_overlay_applies_every_setting(tmp_path):
         if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("tf-serving-config")
     ]
     assert 'base_path: "gs://bucket-x1/models/generator"' in config["data"]["models.config"]
+    # the serving placeholder goes to that repository, on the base image of the same registry
+    placeholder = _one(platform, "Job", "tf-serving-placeholder")
+    (c,) = placeholder["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == f"europe-west4-docker.pkg.dev/proj-x1/medsynth/base:{__version__}"
+    env = {e["name"]: e["value"] for e in c["env"]}
+    args = dict(zip(c["args"][::2], c["args"][1::2], strict=True))
+    assert args["--model-repository"] == "$(MODEL_REPOSITORY)"
+    base_path = f'{env["MODEL_REPOSITORY"]}/{args["--model-name"]}'
+    assert f'base_path: "{base_path}"' in config["data"]["models.config"]
     assert not any(o["kind"] in ("MPIJob", "TFJob") for o in platform), (
         "applying the platform must not start a run"
     )

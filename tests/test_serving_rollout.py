@@ -4,6 +4,10 @@ What the manifests rely on, each checked on the rendered Deployment and the serv
 - readiness: the probe's URL answers 2xx/3xx only while a version is AVAILABLE (TF Serving's
   `/v1/models/<name>/metadata` needs a loaded servable; `/v1/models/<name>` answers 200 for any
   version it knows, LOADING or failed).
+- first rollout: TF Serving opens its ports only once its model has a version AVAILABLE (ServerCore
+  waits for ServableRequest::Latest), so the deployment's Job publishes placeholder version 0 into
+  an empty repository: the server starts, is Ready, refuses requests with one clear line, and the
+  first push (version 1) replaces it.
 - publishing: at no moment of a push to object storage does the newest version directory TF Serving
   lists hold saved_model.pb without every other file of the version (TF Serving lists `N/` as soon
   as one object lies below it; its loader starts from saved_model.pb).
@@ -37,6 +41,46 @@ def _ready(rest: Rest, probe: dict) -> bool:
     """What the kubelet concludes from an httpGet probe: success is a status from 200 to 399."""
     status, _ = rest("GET", probe["httpGet"]["path"])
     return 200 <= status < 400
+
+
+def test_first_rollout_serves_the_placeholder_until_the_first_push(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from medsynth.serving import placeholder
+    from medsynth.serving.export import list_versions
+
+    objs = render(K8S / "serving")
+    job = _one(objs, "Job", "tf-serving-placeholder")
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["python", "-m", placeholder.__name__]
+    model_name = c["args"][c["args"].index("--model-name") + 1]
+    models_config = _one(objs, "ConfigMap")["data"]["models.config"]
+    assert re.search(rf'name:\s*"{model_name}"', models_config)
+    probe = _tf_serving_container()["readinessProbe"]
+
+    repository = tmp_path / "models"
+    assert placeholder.main(["--model-repository", str(repository), "--model-name", model_name]) == 0
+    repo = repository / model_name
+    assert [p.name for p in repo.iterdir()] == ["0"]
+    with serve(_config(repo)) as handle:
+        rest = Rest(handle.rest_port)
+        assert _ready(rest, probe)  # the rollout completes before any model exists
+        for signature, inputs in (("png_from_seed", [7]), ("serving_default", [[0.0, 1.0]])):
+            status, doc = rest("POST", f"/v1/models/{model_name}:predict",
+                               {"signature_name": signature, "instances": inputs})
+            assert status == 400 and placeholder.MESSAGE in doc["error"], (signature, doc)
+        # a second run (every apply) leaves a repository with a version alone
+        assert placeholder.main(["--model-repository", str(repository), "--model-name", model_name]) == 0
+        assert [p.name for p in repo.iterdir()] == ["0"]
+        # the first push writes version 1 (the placeholder counts for nobody's numbering) and is served
+        assert list_versions(repo) == []
+        install(tiny_model(tmp_path_factory, 1), repo, 1)
+        wait_for(lambda: rest("POST", f"/v1/models/{model_name}:predict",
+                              {"signature_name": "png_from_seed", "instances": [7]})[0] == 200)
+        assert _ready(rest, probe) and list_versions(repo) == [1]
+        assert placeholder.main(["--model-repository", str(repository), "--model-name", model_name]) == 0
+        assert sorted(p.name for p in repo.iterdir()) == ["0", "1"]
+        rest.conn.close()
 
 
 def test_readiness_fails_while_no_version_is_available_and_passes_once_one_is(

@@ -335,7 +335,7 @@ class ModelRepository:
             names: dict[int, list[str]] = {}
             for uri in storage.list_uris(base):
                 head = uri[len(base) + 1 :].split("/", 1)[0]
-                if head.isdigit() and int(head) > 0:
+                if head.isdigit():  # 0 too, as TF Serving (medsynth's placeholder is 0)
                     names.setdefault(int(head), []).append(uri)
             return {v: tuple(sorted(u)) for v, u in names.items() if storage.is_complete(f"{base}/{v}")}
         base_dir = Path(self.base_path)
@@ -343,7 +343,7 @@ class ModelRepository:
             return {}
         out = {}
         for child in base_dir.iterdir():
-            if child.name.isdigit() and int(child.name) > 0 and child.is_dir():
+            if child.name.isdigit() and child.is_dir():
                 out[int(child.name)] = _local_fingerprint(child)
         return out
 
