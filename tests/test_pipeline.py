@@ -337,7 +337,7 @@ def test_end_to_end_kfp_local_run_produces_every_artifact(tmp_path):
             assert (run / b / rel).exists(), f"{b}/{rel}"
     comparison = json.loads((run / "comparison" / "comparison.json").read_text())
     assert comparison["winner"] in {"efficientnet_lite0", "convnet"}
-    assert comparison["criterion"] == "fd_efflite0"  # auto: the pretrained distance, both runs have it
+    assert comparison["criterion"] == "ratio_to_floor"  # auto: both runs were judged beside their floor
     # the final training continued the winner's 2-step comparison run: 2 more steps, and its loss
     # history holds the comparison run's row (each run logs its last step) before its own
     assert json.loads((run / "final" / "metrics.json").read_text())["steps_this_run"] == 2
