@@ -117,3 +117,23 @@ def fault_proxy(gcs_emulator: GcsEmulator,
     yield make
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture
+def keras_downloads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    """An empty keras cache and a network that refuses every URL; returns the URLs keras asked for.
+    Not known to be offline (MEDSYNTH_OFFLINE unset): what keras tries is what the code would try."""
+    import urllib.error
+
+    import keras.src.utils.data_utils as data_utils
+
+    asked: list[str] = []
+
+    def refuse(url: str, *args: object, **kwargs: object) -> None:
+        asked.append(url)
+        raise urllib.error.URLError("no network in this test")
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("MEDSYNTH_OFFLINE", raising=False)
+    monkeypatch.setattr(data_utils, "urlretrieve", refuse)
+    return asked

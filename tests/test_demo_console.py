@@ -136,22 +136,11 @@ def test_the_probe_reads_any_answer_as_online_and_no_answer_as_offline():
     assert not found.online and closed in found.why
 
 
-def test_known_offline_means_no_download_is_tried(monkeypatch, tmp_path):
-    import urllib.error
-
-    import keras.src.utils.data_utils as data_utils
-
+def test_known_offline_means_no_download_is_tried(keras_downloads, monkeypatch):
     from medsynth.evaluate import fid
     from medsynth.models.backbones import build_backbone
 
-    asked: list[str] = []
-
-    def refuse(url, *args, **kwargs):
-        asked.append(url)
-        raise urllib.error.URLError("no network in this test")
-
-    monkeypatch.setenv("HOME", str(tmp_path))  # an empty keras cache
-    monkeypatch.setattr(data_utils, "urlretrieve", refuse)
+    asked = keras_downloads
     monkeypatch.setattr(fid, "_IMAGENET_FAILURE", [])
     monkeypatch.setenv(network.OFFLINE_ENV, "1")
     with pytest.raises(ConfigError, match=r"ImageNet weights of mobilenet could not be fetched \(no network"):

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import urllib.error
 
 import numpy as np
 import pytest
@@ -29,22 +28,6 @@ from medsynth.models.summary import ParamCounts, count_params, summary_table
 slow = pytest.mark.slow
 TABLE2 = ["ResNet50", "ResNet101", "ResNet50V2", "InceptionV3", "MobileNet", "MobileNetV2", "NASNetMobile",
           "Xception"]
-
-
-def _no_download(monkeypatch: pytest.MonkeyPatch, tmp_path) -> list[str]:
-    """An empty keras cache and a network that refuses every URL; returns the URLs asked for."""
-    import keras.src.utils.data_utils as data_utils
-
-    asked: list[str] = []
-
-    def refuse(url, *args, **kwargs):
-        asked.append(url)
-        raise urllib.error.URLError("no network in this test")
-
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("MEDSYNTH_OFFLINE", raising=False)  # not known to be offline: keras tries
-    monkeypatch.setattr(data_utils, "urlretrieve", refuse)
-    return asked
 
 
 # --- generator ----------------------------------------------------------------------------------
@@ -301,8 +284,8 @@ def test_backbone_weights_load_from_a_local_file(tmp_path):
         build_backbone("mobilenet", 32, other)
 
 
-def test_imagenet_weights_without_network_say_what_to_do(monkeypatch, tmp_path):
-    asked = _no_download(monkeypatch, tmp_path)
+def test_imagenet_weights_without_network_say_what_to_do(keras_downloads):
+    asked = keras_downloads
     with pytest.raises(ConfigError) as err:
         build_discriminator(32, "mobilenet", weights="imagenet")
     message = str(err.value)
@@ -380,8 +363,8 @@ def test_summary_cli_prints_table3_against_the_paper(capsys):
     assert _row(paper, "GAN total")[:2] == [17_055_472 + 20_867_624, 37_942_152]
 
 
-def test_summary_with_imagenet_weights_counts_frozen_and_downloads_nothing(monkeypatch, tmp_path):
-    asked = _no_download(monkeypatch, tmp_path)
+def test_summary_with_imagenet_weights_counts_frozen_and_downloads_nothing(keras_downloads):
+    asked = keras_downloads
     table = summary_table(image_size=32, backbone="mobilenet", backbone_weights="imagenet")
     assert not asked
     assert "backbone frozen: the default for ImageNet weights" in table

