@@ -28,7 +28,8 @@ Where it departs from networks_fastgan.py, and why:
   size has a skip-layer excitation.
 - The initial ConvTranspose 4x4 on a 1x1 map is the same linear map as a Dense to 4·4·C; its
   spectral norm is that map's (PyTorch's reshapes the ConvTranspose weight per output channel).
-- One grey channel; batch norm is the project's synchronised one (fused on one replica).
+- One grey channel; batch norm is the project's synchronised one (fused on one replica), with PyTorch's
+  default momentum (BN_MOMENTUM).
 - Key-point conditioning (`condition_channels` > 0): the heat maps, max-pooled, beside every
   up-block's input and the output layer's, as in Table 1's generator (generator.heatmaps_beside);
   Projected GAN's conditional FastGAN is class-conditional (conditional BN), which key points are not.
@@ -53,6 +54,10 @@ from medsynth.models.layers import (
 # nfc_multi of networks_fastgan.py: channels at each side, in units of ngf
 CHANNELS = {4: 16, 8: 8, 16: 4, 32: 2, 64: 2, 128: 1, 256: 0.5, 512: 0.25, 1024: 0.125}
 SE_RATIO = 16  # se_64 (4 → 64), se_128 (8 → 128), se_256 (16 → 256), se_512 (32 → 512)
+# nn.BatchNorm2d's default momentum 0.1 in Keras' convention: its moving statistics follow G about ten
+# times faster than Keras' 0.99 (which lags ~100 steps), so sampling G in inference mode soon after a
+# start or a change sees the statistics it has
+BN_MOMENTUM = 0.9
 
 
 @tf.keras.saving.register_keras_serializable(package="medsynth")
@@ -118,7 +123,7 @@ def build_fastgan(
         return SpectralConv2D(filters, kernel, padding=padding, use_bias=False, name=name)(x)
 
     def norm_glu(x: tf.Tensor, name: str) -> tf.Tensor:
-        return GLU(name=f"{name}_glu")(normalization(norm, name=f"{name}_norm")(x))
+        return GLU(name=f"{name}_glu")(normalization(norm, f"{name}_norm", BN_MOMENTUM)(x))
 
     z = tf.keras.Input(shape=(latent_dim,), dtype=tf.float32, name="z")
     maps = None

@@ -94,15 +94,16 @@ class MinibatchStddev(tf.keras.layers.Layer):
         return {**super().get_config(), "group_size": self.group_size}
 
 
-def normalization(kind: str, name: str | None = None) -> tf.keras.layers.Layer:
+def normalization(kind: str, name: str | None = None, momentum: float = 0.99) -> tf.keras.layers.Layer:
     """A fresh normalisation layer of `kind` ("batch", "instance" or "group").
 
     "batch" is synchronised: under MirroredStrategy its statistics are those of
     the global batch, so a multi-GPU step equals a one-device step (DESIGN.md §3).
+    `momentum`: batch norm's, Keras' convention (PyTorch's momentum m is Keras' 1 - m).
     """
     kind = str(kind).lower()
     if kind == "batch":
-        return tf.keras.layers.BatchNormalization(synchronized=True, name=name)
+        return tf.keras.layers.BatchNormalization(synchronized=True, momentum=momentum, name=name)
     if kind == "instance":
         return tfa.layers.InstanceNormalization(name=name)
     if kind == "group":
