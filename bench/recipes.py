@@ -45,9 +45,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
        for name in ("paper-lite0", "projected-lite0", "pg-lite0")},
     # Projected GAN's discriminator with the generator its authors pair it with
     "pg-fastgan-lite0": {**CANDIDATES["pg-fastgan-lite0"], "backbone_weights": "imagenet"},
-    # ... at half FastGAN's width here (ngf 8: a quarter of its FLOPs, fewer than Table 1's G)
-    "pg-fastgan8-lite0": {**CANDIDATES["pg-fastgan-lite0"], "backbone_weights": "imagenet",
-                          "generator_width": 8},
+    # ... at twice that width (ngf 16: 4x the generator's FLOPs)
+    "pg-fastgan16-lite0": {**CANDIDATES["pg-fastgan-lite0"], "backbone_weights": "imagenet",
+                           "generator_width": 16},
     # Projected GAN's own feature-network input size: every frame upsampled to 224 px first
     "pg-lite0-224": {**CANDIDATES["pg-lite0"], "d_feature_size": 224},
     # the ablation: medsynth's recipe with one departure at a time set to Projected GAN's value

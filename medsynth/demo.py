@@ -34,7 +34,7 @@ from medsynth.progress import INTERVAL_ENV
 
 log = logging.getLogger("medsynth")
 
-DEMO_CANDIDATES = ["paper-lite0", "pg-lite0"]
+DEMO_CANDIDATES = ["paper-lite0", "pg-fastgan-lite0"]
 
 
 @dataclass

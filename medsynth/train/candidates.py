@@ -27,9 +27,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # budget; `d_feature_size` 224 is their value, for GPUs)
     "pg-lite0": {"backbone": LITE0, "d_head": "projected", "d_recipe": "projected-gan", "d_feature_size": 0,
                  "generator": "paper"},
-    # the same discriminator with the generator Projected GAN pairs it with
+    # the same discriminator with the generator Projected GAN pairs it with, at ngf 8: a CPU's width
+    # (measured: the paper G's step speed under this D, and the best ratio per second of the pilot in
+    # docs/experiments.md; their ngf is 128)
     "pg-fastgan-lite0": {"backbone": LITE0, "d_head": "projected", "d_recipe": "projected-gan",
-                         "d_feature_size": 0, "generator": "fastgan"},
+                         "d_feature_size": 0, "generator": "fastgan", "generator_width": 8},
 }
 
 
