@@ -9,7 +9,8 @@ random frames in [-1, 1]: what the frames show does not change the time. The pap
 baseline; `--widths` are FastGAN's ngf. `--tfa W` adds FastGAN at ngf W with TF Addons'
 SpectralNormalization wrapper in place of medsynth.models.layers.SpectralConv2D / SpectralDense (another
 gradient: it writes kernel / σ into the variable, so none flows through σ). Timed blocks alternate over the
-configurations (load from other processes hits all of them) and the median block counts.
+configurations (load from other processes hits all of them): img/s is the median block, the ratio the
+median of each round's ratio to the paper G's block of that round.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tensorflow as tf  # noqa: E402
 
 from medsynth.train.config import TrainConfig  # noqa: E402
-from medsynth.train.flops import step_flops  # noqa: E402
+from medsynth.train.flops import model_flops  # noqa: E402
 from medsynth.train.loop import _adversarial_step  # noqa: E402
 from medsynth.train.models import build_train_state  # noqa: E402
 from medsynth.train.strategy import make_distribution  # noqa: E402
@@ -69,9 +70,8 @@ def build(args: argparse.Namespace, generator: str, width: int, tfa: bool = Fals
         state.average.update(i + 1)
         return out
 
-    flops = step_flops(state.generator, state.discriminator, args.batch)
-    return {"run": run, "g_params": state.generator.count_params(),
-            "g_gflop": flops["g_forward_per_image"] / 1e9, "step_gflop": flops["step"] / 1e9}
+    g_gflop = None if tfa else sum(r.flops for r in model_flops(state.generator)) / 1e9  # wrapped: uncounted
+    return {"run": run, "g_params": state.generator.count_params(), "g_gflop": g_gflop}
 
 
 def timed(run, real: tf.Tensor, start: int, steps: int) -> float:  # noqa: ANN001
@@ -105,16 +105,17 @@ def main() -> int:
         for name, c in configs.items():
             start = args.warmup + r * args.steps
             blocks[name].append(args.batch * args.steps / timed(c["run"], real, start, args.steps))
-    base = statistics.median(blocks["paper w=8"])
     print(f"{args.size} px, batch {args.batch}, D: Lite0 + projected head (frozen); {os.cpu_count()} cores, "
           f"load {load:.1f} -> {os.getloadavg()[0]:.1f}; median of {args.rounds} blocks of {args.steps} "
           "steps")
-    print("| G | parameters | G GFLOP / image | step GFLOP | img/s | vs paper G |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| G | parameters | G forward GFLOP / image | img/s | vs paper G (min–max over rounds) |")
+    print("|---|---:|---:|---:|---:|")
     for name, c in configs.items():
-        ips = statistics.median(blocks[name])
-        print(f"| {name} | {c['g_params']:,} | {c['g_gflop']:.3f} | {c['step_gflop']:.1f} | {ips:.1f} | "
-              f"{ips / base:.2f}x |")
+        # each round's ratio to the paper G's block beside it: load that comes and goes hits both
+        ratios = [a / b for a, b in zip(blocks[name], blocks["paper w=8"], strict=True)]
+        gflop = "–" if c["g_gflop"] is None else f"{c['g_gflop']:.3f}"
+        print(f"| {name} | {c['g_params']:,} | {gflop} | {statistics.median(blocks[name]):.1f} | "
+              f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}–{max(ratios):.2f}) |")
     return 0
 
 

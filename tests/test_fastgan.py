@@ -85,7 +85,7 @@ def test_heat_maps_condition_every_level():
 
 def _cfg(data: str, out: Path, **kw) -> TrainConfig:
     base = dict(data=data, out=str(out), image_size=SIZE, steps=4, batch_size=4, seed=7, checkpoint_every=2,
-                backbone="mobilenet", backbone_weights="none", latent_dim=LATENT, generator="fastgan",
+                backbone="convnet", backbone_weights="none", latent_dim=LATENT, generator="fastgan",
                 generator_width=WIDTH, log_every=1)
     return TrainConfig(**{**base, **kw})
 
@@ -95,7 +95,7 @@ def test_config_names_the_generator_in_the_signature_and_refuses_bad_values():
     assert cfg.model_signature()["generator"] == "fastgan"
     assert TrainConfig.from_argv(cfg.to_argv()) == cfg
     assert _cfg("d", Path("o"), generator="paper", generator_width=None).generator_width == 8
-    assert _cfg("d", Path("o"), generator_width=None).generator_width == 16
+    assert _cfg("d", Path("o"), generator_width=None).generator_width == 12
     with pytest.raises(ConfigError, match="unknown --generator 'stylegan'"):
         _cfg("d", Path("o"), generator="stylegan")
     with pytest.raises(ConfigError, match="--generator-upsampling transpose"):
@@ -193,3 +193,19 @@ def _served_without_project_code(model_dir: Path, z: np.ndarray, expected: np.nd
     assert out["signatures"] == ["generate_from_seed", "png_from_seed", "serving_default"]
     diff = np.abs(np.array(out["images"]) - expected)
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99 and out["seeds_differ"]
+
+
+@pytest.mark.slow
+def test_mirrored_on_two_cpu_devices_equals_one_device(dataset, tmp_path):
+    """The power iterations' u are per-replica (SyncOnRead) variables written in replica context: two
+    replicas must end where one device does, u included."""
+    from test_distribute import _assert_close, _config, _finish, _load, _start
+
+    fastgan = dict(generator="fastgan", generator_width=WIDTH)
+    _finish(_start(_config(dataset, tmp_path / "one", strategy="one", batch_norm="synchronized", **fastgan),
+                   tmp_path / "one"))
+    _finish(_start(_config(dataset, tmp_path / "m", strategy="mirrored", **fastgan), tmp_path / "m",
+                   "--logical-cpus", "2"))
+    (one, _), (mirrored, info) = _load(tmp_path / "one"), _load(tmp_path / "m")
+    assert info["settings"]["replicas"] == 2 and info["metrics"]["steps_this_run"] > 0
+    _assert_close(mirrored, one)

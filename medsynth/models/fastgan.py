@@ -97,7 +97,7 @@ def excitation_sources(image_size: int) -> dict[int, int]:
 def build_fastgan(
     image_size: int,
     latent_dim: int = 100,
-    width: int = 16,
+    width: int = 12,
     norm: str = "batch",
     condition_channels: int = 0,
 ) -> tf.keras.Model:

@@ -15,7 +15,7 @@ CONDITIONS = ("none", "keypoints")
 # paper: Table 1's generator (medsynth.models.generator); fastgan: FastGAN's, as Projected GAN pairs it
 # with its discriminator (medsynth.models.fastgan). Default widths: Table 1's w = 8; FastGAN's ngf at
 # the width measured to train at the paper G's speed on a CPU (docs/architecture.md).
-GENERATORS = {"paper": 8, "fastgan": 16}
+GENERATORS = {"paper": 8, "fastgan": 12}
 STRATEGIES = ("auto", "one", "mirrored", "multiworker", "horovod")
 # auto: bfloat16 on Ampere and newer GPUs, float16 on older ones, off on CPU
 PRECISIONS = ("auto", "off", "float16", "bfloat16")
@@ -93,7 +93,7 @@ class TrainConfig:
                                    "runs it (spectral norm, GLU, skip-layer excitation)",
                           choices=tuple(GENERATORS))
     generator_width: int | None = _opt(None, "paper: w in F = 2**level * w (default 8, Table 1); fastgan: "
-                                             "ngf (default 16; Projected GAN: 128)")
+                                             "ngf (default 12; Projected GAN: 128)")
     generator_norm: str = _opt("batch", "G's normalisation (medsynth.models.layers.NORMALIZATIONS)")
     # measured at 32 px: resize cuts the checkerboard speckle of the 3x3/2 and the 2-pixel grid of 1x1/2
     generator_upsampling: str = _opt("resize", "Table 1's transposed convolutions as written (transpose) "
