@@ -2,7 +2,9 @@
 
 Together the local ones are a session to follow top to bottom in an empty folder: a data set, a
 first training, its evaluation, export, the gate, serving, and asking the server for frames. The
-Kubeflow ones name a port-forward to the KFP API (docs/cluster.md) and a bucket of your own.
+gate may refuse a short run's model (exit 1: it works as it should), so `serve` serves the exported
+repository, which holds the model either way. The Kubeflow ones name a port-forward to the KFP API
+(docs/cluster.md) and a bucket of your own.
 `tests/test_cli.py` checks that every command has one and that it parses; it runs the quick ones.
 """
 
@@ -32,7 +34,7 @@ EXAMPLES: dict[str, str] = {
     "push": "push --model exported/generator/1 --metrics runs/first/eval/metrics.json "
             "--model-repository models",
     "compile": "compile --out medsynth_train.yaml --backbones efficientnet_lite0,xception",
-    "serve": "serve --model-base-path models/generator --model-name generator",
+    "serve": "serve --model-base-path exported/generator --model-name generator",
     "generate": "generate --endpoint http://localhost:8501 -n 16 --out synthetic",
     "submit": f"submit {_KFP} {_BUCKET} --wait",
     "schedule": f"schedule {_KFP} --cron '0 3 * * 1' {_BUCKET}",
