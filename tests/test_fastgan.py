@@ -83,6 +83,23 @@ def test_heat_maps_condition_every_level():
     assert any("up8_heatmaps" in layer.name for layer in g.layers)  # max-pooled to the 4x4 input
 
 
+def test_mixed_precision_computes_in_bfloat16_and_every_weight_gets_a_gradient():
+    from medsynth.train.models import generator_for
+
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        g = generator_for(_cfg("d", Path("o"), image_size=16))
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+    with tf.GradientTape() as tape:
+        images = g(_z(2), training=True)
+        loss = tf.reduce_mean(tf.cast(images, tf.float32) ** 2)
+    assert images.dtype == tf.bfloat16 and g.get_layer("up8_conv1").sn_u.dtype == tf.float32
+    grads = tape.gradient(loss, g.trainable_variables)
+    assert all(grad is not None and np.isfinite(grad.numpy()).all() for grad in grads)
+
+
 def _cfg(data: str, out: Path, **kw) -> TrainConfig:
     base = dict(data=data, out=str(out), image_size=SIZE, steps=4, batch_size=4, seed=7, checkpoint_every=2,
                 backbone="convnet", backbone_weights="none", latent_dim=LATENT, generator="fastgan",

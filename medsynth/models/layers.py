@@ -125,7 +125,8 @@ def spectral_kernel(kernel: tf.Tensor, u: tf.Variable, training: bool) -> tf.Ten
 
     As torch.nn.utils.spectral_norm: the variable keeps the raw kernel, the gradient flows through σ
     (u and v held constant), and `u` advances in training calls only (so inference, and an exported
-    model, are a function of the weights alone). The kernel is read as a matrix [-1, out channels].
+    model, are a function of the weights alone). The kernel is read as a matrix [-1, out channels];
+    the result is float32 (under mixed precision the layer casts it to its compute dtype).
     """
     w = tf.cast(tf.reshape(kernel, [-1, kernel.shape[-1]]), tf.float32)
     v = tf.stop_gradient(tf.math.l2_normalize(tf.matmul(u, w, transpose_b=True)))
@@ -133,7 +134,7 @@ def spectral_kernel(kernel: tf.Tensor, u: tf.Variable, training: bool) -> tf.Ten
     sigma = tf.reduce_sum(tf.matmul(v, w) * new_u)
     if training:
         u.assign(new_u)
-    return tf.cast(tf.cast(kernel, tf.float32) / sigma, kernel.dtype)
+    return tf.cast(kernel, tf.float32) / sigma
 
 
 class _SpectralKernel:
@@ -160,7 +161,7 @@ class SpectralConv2D(_SpectralKernel, tf.keras.layers.Conv2D):
         self._add_u()
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        kernel = spectral_kernel(self.kernel, self.sn_u, bool(training))
+        kernel = tf.cast(spectral_kernel(self.kernel, self.sn_u, bool(training)), self.compute_dtype)
         if _covered(self.kernel_size, self.strides, self.padding):
             x = ForwardGradientConv2D.convolution_op(self, inputs, kernel)
         else:
@@ -179,7 +180,8 @@ class SpectralDense(_SpectralKernel, tf.keras.layers.Dense):
         self._add_u()
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        x = tf.matmul(inputs, spectral_kernel(self.kernel, self.sn_u, bool(training)))
+        kernel = spectral_kernel(self.kernel, self.sn_u, bool(training))
+        x = tf.matmul(inputs, tf.cast(kernel, self.compute_dtype))
         if self.use_bias:
             x = tf.nn.bias_add(x, self.bias)
         return self.activation(x) if self.activation is not None else x
