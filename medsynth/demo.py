@@ -20,8 +20,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from medsynth.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medsynth.train.config import TrainConfig
 
 log = logging.getLogger("medsynth")
 
@@ -72,7 +76,13 @@ def run_demo(cfg: DemoConfig) -> str:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root))
     pipeline = build_pipeline(cfg.backbones)
     t0 = time.monotonic()
-    pipeline(
+    pipeline(**pipeline_arguments(cfg, root))
+    return summarize(root, time.monotonic() - t0)
+
+
+def pipeline_arguments(cfg: DemoConfig, root: Path) -> dict[str, Any]:
+    """The medsynth-train parameters the demo runs the pipeline with (the rest keep their defaults)."""
+    return dict(
         dataset_uri="builtin://phantom",
         image_size=cfg.image_size,
         compare_steps=cfg.compare_steps,
@@ -81,14 +91,33 @@ def run_demo(cfg: DemoConfig) -> str:
         backbone_weights="imagenet",
         strategy="auto",
         gpus=0,
-        storage_root=str(store),
-        model_repository=str(models),
+        storage_root=str(root / "store"),
+        model_repository=str(root / "models"),
         model_name="generator",
         eval_frames=cfg.eval_frames,
         phantom_frames=cfg.phantom_frames,
         seed=cfg.seed,
     )
-    return summarize(root, time.monotonic() - t0)
+
+
+def final_train_config(
+    cfg: DemoConfig, data: str, backbone: str = "efficientnet_lite0", overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """The TrainConfig the demo's final training runs when `backbone` wins the comparison (Lite0 does,
+    in practice), on the prepared data set `data`: the pipeline's defaults, the demo's arguments, the
+    pipeline's mapping to its final task, the task's config. What bench/train_step.py --demo measures;
+    `overrides` (TrainConfig fields) are applied before the config resolves its defaults."""
+    import inspect
+
+    from medsynth.pipeline_steps import TrainTask
+    from pipelines.medsynth_train import build_pipeline, final_training_inputs
+
+    pipeline = build_pipeline(cfg.backbones)
+    params = {k: p.default for k, p in inspect.signature(pipeline.pipeline_func).parameters.items()}
+    params.update(pipeline_arguments(cfg, Path(cfg.pipeline_root).resolve()))
+    inputs = final_training_inputs(params, data, "demo", backbone)
+    task = TrainTask.of({**inputs, "strategy": params["strategy"]})
+    return task.config(overrides=overrides)
 
 
 def summarize(root: Path, seconds: float) -> str:

@@ -143,9 +143,11 @@ class TrainTask:
         """From a component's inputs (its `locals()`): the ones named like a field, the rest left."""
         return cls(**{f.name: inputs[f.name] for f in dataclasses.fields(cls) if f.name in inputs})
 
-    def config(self, metrics_port: int | None = None) -> TrainConfig:
+    def config(self, metrics_port: int | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """The run's TrainConfig; `overrides` (TrainConfig fields, e.g. from `bench/train_step.py --set`)
+        replace the task's values before the config resolves its defaults."""
         root = run_root(self.storage_root, self.run_id)
-        return TrainConfig(
+        values = dict(
             data=self.dataset_dir,
             out=join(root, self.run_name),
             init_from=join(root, self.init_run) if self.init_run else None,
@@ -161,6 +163,7 @@ class TrainTask:
             checkpoint_every=max(1, min(500, self.steps // 4 or 1)),
             metrics_port=metrics_port,
         )
+        return TrainConfig(**{**values, **(overrides or {})})
 
 
 def train_step(task: TrainTask, model: Any, metrics: Any, samples: Any) -> tuple[str]:

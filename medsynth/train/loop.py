@@ -171,7 +171,7 @@ def _set_up(cfg: TrainConfig) -> _Run:
         **state.checkpointed(feed.iterator),
     )
     restored = checkpoints.restore_latest(cfg.init_from, cfg.steps)
-    adversarial = _adversarial_step(cfg, dist, state, xla)
+    adversarial = adversarial_step(cfg, dist, state, xla)
     start = _agreed_start(dist, adversarial, state)
     settings = {
         "strategy": dist.name,
@@ -202,7 +202,8 @@ def _dataset(cfg: TrainConfig, cache: Path) -> tuple[Path, dict[str, Any]]:
     return data_dir, manifest
 
 
-def _adversarial_step(cfg: TrainConfig, dist: Distribution, state: TrainState, xla: bool) -> AdversarialStep:
+def adversarial_step(cfg: TrainConfig, dist: Distribution, state: TrainState, xla: bool) -> AdversarialStep:
+    """The step `cfg` trains with (also what bench/train_step.py times)."""
     return AdversarialStep(
         state.generator,
         state.discriminator,
