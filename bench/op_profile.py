@@ -8,7 +8,8 @@ TF's profiler writes an XSpace (`*.xplane.pb`); its host plane has one line per 
 where every kernel is an event named `<node name>:<kernel>` (e.g. `.../Conv2D:_MklNativeConv2D`).
 Events nest (a function call holds its ops), so each event counts its *self* time: its duration
 less that of the events inside it on the same line. Rows are per kernel (op type), with the share of
-all ops' self time; `by="name"` lists single nodes instead. TensorBoard's profile plugin reads the
+all ops' self time; `by="name"` lists single nodes instead, `by="scope"` model parts (G, D's frozen
+features, D's head, their backward passes, the optimizers). TensorBoard's profile plugin reads the
 same file but is not installed here.
 """
 
@@ -60,6 +61,14 @@ def _self_times(events: list[tuple[int, int, str]]) -> list[tuple[str, int]]:
     return out
 
 
+def _scope(node: str) -> str:
+    """The model part a node belongs to: its first name scope, `backward <scope>` under a gradient tape."""
+    parts = node.split("/")
+    if parts[0] == "gradient_tape" and len(parts) > 2:
+        return f"backward {parts[1]}"
+    return parts[0] if len(parts) > 1 else "(top level)"
+
+
 def op_rows(space, by: str = "kernel") -> list[OpRow]:  # noqa: ANN001 - an XSpace proto
     """Self time and count per kernel (or per node `name`) on the host's executor lines, largest first."""
     seconds: dict[str, float] = defaultdict(float)
@@ -76,7 +85,7 @@ def op_rows(space, by: str = "kernel") -> list[OpRow]:  # noqa: ANN001 - an XSpa
                 if ":" not in name or name.startswith(SKIP):
                     continue
                 node, kernel = name.rsplit(":", 1)
-                key = kernel if by == "kernel" else node
+                key = {"kernel": kernel, "name": node, "scope": _scope(node)}[by]
                 seconds[key] += own * 1e-12
                 counts[key] += 1
     return sorted((OpRow(k, seconds[k], counts[k]) for k in seconds), key=lambda r: -r.seconds)

@@ -275,8 +275,8 @@ def main() -> int:
     p.add_argument("--profile", choices=["ours", "reference"], default=None,
                    help="print TF's per-op profile of that step (after the timed blocks)")
     p.add_argument("--profile-top", type=int, default=15)
-    p.add_argument("--profile-by", choices=["kernel", "name"], default="kernel",
-                   help="rows per kernel (op type) or per node")
+    p.add_argument("--profile-by", choices=["kernel", "name", "scope"], default="kernel",
+                   help="rows per kernel (op type), per node, or per model part")
     p.add_argument("--peak-gflops", type=float, default=None,
                    help="peak to divide by (default on a CPU: measured by bench/cpu_peak.py in this run; "
                         "on a GPU: required, its dense bf16/fp16 peak)")

@@ -39,10 +39,34 @@ class AdaptiveGroupNormalization(tfa.layers.GroupNormalization):
         super().build(input_shape)
 
 
+def _nearest_upsample(x: tf.Tensor, fh: int, fw: int) -> tf.Tensor:
+    """Nearest up-sampling by (fh, fw) as broadcast and reshape; its gradient sums each fh x fw block
+    as an average pool times fh·fw (exact: a power-of-two block count scales exactly).
+
+    The broadcast's own gradient is a reduce_sum over two non-adjacent axes of a 6-D tensor, which
+    TF 2.15's CPU kernel runs slowly: 12.1 ms for [16, 64, 64, 32] where the pool takes 1.9 ms
+    (AMD EPYC family 25, best of 20) — 5 % of the demo's step before this change.
+    """
+    _, h, w, c = x.shape
+
+    @tf.custom_gradient
+    def up(x: tf.Tensor):  # noqa: ANN202 - (output, gradient function)
+        n = tf.shape(x)[0]
+        y = tf.broadcast_to(x[:, :, None, :, None, :], [n, h, fh, w, fw, c])
+        y = tf.reshape(y, [n, h * fh, w * fw, c])
+
+        def grad(dy: tf.Tensor) -> tf.Tensor:
+            return tf.nn.avg_pool2d(dy, (fh, fw), (fh, fw), "VALID") * tf.cast(fh * fw, dy.dtype)
+
+        return y, grad
+
+    return up(x)
+
+
 class NearestUpSampling2D(tf.keras.layers.UpSampling2D):
     """UpSampling2D (nearest, channels last) as broadcast and reshape: the same numbers.
 
-    Its gradient is then a sum that XLA compiles (TF 2.15 has no XLA kernel for
+    Its gradient is then an average pool that XLA compiles (TF 2.15 has no XLA kernel for
     ResizeNearestNeighborGrad, so with Keras' layer no step that trains G can be jit-compiled)
     and that can be differentiated again (gradient penalties).
     """
@@ -53,11 +77,7 @@ class NearestUpSampling2D(tf.keras.layers.UpSampling2D):
             raise ConfigError("NearestUpSampling2D is nearest-neighbour and channels-last only")
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        fh, fw = self.size
-        _, h, w, c = inputs.shape
-        n = tf.shape(inputs)[0]
-        x = tf.broadcast_to(inputs[:, :, None, :, None, :], [n, h, fh, w, fw, c])
-        return tf.reshape(x, [n, h * fh, w * fw, c])
+        return _nearest_upsample(inputs, *self.size)
 
 
 @tf.keras.saving.register_keras_serializable(package="medsynth")
