@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from medsynth.errors import ConfigError
 from medsynth.train.augment import CUTOUT, UNIFORMS, diff_augment, diff_augment_with_maps
+from medsynth.train.fastpath import FastPath
 from medsynth.train.loss import discriminator_loss, generator_loss, mismatch_loss
 
 SAMPLE_STREAM = 2**31 - 1  # seed stream of the fixed latent batch used for sample grids
@@ -137,6 +138,7 @@ class AdversarialStep:
     cutout: float = CUTOUT  # DiffAugment's cutout side, as a share of the frame's
     separate_passes: bool = False  # D on the real and the generated batch apart (Projected GAN)
     fresh_draws: bool = False  # G's update draws its own latents and augmentation (Projected GAN)
+    fast_path: FastPath | None = None  # computes the frozen features (medsynth.train.fastpath)
 
     def __post_init__(self) -> None:
         self.strategy = self.strategy or tf.distribute.get_strategy()
@@ -151,6 +153,9 @@ class AdversarialStep:
                     "of an even number per replica, or --keypoint-mismatch 0"
                 )
         self._split = split_frozen_discriminator(self.discriminator)
+        if self._split is not None and self.fast_path is not None:  # built now: after any restore
+            with self.strategy.scope():
+                self._split = (self.fast_path.features(self._split[0]), self._split[1])
         both = self._both
         if self.jit_compile:
             # Keras' pattern: the per-replica update is compiled, the strategy runs it on every replica.
