@@ -22,12 +22,14 @@ The first call of each is timed apart (tracing and compilation). Timed blocks th
 (min-max) of each, and the ratio of each pair of neighbouring blocks, are printed. GFLOP/s count the
 FLOPs each step runs (medsynth.train.flops.step_flops), as a share of this CPU's peak measured in the
 same run (bench/cpu_peak.py: fp32 FMA chains, and on AVX512_BF16 CPUs the bf16 dot-product peak).
+`--toggle FIELD` times ours with that FastPath choice flipped as well (what each trick is worth here).
 `--profile ours|reference` prints the per-op table of TF's profiler for that step (bench/op_profile.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -54,12 +56,15 @@ from medsynth.train.devices import (  # noqa: E402
     resolve_precision,
     resolve_xla,
 )
+from medsynth.train.fastpath import FastPath  # noqa: E402
 from medsynth.train.fastpath import choose as choose_fast_path  # noqa: E402
 from medsynth.train.flops import step_flops  # noqa: E402
 from medsynth.train.loop import adversarial_step  # noqa: E402
 from medsynth.train.loss import discriminator_loss, generator_loss  # noqa: E402
 from medsynth.train.models import _average, _optimizer, build_models, build_train_state  # noqa: E402
 from medsynth.train.strategy import make_distribution  # noqa: E402
+
+FAST_PATH_FIELDS = [f.name for f in dataclasses.fields(FastPath) if f.type in ("bool", bool)]
 
 
 def reference_step(generator, discriminator, g_opt, d_opt, cfg: TrainConfig):  # noqa: ANN001, ANN201
@@ -158,11 +163,11 @@ def _prepare(size: int, batch: int, work: Path) -> Path:
 
 
 class Contender:
-    """One step to time: `call(i)` runs step i on the next batch; `first_s` is its first call."""
+    """One step to time: `call()` runs the next step on the next batch; `first_s` is its first call."""
 
-    def __init__(self, name: str, run, iterator) -> None:  # noqa: ANN001
-        self.name, self.run, self.iterator, self.first_s = name, run, iterator, 0.0
-        self.i = 0
+    def __init__(self, run, iterator, batch: int) -> None:  # noqa: ANN001
+        self.run, self.iterator, self.batch = run, iterator, batch
+        self.first_s, self.i = 0.0, 0
 
     def call(self) -> dict:
         out = self.run(next(self.iterator), self.i)
@@ -178,8 +183,27 @@ class Contender:
         return steps * self.batch / (time.perf_counter() - t0)
 
 
-def build(cfg: TrainConfig, data: Path) -> tuple[dict[str, Contender], dict]:
-    """Ours (as `medsynth train` builds it) and the reference, same weights, same data."""
+def _ours(cfg: TrainConfig, dist, policy: str, xla: bool, fast: FastPath, data: Path):  # noqa: ANN001, ANN202
+    """One step of medsynth.train.loop's step loop, as `medsynth train` builds it with `fast`."""
+    from medsynth.train.feed import Feed
+
+    tf.keras.utils.set_random_seed(cfg.seed)
+    state = build_train_state(cfg, dist, policy, fast)
+    step = adversarial_step(cfg, dist, state, xla, fast)
+
+    def run(real, i):  # noqa: ANN001, ANN202
+        out = step.train_step(real, tf.constant(i, tf.int64))
+        state.step.assign(i + 1)
+        if state.average:
+            state.average.update(i + 1)
+        return out
+
+    return Contender(run, Feed(dist, data, cfg), cfg.batch_size), state
+
+
+def build(cfg: TrainConfig, data: Path, toggles: list[str]) -> tuple[dict[str, Contender], dict]:
+    """Ours (as `medsynth train` builds it), ours with each of `toggles` (FastPath fields) flipped, and
+    the reference: same weights, same data."""
     from medsynth.train.feed import Feed
 
     capability = _gpu_capability()
@@ -187,28 +211,24 @@ def build(cfg: TrainConfig, data: Path) -> tuple[dict[str, Contender], dict]:
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     dist = make_distribution(cfg.strategy, cfg.gpus)
-    tf.keras.utils.set_random_seed(cfg.seed)
     policy = resolve_precision(cfg.mixed_precision, capability)
     xla = resolve_xla(cfg.xla, capability, dist, deterministic)
     fast = choose_fast_path(cfg.mixed_precision, capability, frozen_features=cfg.backbone_mode == "frozen")
-    state = build_train_state(cfg, dist, policy, fast)
+    contenders: dict[str, Contender] = {}
+    contenders["ours"], state = _ours(cfg, dist, policy, xla, fast, data)
+    for name in toggles:
+        flipped = dataclasses.replace(fast, **{name: not getattr(fast, name)})
+        label = f"ours, {name} {'on' if getattr(flipped, name) else 'off'}"
+        contenders[label] = _ours(cfg, dist, policy, xla, flipped, data)[0]
     g_ref, d_ref = build_models(cfg, "float32")
     for ours_model, ref_model in ((state.generator, g_ref), (state.discriminator, d_ref)):
         ref_model.set_weights([tf.cast(w, tf.float32).numpy() for w in ours_model.weights])
         use_stock_gradients(ref_model)  # Keras' own layers, as the tutorials build them
         fuse_batch_norm(ref_model)  # Keras' default BN (fused kernels)
-    step = adversarial_step(cfg, dist, state, xla, fast)
     opts = (_optimizer(cfg.lr_g, cfg.beta_1, "float32", cfg.beta_2, cfg.adam_epsilon),
             _optimizer(cfg.lr_d, cfg.beta_1, "float32", cfg.beta_2, cfg.adam_epsilon))
     ref_step = reference_step(g_ref, d_ref, *opts, cfg)
     ref_average = _average(cfg, g_ref)
-
-    def ours(real, i):  # noqa: ANN001, ANN202 - one step of medsynth.train.loop's step loop
-        out = step.train_step(real, tf.constant(i, tf.int64))
-        state.step.assign(i + 1)
-        if state.average:
-            state.average.update(i + 1)
-        return out
 
     def reference(real, i):  # noqa: ANN001, ANN202
         out = ref_step(real)
@@ -216,10 +236,7 @@ def build(cfg: TrainConfig, data: Path) -> tuple[dict[str, Contender], dict]:
             ref_average.update(i + 1)
         return out
 
-    contenders = {"ours": Contender("ours", ours, Feed(dist, data, cfg)),
-                  "reference": Contender("reference", reference, Feed(dist, data, cfg))}
-    for c in contenders.values():
-        c.batch = cfg.batch_size
+    contenders["reference"] = Contender(reference, Feed(dist, data, cfg), cfg.batch_size)
     flops = {"ours": step_flops(state.generator, state.discriminator, cfg.batch_size, fused=True),
              "reference": step_flops(g_ref, d_ref, cfg.batch_size, fused=False)}
     info = {"precision": policy, "xla": xla, "deterministic": deterministic, "flops": flops,
@@ -228,7 +245,7 @@ def build(cfg: TrainConfig, data: Path) -> tuple[dict[str, Contender], dict]:
 
 
 def bench(args: argparse.Namespace, cfg: TrainConfig, data: Path, peaks: dict[str, float]) -> dict:
-    contenders, info = build(cfg, data)
+    contenders, info = build(cfg, data, args.toggle)
     for c in contenders.values():  # first call: tracing and compilation, timed apart
         t0 = time.perf_counter()
         float(c.call()["g_loss"])
@@ -252,7 +269,13 @@ def bench(args: argparse.Namespace, cfg: TrainConfig, data: Path, peaks: dict[st
         "blocks": blocks, "first_step_s": {k: c.first_s for k, c in contenders.items()},
         "load_before": load_before, "load_after": load_after,
     }
+    row["toggles"] = {}
     for name in contenders:
+        if name.startswith("ours, "):  # ours over it, block by block
+            ratios = [o / t for o, t in zip(blocks["ours"], blocks[name], strict=True)]
+            row["toggles"][name] = {"images_per_s": ips[name], "ours_over_it": statistics.median(ratios),
+                                    "min": min(ratios), "max": max(ratios)}
+    for name in ("ours", "reference"):
         gflop = info["flops"][name]["step"] / 1e9
         row[f"gflop_per_step_{name}"] = gflop
         row[f"{name}_gflops"] = gflop * ips[name] / cfg.batch_size
@@ -287,6 +310,9 @@ def _print(row: dict, peaks: dict[str, float]) -> None:
         f"{row['load_before']:.2f} -> {row['load_after']:.2f}",
         flush=True,
     )
+    for name, t in row["toggles"].items():
+        print(f"  {name}: {t['images_per_s']:.1f} img/s; ours is {t['ours_over_it']:.2f}x it (blocks "
+              f"{t['min']:.2f}-{t['max']:.2f})", flush=True)
     if row.get("profile"):
         print(row["profile"], flush=True)
 
@@ -306,6 +332,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=5, help="steps per timed block")
     p.add_argument("--rounds", type=int, default=3, help="timed blocks per step, interleaved")
     p.add_argument("--warmup", type=int, default=2, help="steps after the first, untimed")
+    p.add_argument("--toggle", action="append", default=[], choices=FAST_PATH_FIELDS,
+                   help="also time ours with this fast-path choice flipped (repeatable), interleaved")
     p.add_argument("--profile", choices=["ours", "reference"], default=None,
                    help="print TF's per-op profile of that step (after the timed blocks)")
     p.add_argument("--profile-top", type=int, default=15)
@@ -315,6 +343,8 @@ def main() -> int:
                    help="peak to divide by (default on a CPU: measured by bench/cpu_peak.py in this run; "
                         "on a GPU: required, its dense bf16/fp16 peak)")
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--threads", default=None, metavar="INTRA,INTER",
+                   help="TF's intra-op and inter-op thread pools (default: TF's, one thread per core each)")
     args = p.parse_args()
     if args.steps < 1 or args.rounds < 1 or args.batch < 1 or args.warmup < 0:
         p.error("--batch, --steps and --rounds must be >= 1, --warmup >= 0")
@@ -322,6 +352,13 @@ def main() -> int:
         args.overrides = TrainConfig.parse_overrides(args.overrides)
     except ConfigError as e:
         p.error(str(e))
+    if args.threads:
+        try:
+            intra, inter = (int(n) for n in args.threads.split(","))
+        except ValueError:
+            p.error(f"--threads {args.threads!r}: use INTRA,INTER, e.g. 2,1")
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
     gpus = tf.config.list_physical_devices("GPU")
     device = tf.config.experimental.get_device_details(gpus[0]).get("device_name") if gpus else "CPU"
     if args.peak_gflops is not None:
