@@ -70,13 +70,47 @@ int main(int argc, char **argv) {
 """
 
 
-def build(work: Path) -> Path:
+# The bfloat16 peak of CPUs with AVX512_BF16: chains of VDPBF16PS, each lane adding two bf16 products
+# to its fp32 accumulator (4 FLOPs per lane and instruction: how oneDNN's bf16 convolutions and
+# matrix products run without AMX). Same driver and output as KERNEL; `lanes` counts bf16 pairs.
+BF16_KERNEL = KERNEL.replace(
+    "#if defined(__AVX512F__)", "#include <immintrin.h>\n#if defined(__AVX512F__)"
+).replace(
+    """  vec x = {0}, y = {0}, a[CHAINS];
+  x += 0.999999f; y += 1e-7f;
+  for (int c = 0; c < CHAINS; c++) { a[c] = (vec){0}; a[c] += s + c; }
+  for (long i = 0; i < updates; i++) {
+#pragma GCC unroll 16
+    for (int c = 0; c < CHAINS; c++) a[c] = a[c] * x + y;
+  }""",
+    """  __m512bh x = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0x1p-10f), _mm512_set1_ps(0x1p-10f));
+  __m512 b[CHAINS];
+  vec a[CHAINS];
+  for (int c = 0; c < CHAINS; c++) b[c] = _mm512_set1_ps(s + c);
+  for (long i = 0; i < updates; i++) {
+#pragma GCC unroll 16
+    for (int c = 0; c < CHAINS; c++) b[c] = _mm512_dpbf16_ps(b[c], x, x);
+  }
+  for (int c = 0; c < CHAINS; c++) a[c] = (vec)b[c];""",
+).replace("2.0 * threads * updates", "4.0 * threads * updates")
+KERNELS = {"fp32": KERNEL, "bf16": BF16_KERNEL}
+
+
+def has_avx512_bf16() -> bool:
+    """Whether this CPU has AVX512_BF16 (Linux: /proc/cpuinfo's flags)."""
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def build(work: Path, kind: str = "fp32") -> Path:
     """Compile the kernel for this machine; FMA contraction on, nothing else fancy."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler (cc/gcc) to measure the CPU peak; pass --peak-gflops instead")
-    src, exe = work / "peak.c", work / "peak"
-    src.write_text(KERNEL.replace("MAX_THREADS", str(MAX_THREADS)).replace("CHAINS", str(CHAINS)))
+    src, exe = work / f"peak_{kind}.c", work / f"peak_{kind}"
+    src.write_text(KERNELS[kind].replace("MAX_THREADS", str(MAX_THREADS)).replace("CHAINS", str(CHAINS)))
     flags = ["-O2", "-march=native", "-ffp-contract=fast", "-pthread"]
     done = subprocess.run([cc, *flags, str(src), "-o", str(exe)], capture_output=True, text=True)
     if done.returncode:
@@ -92,13 +126,16 @@ def run(exe: Path, threads: int, updates: int) -> dict:
     return {"lanes": int(width), "seconds": float(seconds), "flops": float(flops), "check": float(check)}
 
 
-def measure(threads: int | None = None, updates: int = 100_000_000, repeats: int = 3) -> dict:
-    """Best of `repeats` runs of the kernel on `threads` threads (default: every core)."""
+def measure(
+    threads: int | None = None, updates: int = 100_000_000, repeats: int = 3, kind: str = "fp32"
+) -> dict:
+    """Best of `repeats` runs of the `kind` kernel (fp32, or bf16 on AVX512_BF16) on `threads` threads
+    (default: every core)."""
     threads = (os.cpu_count() or 1) if threads is None else threads
     if not 1 <= threads <= MAX_THREADS:
         raise ValueError(f"--threads must be between 1 and {MAX_THREADS}, got {threads}")
     with tempfile.TemporaryDirectory(prefix="cpu-peak-") as work:
-        exe = build(Path(work))
+        exe = build(Path(work), kind)
         runs = [run(exe, threads, updates) for _ in range(repeats)]
     best = max(r["flops"] / r["seconds"] for r in runs) / 1e9
     return {"threads": threads, "vector_lanes": runs[0]["lanes"], "chains": CHAINS, "gflops": best}
@@ -115,6 +152,9 @@ def main() -> int:
     one = measure(1)
     print(f"fp32 FMA peak: {one['gflops']:.1f} GFLOP/s on 1 thread, {every['gflops']:.1f} GFLOP/s on "
           f"{every['threads']} ({every['vector_lanes']} lanes, {CHAINS} chains per thread)")
+    if has_avx512_bf16():
+        bf16 = measure(args.threads, kind="bf16")
+        print(f"bf16 dot-product peak (AVX512_BF16): {bf16['gflops']:.1f} GFLOP/s on {bf16['threads']}")
     return 0
 
 

@@ -25,12 +25,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from medsynth import network
 from medsynth.demo_console import Console
 from medsynth.errors import ConfigError, MedsynthError
 from medsynth.progress import INTERVAL_ENV
+
+if TYPE_CHECKING:
+    from medsynth.train.config import TrainConfig
 
 log = logging.getLogger("medsynth")
 
@@ -99,23 +102,7 @@ def run_demo(cfg: DemoConfig, terminal: TextIO | None = None) -> str:
         t0 = time.monotonic()
         try:
             with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
-                pipeline(
-                    dataset_uri="builtin://phantom",
-                    image_size=cfg.image_size,
-                    compare_steps=cfg.compare_steps,
-                    train_steps=cfg.steps,
-                    batch_size=cfg.batch_size,
-                    backbone_weights="imagenet",
-                    strategy="auto",
-                    gpus=0,
-                    storage_root=str(store),
-                    model_repository=str(models),
-                    model_name="generator",
-                    eval_frames=cfg.eval_frames,
-                    phantom_frames=cfg.phantom_frames,
-                    seed=cfg.seed,
-                    if_all_collapsed="continue",  # a demo shows what it got, and says so
-                )
+                pipeline(**pipeline_arguments(cfg, root))
         except RuntimeError:
             if console.failed is None:
                 raise
@@ -123,6 +110,48 @@ def run_demo(cfg: DemoConfig, terminal: TextIO | None = None) -> str:
         finally:
             console.close()
     return summarize(root, time.monotonic() - t0, logs)
+
+
+def pipeline_arguments(cfg: DemoConfig, root: Path) -> dict[str, Any]:
+    """The medsynth-train parameters the demo runs the pipeline with (the rest keep their defaults)."""
+    return dict(
+        dataset_uri="builtin://phantom",
+        image_size=cfg.image_size,
+        compare_steps=cfg.compare_steps,
+        train_steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        backbone_weights="imagenet",
+        strategy="auto",
+        gpus=0,
+        storage_root=str(root / "store"),
+        model_repository=str(root / "models"),
+        model_name="generator",
+        eval_frames=cfg.eval_frames,
+        phantom_frames=cfg.phantom_frames,
+        seed=cfg.seed,
+        if_all_collapsed="continue",  # a demo shows what it got, and says so
+    )
+
+
+def final_train_config(
+    cfg: DemoConfig, data: str, backbone: str | None = None, overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """The TrainConfig the demo's final training runs when the candidate `backbone` wins the comparison
+    (default: the demo's own best configuration, its last candidate), on the prepared data set `data`:
+    the pipeline's defaults, the demo's arguments, the pipeline's mapping to its final task, the task's
+    config. What bench/train_step.py --demo measures; `overrides` (TrainConfig fields) are applied
+    before the config resolves its defaults."""
+    import inspect
+
+    from medsynth.pipeline_steps import TrainTask
+    from pipelines.medsynth_train import build_pipeline, final_training_inputs
+
+    pipeline = build_pipeline(cfg.backbones, local=True)
+    params = {k: p.default for k, p in inspect.signature(pipeline.pipeline_func).parameters.items()}
+    params.update(pipeline_arguments(cfg, Path(cfg.pipeline_root).resolve()))
+    inputs = final_training_inputs(params, data, "demo", backbone or cfg.backbones[-1])
+    task = TrainTask.of({**inputs, "strategy": params["strategy"]})
+    return task.config(overrides=overrides)
 
 
 @contextlib.contextmanager

@@ -147,8 +147,10 @@ class TrainTask:
         """From a component's inputs (its `locals()`): the ones named like a field, the rest left."""
         return cls(**{f.name: inputs[f.name] for f in dataclasses.fields(cls) if f.name in inputs})
 
-    def config(self, metrics_port: int | None = None) -> TrainConfig:
-        """`backbone` names a comparison candidate: a named configuration's fields win over the run's."""
+    def config(self, metrics_port: int | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """`backbone` names a comparison candidate: a named configuration's fields win over the run's;
+        `overrides` (TrainConfig fields, e.g. from `bench/train_step.py --set`) win over both, before
+        the config resolves its defaults."""
         from medsynth.train.candidates import candidate_options
 
         root = run_root(self.storage_root, self.run_id)
@@ -168,7 +170,7 @@ class TrainTask:
             checkpoint_every=max(1, min(500, self.steps // 4 or 1)),
             metrics_port=metrics_port,
         )
-        return TrainConfig(**{**run_wide, **candidate_options(self.backbone)})
+        return TrainConfig(**{**run_wide, **candidate_options(self.backbone), **(overrides or {})})
 
 
 def train_step(task: TrainTask, model: Any, metrics: Any, samples: Any) -> tuple[str]:

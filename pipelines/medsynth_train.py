@@ -47,6 +47,28 @@ def _task_name(backbone: str) -> str:
     return re.sub(r"[^a-z0-9-]", "-", backbone.lower())
 
 
+def final_training_inputs(params: dict, dataset_dir, run_id, winner) -> dict:  # noqa: ANN001
+    """The final training task's inputs from the pipeline's parameters (`params`, by name): one
+    mapping for the pipeline and for what `medsynth.demo.final_train_config` (and so
+    bench/train_step.py --demo) builds, so they cannot drift apart. Values may be KFP channels."""
+    return dict(
+        dataset_dir=dataset_dir,
+        storage_root=params["storage_root"],
+        run_id=run_id,
+        run_name="final",
+        backbone=winner,
+        init_run=winner,  # its comparison run: continued, not started over
+        image_size=params["image_size"],
+        steps=params["train_steps"],
+        batch_size=params["batch_size"],
+        backbone_weights=params["backbone_weights"],
+        seed=params["seed"],
+        d_augment=params["d_augment"],
+        d_head=params["d_head"],
+        generator=params["generator"],
+    )
+
+
 def build_pipeline(
     backbones: Sequence[str] | None = None, placement=None, local: bool = False  # noqa: ANN001
 ) -> Callable:
@@ -222,22 +244,7 @@ def build_pipeline(
                           if_all_collapsed=if_all_collapsed)
         size_task(ranking, "compare").set_display_name("compare").after(*evaluations)
 
-        common = dict(
-            dataset_dir=dataset_dir,
-            storage_root=storage_root,
-            run_id=run_id,
-            run_name="final",
-            backbone=ranking.outputs["winner"],
-            init_run=ranking.outputs["winner"],  # its comparison run: continued, not started over
-            image_size=image_size,
-            steps=train_steps,
-            batch_size=batch_size,
-            backbone_weights=backbone_weights,
-            seed=seed,
-            d_augment=d_augment,
-            d_head=d_head,
-            generator=generator,
-        )
+        common = final_training_inputs(locals(), dataset_dir, run_id, ranking.outputs["winner"])
         if placement.multi_node:
             # `workers` nodes of `gpus` GPUs each, run by the training operator; this task follows it.
             # The trainer image is the one named now, at compile time: the launcher's pod cannot know it.

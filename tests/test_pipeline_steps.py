@@ -132,3 +132,30 @@ def test_train_serves_metrics_on_the_port_its_pod_names(monkeypatch, tmp_path, e
     pipeline_steps.train_step(task, model, metrics, samples)
     (cfg,) = seen
     assert cfg.metrics_port == port and cfg.out == str(tmp_path / "runs" / "run-1" / "final")
+
+
+def test_the_demo_final_training_config_is_the_pipelines_with_the_demos_arguments(tmp_path):
+    """What bench/train_step.py --demo measures: the pipeline's final task as the demo runs it."""
+    from medsynth.demo import DemoConfig, final_train_config
+    from medsynth.train.config import TrainConfig
+
+    demo = DemoConfig(pipeline_root=str(tmp_path), steps=700, batch_size=8, seed=3)
+    cfg = final_train_config(demo, "/data/set")
+    assert (cfg.data, cfg.backbone, cfg.image_size, cfg.steps, cfg.batch_size, cfg.seed) == (
+        "/data/set", "efficientnet_lite0", 64, 700, 8, 3)
+    assert cfg.out.endswith("/runs/demo/final") and cfg.init_from.endswith("/runs/demo/efficientnet_lite0")
+    assert (cfg.d_head, cfg.backbone_weights, cfg.strategy) == ("projected", "imagenet", "auto")
+    # overrides act before the config resolves its defaults: a recipe brings its own values
+    changed = final_train_config(demo, "/d", overrides=TrainConfig.parse_overrides(
+        ["d_recipe=projected-gan", "d_max_channels=64", "r1_gamma=0.5", "augment=true"]))
+    assert (changed.d_feature_size, changed.d_max_channels, changed.r1_gamma, changed.augment) == (
+        224, 64, 0.5, True)
+
+
+@pytest.mark.parametrize("pair, match", [("nope=1", "training option"), ("steps", "NAME=VALUE"),
+                                         ("steps=ten", "takes a int"), ("augment=maybe", "true or false")])
+def test_overrides_refuse_what_is_no_field_or_does_not_convert(pair, match):
+    from medsynth.train.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.parse_overrides([pair])

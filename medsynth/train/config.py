@@ -331,6 +331,31 @@ class TrainConfig:
         cls.add_arguments(parser)
         return cls.from_flags(parser.parse_args(list(argv)))
 
+    @classmethod
+    def parse_overrides(cls, pairs: Sequence[str]) -> dict[str, Any]:
+        """`name=value` pairs (e.g. `d_feature_size=128`) as field values of their fields' types; a
+        ConfigError naming the first pair that is no field or does not convert."""
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        out: dict[str, Any] = {}
+        for pair in pairs:
+            name, sep, text = str(pair).partition("=")
+            name = name.strip().replace("-", "_")
+            _need(bool(sep) and name in names,
+                  f"--set {pair!r}: use NAME=VALUE with NAME a training option ({', '.join(sorted(names))})")
+            base = _base_type(hints[name])
+            if text.strip().lower() == "none" and base is not str:
+                out[name] = None
+            elif base is bool:
+                _need(text.lower() in ("true", "false", "1", "0"), f"--set {pair!r}: {name} is true or false")
+                out[name] = text.lower() in ("true", "1")
+            else:
+                try:
+                    out[name] = base(text)
+                except ValueError:
+                    raise ConfigError(f"--set {pair!r}: {name} takes a {base.__name__}") from None
+        return out
+
     # --- what a run saved -----------------------------------------------------------------------
     @classmethod
     def from_saved(cls, saved: dict[str, Any]) -> TrainConfig:

@@ -25,12 +25,13 @@ def _shape(s):  # noqa: ANN001, ANN202 - keras shapes: tuple or list of tuples
     return s[0] if isinstance(s, list) else s
 
 
-def layer_flops(layer: tf.keras.layers.Layer) -> float:
-    """Forward FLOPs per example of one leaf layer (0 for layers without multiply-adds)."""
+def layer_flops(layer: tf.keras.layers.Layer, called: tf.keras.layers.Layer | None = None) -> float:
+    """Forward FLOPs per example of one leaf layer (0 for layers without multiply-adds); `called`: the
+    wrapper that was called in its place (spectral normalisation), whose shapes are the layer's."""
     layers = tf.keras.layers
     if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D, layers.Dense)):
-        out = _shape(layer.output_shape)
-        inp = _shape(layer.input_shape)
+        out = _shape((called or layer).output_shape)
+        inp = _shape((called or layer).input_shape)
     else:
         return 0.0
     if isinstance(layer, layers.Dense):
@@ -50,10 +51,12 @@ def layer_flops(layer: tf.keras.layers.Layer) -> float:
 def model_flops(model: tf.keras.Model) -> list[LayerFlops]:
     """Per-layer forward FLOPs, in graph order, nested models (backbones) flattened."""
     rows = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    every = list(model._flatten_layers(include_self=False, recursive=True))
+    wrappers = {id(w.layer): w for w in every if isinstance(w, tf.keras.layers.Wrapper)}
+    for layer in every:
         if isinstance(layer, tf.keras.Model):
             continue
-        f = layer_flops(layer)
+        f = layer_flops(layer, wrappers.get(id(layer)))
         if f:
             rows.append(LayerFlops(layer.name, f, bool(layer.trainable_weights)))
     return rows
@@ -80,28 +83,31 @@ def step_flops(generator: tf.keras.Model, discriminator: tf.keras.Model, batch: 
     """FLOPs of one D update then one G update on a global batch of `batch` real frames.
 
     `fused`: this project's step (medsynth.train.step): one G forward pass serves both updates,
-    and a frozen backbone's one pass over [real; fake] too, so G's update adds only backward
-    passes; a learning backbone sees the real frames once more (forward only) for the head's
-    batch. Otherwise the reference: two independent updates, each with its own forward passes.
+    and a frozen feature network's one pass over [real; fake] too, so G's update adds the learning
+    head's second pass over [real; fake] and backward passes; a learning backbone sees the real
+    frames once more (forward only) for the head's batch. Otherwise the reference: two independent
+    updates, each with its own forward passes.
     """
     g, d = model_flops(generator), model_flops(discriminator)
     g_fwd = sum(r.flops for r in g)
     d_fwd = sum(r.flops for r in d)
-    d_trainable_fwd = sum(r.flops for r in d if r.trainable)
-    frozen = d_trainable_fwd < 0.01 * d_fwd
+    first = next((i for i, r in enumerate(d) if r.trainable), len(d))
+    frozen_fwd = sum(r.flops for r in d[:first])  # the frozen prefix: backbone (and fixed projections)
+    frozen = frozen_fwd > 0 and all(r.trainable for r in d[first:])  # a frozen network under a learning head
     d_step = batch * g_fwd + 2 * batch * d_fwd + 2 * batch * _backward(d, weights=True, to_input=False)
     d_to_input = _backward(d, weights=False, to_input=True)
     backward = batch * (d_to_input + _backward(g, weights=True, to_input=False))
     if not fused:
         forward = batch * g_fwd + batch * d_fwd
     elif frozen:
-        forward = 0.0
+        forward = 2 * batch * (d_fwd - frozen_fwd)
     else:
         forward = 2 * batch * d_fwd
     g_step = forward + backward
     return {
         "g_forward_per_image": g_fwd,
         "d_forward_per_image": d_fwd,
+        "d_frozen_forward_per_image": frozen_fwd,
         "d_step": d_step,
         "g_step": g_step,
         "step": d_step + g_step,

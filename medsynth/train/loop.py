@@ -45,6 +45,8 @@ from medsynth.train.augment import parse_policy
 from medsynth.train.checkpoints import CONFIG_FILE, RunCheckpoints, write_layouts
 from medsynth.train.config import TrainConfig
 from medsynth.train.devices import _gpu_capability, resolve_determinism, resolve_precision, resolve_xla
+from medsynth.train.fastpath import FastPath
+from medsynth.train.fastpath import choose as choose_fast_path
 from medsynth.train.feed import Feed, layout_bank
 from medsynth.train.models import (
     TrainState,
@@ -157,7 +159,8 @@ def _set_up(cfg: TrainConfig) -> _Run:
     data_dir, manifest = _dataset(cfg, data_cache)
     policy = resolve_precision(cfg.mixed_precision, capability)
     xla = resolve_xla(cfg.xla, capability, dist, deterministic)
-    state = build_train_state(cfg, dist, policy)
+    fast = choose_fast_path(cfg.mixed_precision, capability, frozen_features=cfg.backbone_mode == "frozen")
+    state = build_train_state(cfg, dist, policy, fast)
     feed = Feed(dist, data_dir, cfg)
     layouts = layout_bank(data_dir, cfg) if cfg.condition == "keypoints" else None
     checkpoints = RunCheckpoints(
@@ -171,7 +174,7 @@ def _set_up(cfg: TrainConfig) -> _Run:
         **state.checkpointed(feed.iterator),
     )
     restored = checkpoints.restore_latest(cfg.init_from, cfg.steps)
-    adversarial = _adversarial_step(cfg, dist, state, xla)
+    adversarial = adversarial_step(cfg, dist, state, xla, fast)
     start = _agreed_start(dist, adversarial, state)
     settings = {
         "strategy": dist.name,
@@ -179,6 +182,7 @@ def _set_up(cfg: TrainConfig) -> _Run:
         "workers": dist.workers,
         "precision": policy,
         "xla": xla,
+        "fast_path": fast.settings(),
     }
     if restored:
         log.info("%s from %s (step %d)", "continuing" if checkpoints.adopted else "resuming", restored, start)
@@ -202,7 +206,10 @@ def _dataset(cfg: TrainConfig, cache: Path) -> tuple[Path, dict[str, Any]]:
     return data_dir, manifest
 
 
-def _adversarial_step(cfg: TrainConfig, dist: Distribution, state: TrainState, xla: bool) -> AdversarialStep:
+def adversarial_step(
+    cfg: TrainConfig, dist: Distribution, state: TrainState, xla: bool, fast: FastPath | None = None
+) -> AdversarialStep:
+    """The step `cfg` trains with (also what bench/train_step.py times)."""
     return AdversarialStep(
         state.generator,
         state.discriminator,
@@ -223,6 +230,7 @@ def _adversarial_step(cfg: TrainConfig, dist: Distribution, state: TrainState, x
         cutout=cfg.cutout,
         separate_passes=cfg.d_passes == "separate",
         fresh_draws=cfg.draws == "fresh",
+        fast_path=fast,
     )
 
 

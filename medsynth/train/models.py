@@ -15,6 +15,7 @@ import tensorflow as tf
 from medsynth.models.layers import fuse_batch_norm
 from medsynth.train.config import TrainConfig
 from medsynth.train.ema import GeneratorAverage
+from medsynth.train.fastpath import FastPath
 from medsynth.train.strategy import Distribution, stable_sync_batch_norm
 
 log = logging.getLogger("medsynth")
@@ -125,10 +126,13 @@ class TrainState:
         )
 
 
-def build_train_state(cfg: TrainConfig, dist: Distribution, policy: str) -> TrainState:
-    """G, D, optimizers and G's average under `dist`'s scope, with the batch norm its replicas need."""
+def build_train_state(
+    cfg: TrainConfig, dist: Distribution, policy: str, fast: FastPath | None = None
+) -> TrainState:
+    """G, D, optimizers and G's average under `dist`'s scope, with the batch norm its replicas need and
+    the layers of the machine's fast path (medsynth.train.fastpath)."""
     with dist.strategy.scope():
-        generator, discriminator = build_models(cfg, policy)
+        generator, discriminator = build_models(cfg, fast.build_policy(policy) if fast else policy)
         several = dist.replicas > 1 or dist.hvd is not None
         synchronized = cfg.batch_norm == "synchronized" or (cfg.batch_norm == "auto" and several)
         if cfg.batch_norm == "fused" and several:
@@ -138,6 +142,8 @@ def build_train_state(cfg: TrainConfig, dist: Distribution, policy: str) -> Trai
                 stable_sync_batch_norm(model, dist.hvd)
             else:
                 fuse_batch_norm(model)  # one replica: nothing to synchronise, and fused BN is faster
+        if fast is not None:
+            fast.apply(generator, discriminator)
         g_opt = _optimizer(cfg.lr_g, cfg.beta_1, policy, cfg.beta_2, cfg.adam_epsilon)
         d_opt = _optimizer(cfg.lr_d, cfg.beta_1, policy, cfg.beta_2, cfg.adam_epsilon)
         # Built now, not at the first step: a restore then fills the slots at once, and Horovod can

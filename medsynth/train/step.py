@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from medsynth.errors import ConfigError
 from medsynth.train.augment import CUTOUT, UNIFORMS, diff_augment, diff_augment_with_maps
+from medsynth.train.fastpath import FastPath
 from medsynth.train.loss import discriminator_loss, generator_loss, mismatch_loss
 
 SAMPLE_STREAM = 2**31 - 1  # seed stream of the fixed latent batch used for sample grids
@@ -89,13 +90,23 @@ def _frame_probability(logits: tf.Tensor) -> tf.Tensor:
 
 
 class _Frozen(NamedTuple):
-    """What D's head reads when only the head learns: the frozen features of [real; fake], and with
-    key points their heat maps as augmented with the frames [2n] and the mismatched ones of the real
-    frames [n] (or None)."""
+    """What D's head reads when only the head learns: the frozen features of the real and of the
+    generated frames, kept apart (G's gradient reaches the generated ones through a concatenation, not
+    through a slice of [real; fake], whose gradient would fill a [real; fake]-sized tensor of zeros),
+    and with key points their heat maps as augmented with the frames [2n] and the mismatched ones of
+    the real frames [n] (or None)."""
 
-    features: Any
+    real: Any
+    fake: Any
     maps: tf.Tensor | None = None
     wrong_maps: tf.Tensor | None = None
+
+    def features(self, fake_gradient: bool) -> Any:
+        """The features of [real; fake]; G's gradient flows into the generated half if `fake_gradient`."""
+        def join(r: tf.Tensor, f: tf.Tensor) -> tf.Tensor:
+            return tf.concat([tf.stop_gradient(r), f if fake_gradient else tf.stop_gradient(f)], 0)
+
+        return tf.nest.map_structure(join, self.real, self.fake)
 
 
 def mismatched(maps: tf.Tensor) -> tf.Tensor:
@@ -127,6 +138,7 @@ class AdversarialStep:
     cutout: float = CUTOUT  # DiffAugment's cutout side, as a share of the frame's
     separate_passes: bool = False  # D on the real and the generated batch apart (Projected GAN)
     fresh_draws: bool = False  # G's update draws its own latents and augmentation (Projected GAN)
+    fast_path: FastPath | None = None  # computes the frozen features (medsynth.train.fastpath)
 
     def __post_init__(self) -> None:
         self.strategy = self.strategy or tf.distribute.get_strategy()
@@ -141,6 +153,9 @@ class AdversarialStep:
                     "of an even number per replica, or --keypoint-mismatch 0"
                 )
         self._split = split_frozen_discriminator(self.discriminator)
+        if self._split is not None and self.fast_path is not None:  # built now: after any restore
+            with self.strategy.scope():
+                self._split = (self.fast_path.features(self._split[0]), self._split[1])
         both = self._both
         if self.jit_compile:
             # Keras' pattern: the per-replica update is compiled, the strategy runs it on every replica.
@@ -259,7 +274,7 @@ class AdversarialStep:
                     if self.mismatch:
                         wrong_logits = self._discriminate(real, fake, u, maps, mismatched(maps), "real")
                 else:
-                    features = tf.nest.map_structure(tf.stop_gradient, frozen.features)
+                    features = frozen.features(fake_gradient=False)
                     logits = self._judge_features(features, frozen.maps, local)
                     if self.mismatch:
                         wrong = tf.concat([frozen.wrong_maps, frozen.maps[local:]], 0)
@@ -320,9 +335,7 @@ class AdversarialStep:
         if frozen is None:
             logits = self._discriminate(real, fake, u, maps, part="fake")
         else:
-            features = tf.nest.map_structure(
-                lambda f: tf.concat([tf.stop_gradient(f[:local]), f[local:]], 0), frozen.features)
-            logits = self._judge_features(features, frozen.maps, local, "fake")
+            logits = self._judge_features(frozen.features(fake_gradient=True), frozen.maps, local, "fake")
         return generator_loss(logits, self.global_batch_size, self.loss)
 
     def _apply_g(self, tape: tf.GradientTape, loss: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -358,11 +371,8 @@ class AdversarialStep:
                         wrong_maps = self._augment(real, mismatched(maps), u[0, :local])[1]
                 aug_fake, fake_maps = self._augment(tf.cast(fake, real.dtype), maps, u[0, local:])
                 fake_features = self._split[0](aug_fake, training=True)
-                frozen = _Frozen(
-                    tf.nest.map_structure(lambda r, f: tf.concat([r, f], 0), real_features, fake_features),
-                    None if maps is None else tf.concat([real_maps, fake_maps], 0),
-                    wrong_maps,
-                )
+                both_maps = None if maps is None else tf.concat([real_maps, fake_maps], 0)
+                frozen = _Frozen(real_features, fake_features, both_maps, wrong_maps)
             with tape.stop_recording():
                 out = self._d_update_on(real, fake, u[0], maps, frozen)
             loss = self._g_loss(real, fake, u[1], maps, frozen)
