@@ -143,13 +143,16 @@ def test_the_demo_final_training_config_is_the_pipelines_with_the_demos_argument
     cfg = final_train_config(demo, "/data/set")
     assert (cfg.data, cfg.backbone, cfg.image_size, cfg.steps, cfg.batch_size, cfg.seed) == (
         "/data/set", "efficientnet_lite0", 64, 700, 8, 3)
-    assert cfg.out.endswith("/runs/demo/final") and cfg.init_from.endswith("/runs/demo/efficientnet_lite0")
+    # by default the demo's best candidate (its last) won: its named configuration, continued
+    assert cfg.out.endswith("/runs/demo/final") and cfg.init_from.endswith("/runs/demo/pg-fastgan-lite0")
     assert (cfg.d_head, cfg.backbone_weights, cfg.strategy) == ("projected", "imagenet", "auto")
-    # overrides act before the config resolves its defaults: a recipe brings its own values
+    assert (cfg.d_recipe, cfg.d_feature_size, cfg.generator, cfg.generator_width) == (
+        "projected-gan", 0, "fastgan", 8)
+    # overrides win over the candidate, before the config resolves its defaults: a recipe brings its own
     changed = final_train_config(demo, "/d", overrides=TrainConfig.parse_overrides(
-        ["d_recipe=projected-gan", "d_max_channels=64", "r1_gamma=0.5", "augment=true"]))
-    assert (changed.d_feature_size, changed.d_max_channels, changed.r1_gamma, changed.augment) == (
-        224, 64, 0.5, True)
+        ["d_recipe=medsynth", "d_max_channels=64", "r1_gamma=0.5", "augment=true"]))
+    assert (changed.d_recipe, changed.d_scale_mixing, changed.d_max_channels, changed.r1_gamma,
+            changed.augment) == ("medsynth", "residual", 64, 0.5, True)
 
 
 @pytest.mark.parametrize("pair, match", [("nope=1", "training option"), ("steps", "NAME=VALUE"),
