@@ -5,8 +5,9 @@
 
 `--demo` measures the configuration `make demo` trains last: the TrainConfig of its final training
 (medsynth.demo.final_train_config: the pipeline's defaults, the demo's arguments, the pipeline's
-mapping to the final task) for the backbone that wins its comparison (`--backbone`, default
-efficientnet_lite0: frozen Lite0 under the projected head, 64 px, batch 16, DiffAugment). `--set
+mapping to the final task) for the candidate that wins its comparison (`--backbone`, default the
+demo's last candidate, pg-fastgan-lite0: FastGAN's G, Projected GAN's recipe on frozen Lite0 at 64 px,
+batch 16, DiffAugment). `--set
 NAME=VALUE` changes any TrainConfig field first (the quality work's feature size or generator).
 Without `--demo` a config is made from the flags (`--sizes`, `--backbone`, random weights).
 
@@ -145,7 +146,7 @@ def probe_bfloat16(repeats: int = 7) -> float:
 def demo_config(args: argparse.Namespace, data: str) -> TrainConfig:
     from medsynth.demo import DemoConfig, final_train_config
 
-    return final_train_config(DemoConfig(), data, args.backbone or "efficientnet_lite0", args.overrides)
+    return final_train_config(DemoConfig(), data, args.backbone, args.overrides)
 
 
 def flags_config(args: argparse.Namespace, size: int, data: str) -> TrainConfig:
@@ -322,7 +323,8 @@ def main() -> int:
     p.add_argument("--demo", action="store_true", help="the demo's final training (its TrainConfig)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                    help="a TrainConfig field to change (repeatable), e.g. d_feature_size=128")
-    p.add_argument("--backbone", default=None, help="--demo: the comparison's winner (efficientnet_lite0); "
+    p.add_argument("--backbone", default=None, help="--demo: the comparison's winner (default: the demo's "
+                                                     "last candidate, pg-fastgan-lite0); "
                                                      "else the backbone (xception)")
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="without --demo")
     p.add_argument("--batch", type=int, default=16, help="without --demo")

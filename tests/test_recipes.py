@@ -177,3 +177,22 @@ def test_cutout_side_is_a_share_of_the_frame():
     u = tf.constant([[0, 0, 0, 0, 0.5, 0.5]], tf.float32)
     assert int(tf.reduce_sum(1 - diff_augment(x, u, ("cutout",), cutout=0.2))) == 4 * 4
     assert int(tf.reduce_sum(1 - diff_augment(x, u, ("cutout",)))) == 10 * 10  # DiffAugment's half
+
+
+def test_g_update_on_separate_passes_judges_only_the_generated_frames_as_d_whole_does():
+    """Fresh draws and separate passes on a frozen backbone: G's update runs the frozen features on its
+    generated frames only, and its loss is D's, run whole, on them."""
+    g, d, step = _step(separate=True, fresh=True)
+    real = tf.random.stateless_uniform([4, 32, 32, 1], seed=[1, 2], minval=-1, maxval=1)
+    s = tf.constant(5, tf.int64)
+    u = augment_uniforms(3, s, 1, 4)[1]
+    saved = [v.numpy() for v in d.variables]  # spectral norm's power iteration moves its vectors
+    fake = g(latent_batch(3, s, 1, 4, 16), training=True)
+    with tf.GradientTape() as tape:
+        frozen = step._frozen(real, fake, None, u, tape, with_real=False)
+    assert frozen.real is None
+    split = float(step._g_loss(real, fake, u, None, frozen))
+    for v, value in zip(d.variables, saved, strict=True):
+        v.assign(value)
+    whole = float(step._g_loss(real, fake, u, None))
+    assert split == pytest.approx(whole, rel=1e-4)

@@ -25,6 +25,7 @@ pass over [real'; fake], so D's batch statistics stay those of a [real; fake] ba
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -252,11 +253,38 @@ class AdversarialStep:
 
         return self._passes(judge, local, part)
 
+    def _frozen(self, real: tf.Tensor, fake: tf.Tensor, maps: tf.Tensor | None, u: tf.Tensor,
+                tape: tf.GradientTape | None = None, with_real: bool = True) -> _Frozen:
+        """The frozen features of the augmented real (if `with_real`) and generated frames, `u` one row
+        per frame of [real; fake]. Without G's `tape` both kinds run as one batch (the frozen features
+        have no batch statistics); with it the real frames' pass stays off the tape."""
+        local = tf.shape(real)[0]
+        features = self._split[0]
+        real_features = real_maps = wrong_maps = None
+        with tape.stop_recording() if tape is not None else contextlib.nullcontext():
+            if with_real:
+                aug_real, real_maps = self._augment(real, maps, u[:local])
+                if self.mismatch:  # the other frame's key points, moved as this frame was
+                    wrong_maps = self._augment(real, mismatched(maps), u[:local])[1]
+            if with_real and tape is not None:
+                real_features = features(aug_real, training=True)
+        aug_fake, fake_maps = self._augment(tf.cast(fake, real.dtype), maps, u[local:])
+        if with_real and tape is None:
+            joint = features(tf.concat([aug_real, aug_fake], 0), training=True)
+            real_features = tf.nest.map_structure(lambda f: f[:local], joint)
+            fake_features = tf.nest.map_structure(lambda f: f[local:], joint)
+        else:
+            fake_features = features(aug_fake, training=True)
+        both_maps = fake_maps if maps is None or not with_real else tf.concat([real_maps, fake_maps], 0)
+        return _Frozen(real_features, fake_features, both_maps, wrong_maps)
+
     def _d_update(self, batch: Any, z: tf.Tensor, u: tf.Tensor) -> dict[str, tf.Tensor]:
         real, maps = self._unpack(batch)
         local = tf.shape(real)[0]
         z, u = self._my_latents(z, local), self._my_uniforms(u, local)
-        return self._d_update_on(real, self._generate(z, maps), u[0], maps)
+        fake = tf.stop_gradient(self._generate(z, maps))
+        frozen = None if self._split is None else self._frozen(real, fake, maps, u[0])
+        return self._d_update_on(real, fake, u[0], maps, frozen)
 
     def _d_update_on(
         self, real: tf.Tensor, fake: tf.Tensor, u: tf.Tensor, maps: tf.Tensor | None = None,
@@ -320,7 +348,11 @@ class AdversarialStep:
         local = tf.shape(real)[0]
         z, u = self._my_latents(z, local), self._my_uniforms(u, local)
         with tf.GradientTape() as tape:
-            loss = self._g_loss(real, self._generate(z, maps), u[1], maps)
+            fake = self._generate(z, maps)
+            frozen = None
+            if self._split is not None:  # G's loss on separate passes reads the generated frames only
+                frozen = self._frozen(real, fake, maps, u[1], tape, with_real=not self.separate_passes)
+            loss = self._g_loss(real, fake, u[1], maps, frozen)
         return self._apply_g(tape, loss)
 
     def _g_loss(
@@ -334,6 +366,8 @@ class AdversarialStep:
         local = tf.shape(real)[0]
         if frozen is None:
             logits = self._discriminate(real, fake, u, maps, part="fake")
+        elif frozen.real is None:
+            logits = self._head(frozen.fake, frozen.maps)
         else:
             logits = self._judge_features(frozen.features(fake_gradient=True), frozen.maps, local, "fake")
         return generator_loss(logits, self.global_batch_size, self.loss)
@@ -363,16 +397,7 @@ class AdversarialStep:
             frozen = None
             if self._split is not None:
                 # two passes: in one over [real; fake], G's backward would run over both halves
-                with tape.stop_recording():
-                    aug_real, real_maps = self._augment(real, maps, u[0, :local])
-                    real_features = self._split[0](aug_real, training=True)
-                    wrong_maps = None
-                    if self.mismatch:  # the other frame's key points, moved as this frame was
-                        wrong_maps = self._augment(real, mismatched(maps), u[0, :local])[1]
-                aug_fake, fake_maps = self._augment(tf.cast(fake, real.dtype), maps, u[0, local:])
-                fake_features = self._split[0](aug_fake, training=True)
-                both_maps = None if maps is None else tf.concat([real_maps, fake_maps], 0)
-                frozen = _Frozen(real_features, fake_features, both_maps, wrong_maps)
+                frozen = self._frozen(real, fake, maps, u[0], tape)
             with tape.stop_recording():
                 out = self._d_update_on(real, fake, u[0], maps, frozen)
             loss = self._g_loss(real, fake, u[1], maps, frozen)
