@@ -45,6 +45,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
        for name in ("paper-lite0", "projected-lite0", "pg-lite0")},
     # Projected GAN's discriminator with the generator its authors pair it with
     "pg-fastgan-lite0": {**CANDIDATES["pg-fastgan-lite0"], "backbone_weights": "imagenet"},
+    # ... in float32 on every CPU (the bfloat16 convolutions' quality check, issue 24)
+    "pg-fastgan-lite0-fp32": {**CANDIDATES["pg-fastgan-lite0"], "backbone_weights": "imagenet",
+                              "mixed_precision": "off"},
     # ... at twice that width (ngf 16: 4x the generator's FLOPs)
     "pg-fastgan16-lite0": {**CANDIDATES["pg-fastgan-lite0"], "backbone_weights": "imagenet",
                            "generator_width": 16},

@@ -152,6 +152,9 @@ def test_train_writes_outputs_and_resumes_exactly(tmp_path):
     ]:
         assert (run / rel).exists(), rel
     assert list((run / "tensorboard").iterdir())
+    m = straight.metrics  # the first step (tracing, compiling) is timed apart from the rate
+    assert 0 < m["first_step_seconds"] < m["wall_seconds"]
+    assert m["images_per_s"] == pytest.approx(5 * 4 / (m["wall_seconds"] - m["first_step_seconds"]))
 
     first = train(_cfg(tmp_path, "runs/r/resumed", steps=4))
     assert first.step == 4

@@ -132,8 +132,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     run = _set_up(cfg)
     if run.chief:
         _record_start(cfg, run)
-    values, trained, seconds = _step_loop(cfg, run)
-    metrics = _record_end(cfg, run, values, trained, seconds)
+    values, trained, seconds, first = _step_loop(cfg, run)
+    metrics = _record_end(cfg, run, values, trained, seconds, first)
     return TrainResult(
         run.dir, max(run.start, cfg.steps), metrics, uri=run.out, settings=run.settings,
         generator=run.state.generator, discriminator=run.state.discriminator, sampled=run.state.sampled,
@@ -292,7 +292,7 @@ def _step_loop(cfg: TrainConfig, run: _Run) -> tuple[dict[str, float], int, floa
     samples = _SampleInputs.of(cfg, run.layouts)
     wall = time.monotonic()
     values: dict[str, float] = {}
-    trained = 0
+    trained, first = 0, 0.0
     bar_stream = sys.stderr if chief else open(os.devnull, "w")  # noqa: SIM115 - closed below
     try:
         with (
@@ -313,6 +313,10 @@ def _step_loop(cfg: TrainConfig, run: _Run) -> tuple[dict[str, float], int, floa
                     with dist.strategy.scope():
                         state.average.update(step)
                 trained += 1
+                if trained == 1:  # tracing and compiling the step: said apart, not counted in img/s
+                    first = time.monotonic() - wall
+                    log.info("first step: %.1f s (tracing and compiling the step; not counted in img/s)",
+                             first)
                 stop = preemption.requested
                 if dist.workers > 1:  # one worker's SIGTERM stops all of them at the same step
                     stop = float(run.adversarial.agree(tf.constant(1.0 if stop else 0.0))) > 0
@@ -337,7 +341,7 @@ def _step_loop(cfg: TrainConfig, run: _Run) -> tuple[dict[str, float], int, floa
         telemetry.close()
         if bar_stream is not sys.stderr:
             bar_stream.close()
-    return values, trained, time.monotonic() - wall
+    return values, trained, time.monotonic() - wall, first
 
 
 def _train_step(cfg: TrainConfig, run: _Run, real: Any, step: int) -> dict[str, tf.Tensor]:
@@ -364,11 +368,13 @@ def _train_step(cfg: TrainConfig, run: _Run, real: Any, step: int) -> dict[str, 
 
 
 def _record_end(
-    cfg: TrainConfig, run: _Run, values: dict[str, float], trained: int, seconds: float
+    cfg: TrainConfig, run: _Run, values: dict[str, float], trained: int, seconds: float, first: float = 0.0,
 ) -> dict[str, Any]:
     """The run's metrics; the chief writes them, with the loss curves and a final checkpoint.
 
-    A run that had already finished keeps the metrics it wrote then.
+    `images_per_s` counts the steps after the first (whose `first_step_seconds` are tracing and
+    compilation); a one-step run has only the first. A run that had already finished keeps the
+    metrics it wrote then.
     """
     g_count, d_count = count_params(run.state.generator), count_params(run.state.discriminator)
     metrics = {
@@ -377,7 +383,8 @@ def _record_end(
         "d_params": d_count.total,
         "d_trainable_params": d_count.trainable,
         "steps_this_run": trained,
-        "images_per_s": (trained * cfg.batch_size / seconds) if trained else None,
+        "images_per_s": _rate(trained, seconds, first, cfg.batch_size),
+        "first_step_seconds": first if trained else None,
         "wall_seconds": seconds,
         **{f"final_{k}": v for k, v in values.items()},
     }
@@ -394,6 +401,15 @@ def _record_end(
             atomic_write_json(run.dir / "metrics.json", metrics)
         run.outputs.push()
     return metrics
+
+
+def _rate(trained: int, seconds: float, first: float, batch: int) -> float | None:
+    """Images per second after the first step (or of the first, when it is the only one)."""
+    if trained == 0:
+        return None
+    if trained == 1 or seconds <= first:
+        return batch / seconds
+    return (trained - 1) * batch / (seconds - first)
 
 
 def _postfix(values: dict[str, float], images_per_s: float) -> str:
