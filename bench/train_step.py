@@ -263,6 +263,7 @@ def bench(args: argparse.Namespace, cfg: TrainConfig, data: Path, peaks: dict[st
     pairs = [o / r for o, r in zip(blocks["ours"], blocks["reference"], strict=True)]
     row = {
         "size": cfg.image_size, "batch": cfg.batch_size, "backbone": cfg.backbone, "d_head": cfg.d_head,
+        "generator": f"{cfg.generator} G, width {cfg.generator_width}", "d_recipe": cfg.d_recipe,
         "d_feature_size": cfg.d_feature_size, "precision": info["precision"], "xla": info["xla"],
         "deterministic": info["deterministic"], "fast_path": info["fast_path"],
         "ours_images_per_s": ips["ours"], "reference_images_per_s": ips["reference"],
@@ -298,8 +299,9 @@ def _print(row: dict, peaks: dict[str, float]) -> None:
         f"{kind} peak {peak:.0f}: ours {100 * row[f'ours_share_of_{kind}_peak']:.1f} %, reference "
         f"{100 * row[f'reference_share_of_{kind}_peak']:.1f} %" for kind, peak in peaks.items())
     print(
-        f"{row['size']} px, batch {row['batch']}, {row['backbone']} ({row['d_head']} head, features at "
-        f"{row['d_feature_size'] or row['size']} px), {row['precision']}, "
+        f"{row['size']} px, batch {row['batch']}, {row['generator']}, {row['backbone']} ({row['d_head']} "
+        f"head, {row['d_recipe']} recipe, features at {row['d_feature_size'] or row['size']} px), "
+        f"{row['precision']}, "
         f"XLA {'on' if row['xla'] else 'off'}, "
         f"determinism {'on' if row['deterministic'] else 'off'}\n  {row['fast_path']}\n"
         f"  ours      {row['ours_images_per_s']:.1f} img/s (blocks {spread['ours']}), first step "

@@ -32,13 +32,16 @@ def _randomise_batch_norm(model: tf.keras.Model, seed: int = 0) -> int:
     return n
 
 
-def test_folded_frozen_features_give_the_discriminators_logits():
-    """fp32: D's head on the folded Lite0 features = D's logits, to 1e-4."""
+@pytest.mark.parametrize("mixing", ["residual", "projected-gan"])
+def test_folded_frozen_features_give_the_discriminators_logits(mixing):
+    """fp32: D's head on the folded Lite0 features = D's logits, to 1e-4 (medsynth's scale mixing, and
+    Projected GAN's, which the demo's candidate trains)."""
     from medsynth.models.discriminator import build_discriminator
     from medsynth.train.step import split_frozen_discriminator
 
     tf.keras.utils.set_random_seed(0)
-    d = build_discriminator(64, backbone="efficientnet_lite0", weights="none", head="projected")
+    d = build_discriminator(64, backbone="efficientnet_lite0", weights="none", head="projected",
+                            scale_mixing=mixing, max_channels=512 if mixing == "projected-gan" else 256)
     features, head = split_frozen_discriminator(d)
     assert _randomise_batch_norm(features) > 40
     folded, pairs = fold_batch_norm(features)
