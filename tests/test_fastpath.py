@@ -116,9 +116,11 @@ def test_bfloat16_convolutions_leave_the_rest_in_float32():
 
 
 @pytest.mark.parametrize("flags, vendor, precision, bf16, forward", [
-    ({"avx2", "avx512f", "avx512_bf16"}, "AuthenticAMD", "auto", True, False),  # Zen 4/5: bf16 wins
-    ({"avx2", "avx512f", "avx512_bf16"}, "GenuineIntel", "auto", False, False),  # no AMX: bf16 loses
-    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "GenuineIntel", "auto", True, False),
+    # bf16 convolutions stay off: faster alone on Zen 4/5 and AMX, but the demo's FD ratio left fp32's
+    # spread over seeds 0-2 (docs/performance.md)
+    ({"avx2", "avx512f", "avx512_bf16"}, "AuthenticAMD", "auto", False, False),
+    ({"avx2", "avx512f", "avx512_bf16"}, "GenuineIntel", "auto", False, False),
+    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "GenuineIntel", "auto", False, False),
     ({"avx2", "avx512f", "avx512_bf16"}, "AuthenticAMD", "off", False, False),  # asked: fp32
     ({"avx2", "fma"}, "AuthenticAMD", "auto", False, True),  # AVX2 only: forward-convolution gradients
 ])

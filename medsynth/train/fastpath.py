@@ -17,10 +17,11 @@ it wins (docs/performance.md has the measurements behind every rule).
   one (or the 1x1 convolution first): 2.25x (4x) fewer FLOPs, 1.5-1.9x faster
   (medsynth.models.layers.UpsampledConv2D). Rule: CPUs.
 - `bfloat16_convolutions`: convolutions and dense layers compute in bfloat16, everything else in
-  float32 (medsynth.models.layers.bfloat16_convolutions). oneDNN's bf16 convolutions run about twice
-  as fast as fp32 on AMD Zen 4 with AVX512_BF16, but at half the fp32 speed on an Intel Xeon with
-  AVX512_BF16 and no AMX. Rule (`bfloat16_wins`): AVX512_BF16 on AMD, or AMX, under
-  `--mixed-precision auto` (bench/train_step.py prints the gain it measures on the CPU at hand).
+  float32 (medsynth.models.layers.bfloat16_convolutions). oneDNN's bf16 convolutions run 1.3-2.6x
+  fp32 alone on AMD Zen 4/5 with AVX512_BF16 (half the fp32 speed on an Intel Xeon with AVX512_BF16
+  and no AMX: `bfloat16_wins`), but on the demo's configuration the whole step gained only about
+  1.1x on Zen 5, and the FD ratio of its seeds 0-2 left fp32's spread (docs/performance.md). Rule:
+  off; bench/train_step.py `--toggle bfloat16_convolutions` measures it on the CPU at hand.
   GPUs get their mixed precision from medsynth.train.devices instead.
 
 Rules, not timings: a resumed run makes the same choices on the same kind of machine, so it computes
@@ -140,7 +141,7 @@ def choose(
         return fast
     flags, vendor = cpu_flags(), cpu_vendor()
     avx512 = "avx512f" in flags
-    bf16 = mixed_precision == "auto" and bfloat16_wins(flags, vendor)
+    bf16 = False  # measured: not inside fp32's quality spread, and little faster (module docstring)
     reasons = [vendor or "CPU", "AVX-512" if avx512 else "no AVX-512"]
     if "avx512_bf16" in flags:
         reasons.append("AVX512_BF16" + (", AMX" if "amx_bf16" in flags else ""))
