@@ -381,8 +381,9 @@ def main() -> int:
 
         rule = bfloat16_wins(cpu_flags(), cpu_vendor())
         print(f"a bf16 3x3 convolution (forward and backward) runs at {probe_bfloat16():.2f}x fp32 here; "
-              f"bf16 convolutions {'would win' if rule else 'lose'} alone on this CPU (medsynth.train.fastpath."
-              "bfloat16_wins); the step keeps them off (--toggle bfloat16_convolutions measures them)",
+              f"bf16 convolutions {'would win' if rule else 'lose'} alone on this CPU "
+              "(medsynth.train.fastpath.bfloat16_wins); the step keeps them off "
+              "(--toggle bfloat16_convolutions measures them)",
               flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
