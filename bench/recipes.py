@@ -45,7 +45,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
        for name in ("paper-lite0", "projected-lite0", "pg-lite0")},
     # Projected GAN's discriminator with the generator its authors pair it with
     "pg-fastgan-lite0": {**CANDIDATES["pg-fastgan-lite0"], "backbone_weights": "imagenet"},
-    # ... in float32 on every CPU (the bfloat16 convolutions' quality check, issue 24)
+    # ... in float32 asked for: the bfloat16 convolutions' quality check of 2026-12-07 (issue 24), when
+    # the fast path's rule still gave AMD CPUs with AVX512_BF16 bf16 convolutions (now off everywhere)
     "pg-fastgan-lite0-fp32": {**CANDIDATES["pg-fastgan-lite0"], "backbone_weights": "imagenet",
                               "mixed_precision": "off"},
     # ... at twice that width (ngf 16: 4x the generator's FLOPs)
