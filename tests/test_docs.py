@@ -141,8 +141,11 @@ def test_every_relative_link_and_picture_of_the_docs_resolves():
 def test_the_readme_is_a_landing_page_that_links_every_page():
     text = README.read_text()
     assert len(text.splitlines()) <= 160, "the README is a landing page: move the detail to docs/"
-    for needed in ("make demo", "make test", "](docs/cluster.md)", "docs/img/demo-seed0-generated.png"):
+    for needed in ("make demo", "make test", "](docs/cluster.md)"):
         assert needed in text, needed
+    pictures = re.findall(r"!\[([^\]]*)\]\((docs/img/[^)]+\.png)\)", text)  # real beside synthetic frames
+    assert {"real frames", "synthetic frames"} <= {alt for alt, _ in pictures}, pictures
+    assert all((ROOT / path).is_file() for _, path in pictures), pictures
     linked = {Path(t).name for t in _LINK.findall(text)}
     unlinked = sorted(p.name for p in (ROOT / "docs").glob("*.md") if p.name not in linked)
     assert not unlinked, f"docs/ pages the README does not link: {unlinked}"
