@@ -12,10 +12,10 @@ from medsynth.evaluate.compare import compare_runs, pick_winner
 from medsynth.serving.push import METRICS_FILE, PushConfig, push
 
 
-def _plant(root: Path, backbone: str, **metrics) -> None:
-    (root / backbone / "eval").mkdir(parents=True)
-    (root / backbone / "eval" / "metrics.json").write_text(json.dumps({"feature_extractor": "x", **metrics}))
-    (root / backbone / "metrics.json").write_text(json.dumps({"d_params": 10, "d_trainable_params": 2}))
+def _plant(root: Path, candidate: str, **metrics) -> None:
+    (root / candidate / "eval").mkdir(parents=True)
+    (root / candidate / "eval" / "metrics.json").write_text(json.dumps({"feature_extractor": "x", **metrics}))
+    (root / candidate / "metrics.json").write_text(json.dumps({"d_params": 10, "d_trainable_params": 2}))
 
 
 def test_comparison_picks_the_best_backbone_by_the_criterion(tmp_path):
@@ -249,3 +249,18 @@ def test_if_all_collapsed_stop_ends_the_run_with_the_verdict_after_writing_the_p
     assert (tmp_path / "cmp" / "comparison.html").exists()  # the pages say why it stopped
     with pytest.raises(ConfigError, match="unknown if_all_collapsed 'retry'; choose one of stop, continue"):
         compare_runs(tmp_path, ["a", "b"], tmp_path / "cmp3", if_all_collapsed="retry")
+
+
+def test_candidates_sharing_a_backbone_are_ranked_and_named_as_candidates(tmp_path):
+    """Named configurations on one backbone (the demo's paper-lite0 and pg-fastgan-lite0): each row is the
+    candidate, whatever backbone its evaluation records, and the winner names the run to continue."""
+    floors = dict(floor_fd_efflite0=30.0, floor_swd=25.0, pretrained_extractor=LITE0, collapse=False,
+                  backbone="efficientnet_lite0")
+    _plant(tmp_path, "paper-lite0", fd_efflite0=400.0, swd=200.0, fd_ratio_efflite0=13.3, swd_ratio=8.0,
+           ratio_to_floor=13.3, **floors)
+    _plant(tmp_path, "pg-fastgan-lite0", fd_efflite0=210.0, swd=120.0, fd_ratio_efflite0=7.0, swd_ratio=4.8,
+           ratio_to_floor=7.0, **floors)
+    result = compare_runs(tmp_path, ["paper-lite0", "pg-fastgan-lite0"], tmp_path / "cmp")
+    assert result.winner == "pg-fastgan-lite0"
+    assert [r["backbone"] for r in result.rows] == ["paper-lite0", "pg-fastgan-lite0"]
+    assert result.verdict.startswith("winner pg-fastgan-lite0 by worst ratio to the real floor = 7.00×")

@@ -84,7 +84,7 @@ def load_results(run_root: str | Path, backbones: list[str]) -> list[dict[str, A
         path = Path(run_root) / b / "eval" / "metrics.json"
         if not path.exists():
             raise DataError(f"backbone {b}: no evaluation at {path}; did its train/evaluate step run?")
-        row = {"backbone": b, **read_json(path)}
+        row = {**read_json(path), "backbone": b}  # the candidate's name: two may share a backbone
         train_metrics = Path(run_root) / b / "metrics.json"
         if train_metrics.exists():
             row.update({k: v for k, v in read_json(train_metrics).items() if k.endswith("params")})
