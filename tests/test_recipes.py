@@ -96,16 +96,17 @@ def test_feature_size_resizes_frames_before_the_backbone_and_sizes_the_patches()
     assert larger.get_layer("d_features").layers[1].size == 128
 
 
-def _step(separate: bool = False, fresh: bool = False):
+def _step(separate: bool = False, fresh: bool = False, r1_gamma: float = 0.0,
+          d: tf.keras.Model | None = None, size: int = 32):
     from medsynth.models.generator import build_generator
     from medsynth.train.augment import DEFAULT_POLICY, parse_policy
 
     tf.keras.utils.set_random_seed(0)
-    g = build_generator(32, latent_dim=16, width=2)
-    d = _projected("residual")
+    g = build_generator(size, latent_dim=16, width=2)
+    d = d or _projected("residual")
     step = AdversarialStep(g, d, tf.keras.optimizers.Adam(1e-3), tf.keras.optimizers.Adam(1e-3),
                            global_batch_size=4, latent_dim=16, seed=3, augment=parse_policy(DEFAULT_POLICY),
-                           loss="hinge", separate_passes=separate, fresh_draws=fresh)
+                           loss="hinge", separate_passes=separate, fresh_draws=fresh, r1_gamma=r1_gamma)
     return g, d, step
 
 
@@ -196,3 +197,14 @@ def test_g_update_on_separate_passes_judges_only_the_generated_frames_as_d_whole
         v.assign(value)
     whole = float(step._g_loss(real, fake, u, None))
     assert split == pytest.approx(whole, rel=1e-4)
+
+
+def test_fresh_draws_keep_r1_on_a_frozen_backbone():
+    """R1 needs D's input gradient at the real frames: with it on, D's fresh-draw update runs D whole
+    (the frozen features' shortcut would drop the penalty). The paper's head at Lite0's own size: TF has
+    no second derivative of bilinear resizing, which the projected head and smaller frames use."""
+    real = tf.random.stateless_uniform([4, 64, 64, 1], seed=[1, 2], minval=-1, maxval=1)
+    paper = build_discriminator(64, "efficientnet_lite0", weights="none", head="paper", mode="frozen")
+    _, _, step = _step(separate=True, fresh=True, r1_gamma=1.0, d=paper, size=64)
+    assert step._split is not None  # a frozen backbone: the shortcut was on offer
+    assert float(step.d_step(real, tf.constant(5, tf.int64))["r1_penalty"]) > 0

@@ -260,20 +260,23 @@ class AdversarialStep:
         have no batch statistics); with it the real frames' pass stays off the tape."""
         local = tf.shape(real)[0]
         features = self._split[0]
+        off_tape = tape.stop_recording if tape is not None else contextlib.nullcontext
         real_features = real_maps = wrong_maps = None
-        with tape.stop_recording() if tape is not None else contextlib.nullcontext():
-            if with_real:
+        if with_real:
+            with off_tape():
                 aug_real, real_maps = self._augment(real, maps, u[:local])
                 if self.mismatch:  # the other frame's key points, moved as this frame was
                     wrong_maps = self._augment(real, mismatched(maps), u[:local])[1]
-            if with_real and tape is not None:
-                real_features = features(aug_real, training=True)
         aug_fake, fake_maps = self._augment(tf.cast(fake, real.dtype), maps, u[local:])
-        if with_real and tape is None:
+        if not with_real:
+            fake_features = features(aug_fake, training=True)
+        elif tape is None:
             joint = features(tf.concat([aug_real, aug_fake], 0), training=True)
             real_features = tf.nest.map_structure(lambda f: f[:local], joint)
             fake_features = tf.nest.map_structure(lambda f: f[local:], joint)
         else:
+            with off_tape():
+                real_features = features(aug_real, training=True)
             fake_features = features(aug_fake, training=True)
         both_maps = fake_maps if maps is None or not with_real else tf.concat([real_maps, fake_maps], 0)
         return _Frozen(real_features, fake_features, both_maps, wrong_maps)
@@ -283,7 +286,8 @@ class AdversarialStep:
         local = tf.shape(real)[0]
         z, u = self._my_latents(z, local), self._my_uniforms(u, local)
         fake = tf.stop_gradient(self._generate(z, maps))
-        frozen = None if self._split is None else self._frozen(real, fake, maps, u[0])
+        # R1 needs D's input gradient at the real frames, which only D run whole traces
+        frozen = None if self._split is None or self.r1_gamma > 0 else self._frozen(real, fake, maps, u[0])
         return self._d_update_on(real, fake, u[0], maps, frozen)
 
     def _d_update_on(
