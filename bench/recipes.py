@@ -49,6 +49,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # the fast path's rule still gave AMD CPUs with AVX512_BF16 bf16 convolutions (now off everywhere)
     "pg-fastgan-lite0-fp32": {**CANDIDATES["pg-fastgan-lite0"], "backbone_weights": "imagenet",
                               "mixed_precision": "off"},
+    # ... with Projected GAN's separable per-scale discriminators (the demo's since 2026-12-07, later)
+    "pg-fastgan-sep-lite0": {**CANDIDATES["pg-fastgan-sep-lite0"], "backbone_weights": "imagenet"},
     # ... at twice that width (ngf 16: 4x the generator's FLOPs)
     "pg-fastgan16-lite0": {**CANDIDATES["pg-fastgan-lite0"], "backbone_weights": "imagenet",
                            "generator_width": 16},

@@ -6,8 +6,8 @@
 `--demo` measures the configuration `make demo` trains last: the TrainConfig of its final training
 (medsynth.demo.final_train_config: the pipeline's defaults, the demo's arguments, the pipeline's
 mapping to the final task) for the candidate that wins its comparison (`--backbone`, default the
-demo's last candidate, pg-fastgan-lite0: FastGAN's G, Projected GAN's recipe on frozen Lite0 at 64 px,
-batch 16, DiffAugment). `--set
+demo's last candidate, pg-fastgan-sep-lite0: FastGAN's G, Projected GAN's recipe and separable
+per-scale discriminators on frozen Lite0 at 64 px, batch 16, DiffAugment). `--set
 NAME=VALUE` changes any TrainConfig field first (the quality work's feature size or generator).
 Without `--demo` a config is made from the flags (`--sizes`, `--backbone`, random weights).
 
@@ -326,7 +326,7 @@ def main() -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                    help="a TrainConfig field to change (repeatable), e.g. d_feature_size=128")
     p.add_argument("--backbone", default=None, help="--demo: the comparison's winner (default: the demo's "
-                                                     "last candidate, pg-fastgan-lite0); "
+                                                     "last candidate, pg-fastgan-sep-lite0); "
                                                      "else the backbone (xception)")
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="without --demo")
     p.add_argument("--batch", type=int, default=16, help="without --demo")

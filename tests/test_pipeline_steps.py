@@ -144,10 +144,10 @@ def test_the_demo_final_training_config_is_the_pipelines_with_the_demos_argument
     assert (cfg.data, cfg.backbone, cfg.image_size, cfg.steps, cfg.batch_size, cfg.seed) == (
         "/data/set", "efficientnet_lite0", 64, 700, 8, 3)
     # by default the demo's best candidate (its last) won: its named configuration, continued
-    assert cfg.out.endswith("/runs/demo/final") and cfg.init_from.endswith("/runs/demo/pg-fastgan-lite0")
+    assert cfg.out.endswith("/runs/demo/final") and cfg.init_from.endswith("/runs/demo/pg-fastgan-sep-lite0")
     assert (cfg.d_head, cfg.backbone_weights, cfg.strategy) == ("projected", "imagenet", "auto")
-    assert (cfg.d_recipe, cfg.d_feature_size, cfg.generator, cfg.generator_width) == (
-        "projected-gan", 0, "fastgan", 8)
+    assert (cfg.d_recipe, cfg.d_feature_size, cfg.d_blocks, cfg.generator, cfg.generator_width) == (
+        "projected-gan", 0, "separable", "fastgan", 8)
     # overrides win over the candidate, before the config resolves its defaults: a recipe brings its own
     changed = final_train_config(demo, "/d", overrides=TrainConfig.parse_overrides(
         ["d_recipe=medsynth", "d_max_channels=64", "r1_gamma=0.5", "augment=true"]))

@@ -11,8 +11,8 @@ from medsynth.models.discriminator import build_discriminator
 from medsynth.train.config import LEGACY_SIGNATURE, RECIPES, TrainConfig
 from medsynth.train.step import AdversarialStep, augment_uniforms, latent_batch
 
-PG_OPTIONS = ("d_feature_size", "d_scale_mixing", "d_max_channels", "d_passes", "beta_1", "beta_2",
-              "adam_epsilon", "lr_d", "draws", "cutout", "g_ema_buffers")
+PG_OPTIONS = ("d_feature_size", "d_scale_mixing", "d_max_channels", "d_blocks", "d_passes", "beta_1",
+              "beta_2", "adam_epsilon", "lr_d", "draws", "cutout", "g_ema_buffers")
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -36,6 +36,7 @@ def test_one_switch_gives_projected_gans_values_and_each_stays_settable():
     ({"d_recipe": "stylegan"}, "unknown --d-recipe 'stylegan'"),
     ({"d_scale_mixing": "fpn"}, "unknown --d-scale-mixing 'fpn'"),
     ({"d_passes": "twice"}, "unknown --d-passes"),
+    ({"d_blocks": "dense"}, "unknown --d-blocks 'dense'"),
     ({"draws": "new"}, "unknown --draws"),
     ({"g_ema_buffers": "keep"}, "unknown --g-ema-buffers"),
     ({"cutout": 0.0}, "--cutout must be"),
@@ -52,14 +53,43 @@ def test_the_structural_options_are_in_the_model_signature_and_old_runs_read_as_
     assert _cfg().model_signature()["d_feature_size"] == 0
     pg = _cfg(d_recipe="projected-gan").model_signature()
     assert (pg["d_feature_size"], pg["d_scale_mixing"], pg["d_max_channels"]) == (224, "projected-gan", 512)
+    assert _cfg(d_blocks="separable").model_signature()["d_blocks"] == "separable" != pg["d_blocks"]
     saved = {k: v for k, v in _cfg(d_recipe="projected-gan").to_dict().items() if k not in LEGACY_SIGNATURE}
     old = TrainConfig.from_saved(saved)  # a run written before the options existed: the D it trained
     assert {k: getattr(old, k) for k in LEGACY_SIGNATURE} == LEGACY_SIGNATURE
 
 
-def _projected(mixing: str, feature_size: int = 0, max_channels: int = 256) -> tf.keras.Model:
-    return build_discriminator(32, "efficientnet_lite0", weights="none", head="projected", seed=3,
-                               feature_size=feature_size, scale_mixing=mixing, max_channels=max_channels)
+def _projected(mixing: str, feature_size: int = 0, max_channels: int = 256, blocks: str = "conv",
+               size: int = 32) -> tf.keras.Model:
+    return build_discriminator(size, "efficientnet_lite0", weights="none", head="projected", seed=3,
+                               feature_size=feature_size, scale_mixing=mixing, max_channels=max_channels,
+                               blocks=blocks)
+
+
+def test_separable_blocks_judge_the_same_patches_with_a_fraction_of_the_head():
+    conv, sep = (_projected("projected-gan", max_channels=512, blocks=b, size=64)
+                 for b in ("conv", "separable"))
+    x = tf.random.uniform([2, 64, 64, 1], -1, 1, seed=1)
+    assert conv(x).shape == sep(x).shape  # the same patches per scale, down to the same maps
+    weights = [m.get_layer("d_head").count_params() for m in (conv, sep)]
+    assert weights[1] < weights[0] / 3, weights
+    head = sep.get_layer("d_head")
+    assert head.get_layer("d0_down0_pool") and not any(
+        isinstance(layer, tf.keras.layers.Conv2D) and layer.kernel_size == (4, 4) and layer.strides == (2, 2)
+        for layer in head.layers)
+
+
+def test_spectral_depthwise_kernel_is_divided_by_its_largest_singular_value():
+    from medsynth.models.layers import SpectralDepthwiseConv2D
+
+    layer = SpectralDepthwiseConv2D(3, padding="same", use_bias=False)
+    x = tf.random.normal([1, 6, 6, 5], seed=2)
+    for _ in range(30):  # power iteration converges in training calls
+        layer(x, training=True)
+    k = layer.depthwise_kernel.numpy()
+    sigma = np.linalg.svd(k.reshape(9, 5), compute_uv=False)[0]  # PyTorch's [C, 1, 3, 3] as a matrix
+    expect = tf.nn.depthwise_conv2d(x, k / sigma, (1, 1, 1, 1), "SAME")
+    np.testing.assert_allclose(layer(x, training=False), expect, rtol=1e-4, atol=1e-5)
 
 
 def test_projected_gans_scale_mixing_adds_upsamples_with_aligned_corners_and_has_random_biases():

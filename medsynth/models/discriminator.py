@@ -50,7 +50,7 @@ from medsynth.models.backbones import (
     normalize_weights,
 )
 from medsynth.models.generator import check_image_size
-from medsynth.models.layers import spectral_norm, synchronize_batch_norm
+from medsynth.models.layers import SpectralDepthwiseConv2D, spectral_norm, synchronize_batch_norm
 
 log = logging.getLogger("medsynth")
 
@@ -67,6 +67,10 @@ MIX_CHANNELS = (64, 128, 256, 512)
 NOMINAL_SIDES = (128, 64, 32, 16)
 SCALE_CHANNELS = {64: 64, 32: 128, 16: 256, 8: 512}  # Projected GAN's; `max_channels` caps them
 SCALE_MIXINGS = ("residual", "projected-gan")
+# the per-scale discriminators' down blocks (blocks.DownBlock): conv (SN conv 4x4/2 → BN → LeakyReLU;
+# their FastGAN configuration) or separable (SN depthwise 3x3 → SN pointwise 1x1 → BN → LeakyReLU →
+# average pool 2; their `separable` discriminators, as their StyleGAN2 configuration runs them)
+D_BLOCKS = ("conv", "separable")
 
 
 CONDITIONAL_HEADS = ("dcgan", "projected")
@@ -151,6 +155,7 @@ def build_discriminator(
     feature_size: int = 0,
     scale_mixing: str = "residual",
     max_channels: int = 256,
+    blocks: str = "conv",
 ) -> tf.keras.Model:
     """D: frames [n, S, S, 1] in [-1, 1] → logits [n, 1] (projected head: [n, patches]).
 
@@ -158,8 +163,7 @@ def build_discriminator(
     `condition_channels` C > 0 its inputs are [frames, heat maps float32 [n, S, S, C]].
     `feature_size`: the side smaller frames are upsampled to before the backbone (0: the frame size, at
     least the backbone's minimum; Projected GAN: 224, and as its interp224 a larger frame keeps its size).
-    `scale_mixing` and `max_channels`: the projected head's
-    (see `projected_discriminator`).
+    `scale_mixing`, `max_channels` and `blocks`: the projected head's (see `projected_discriminator`).
     """
     check_image_size(image_size)
     spec = get_backbone(backbone)
@@ -178,7 +182,7 @@ def build_discriminator(
     if head == "projected":
         net = build_backbone(spec.name, size, weights)
         return projected_discriminator(image_size, spec, net, seed, condition_channels, scale_mixing,
-                                       max_channels)
+                                       max_channels, blocks)
     net = build_backbone(spec.name, size, weights, channels=3 + condition_channels)
     return discriminator_from_backbone(image_size, spec, net, resolved, head, condition_channels)
 
@@ -205,7 +209,7 @@ def tap_layers(spec: BackboneSpec, net: tf.keras.Model, count: int = 4) -> list[
 
 def projected_discriminator(
     image_size: int, spec: BackboneSpec, net: tf.keras.Model, seed: int = 0, condition_channels: int = 0,
-    scale_mixing: str = "residual", max_channels: int = 256,
+    scale_mixing: str = "residual", max_channels: int = 256, blocks: str = "conv",
 ) -> tf.keras.Model:
     """Projected GAN's D around the frozen backbone `net` (see the module docstring).
 
@@ -213,10 +217,13 @@ def projected_discriminator(
     blocks.FeatureFusionBlock): add the coarser output to this scale's CCM map, bilinear x2 with
     aligned corners, a 1x1 convolution, with PyTorch's random biases in every CCM/CSM convolution.
     `residual` (medsynth's first reading of the paper): two fixed MiDaS residual units per scale around
-    the add, bias-free. `max_channels` caps the per-scale blocks' width (theirs: 512 at 8 px).
+    the add, bias-free. `max_channels` caps the per-scale blocks' width (theirs: 512 at 8 px); `blocks`
+    is their down blocks' kind (D_BLOCKS: separable is about 4x fewer multiply-adds at these widths).
     """
     if scale_mixing not in SCALE_MIXINGS:
         raise ConfigError(f"unknown scale mixing {scale_mixing!r}; use one of: {', '.join(SCALE_MIXINGS)}")
+    if blocks not in D_BLOCKS:
+        raise ConfigError(f"unknown discriminator blocks {blocks!r}; use one of: {', '.join(D_BLOCKS)}")
     theirs = scale_mixing == "projected-gan"
     layers = tf.keras.layers
     taps = tap_layers(spec, net)
@@ -276,7 +283,8 @@ def projected_discriminator(
             for i, t in enumerate(head_inputs)
         ]
         head_inputs = [*head_inputs, maps]
-    logits = [_scale_discriminator(t, i, NOMINAL_SIDES[i], max_channels, bias=theirs)
+    logits = [_scale_discriminator(t, i, NOMINAL_SIDES[i], max_channels, bias=theirs,
+                                   separable=blocks == "separable")
               for i, t in enumerate(scales)]
     head = tf.keras.Model(head_inputs, layers.Concatenate(name="logits")(logits), name="d_head")
     if not condition_channels:
@@ -301,19 +309,26 @@ def _resize_maps(maps: tf.Tensor, side: int, name: str) -> tf.Tensor:
 
 
 def _scale_discriminator(x: tf.Tensor, scale: int, nominal: int, max_channels: int = 256,
-                         bias: bool = False) -> tf.Tensor:
-    """Down blocks (SN conv 4x4/2 → BN → LeakyReLU) as for a `nominal`-px map down to 8, then SN 4x4
-    patch logits (valid where the map allows, else same). `bias`: Projected GAN's down convolutions
-    keep PyTorch's default bias (the BN after them cancels it; only the parameter count differs)."""
+                         bias: bool = False, separable: bool = False) -> tf.Tensor:
+    """Down blocks (D_BLOCKS) as for a `nominal`-px map down to 8, then SN 4x4 patch logits (valid
+    where the map allows, else same). `bias`: Projected GAN's down convolutions keep PyTorch's default
+    bias (the BN after them cancels it; only the parameter count differs); their separable blocks have
+    none."""
     layers = tf.keras.layers
     side, k = int(x.shape[1]), 0
     while nominal > 8:
         nominal //= 2
-        conv = layers.Conv2D(min(SCALE_CHANNELS[nominal], max_channels), 4, 2, padding="same", use_bias=bias,
-                             name=f"d{scale}_down{k}")
-        x = spectral_norm(conv)(x)
+        width = min(SCALE_CHANNELS[nominal], max_channels)
+        if separable:  # blocks.DownBlock(separable=True): SeparableConv2d(in, out, 3) → BN → LReLU → pool
+            x = SpectralDepthwiseConv2D(3, padding="same", use_bias=False, name=f"d{scale}_down{k}_dw")(x)
+            x = spectral_norm(layers.Conv2D(width, 1, use_bias=False, name=f"d{scale}_down{k}"))(x)
+        else:
+            conv = layers.Conv2D(width, 4, 2, padding="same", use_bias=bias, name=f"d{scale}_down{k}")
+            x = spectral_norm(conv)(x)
         x = layers.BatchNormalization(synchronized=True, name=f"d{scale}_down{k}_bn")(x)
         x = layers.LeakyReLU(0.2, name=f"d{scale}_down{k}_lrelu")(x)
+        if separable:
+            x = layers.AveragePooling2D(2, padding="same", name=f"d{scale}_down{k}_pool")(x)
         side, k = (side + 1) // 2, k + 1
     padding = "valid" if side >= 4 else "same"
     x = spectral_norm(layers.Conv2D(1, 4, padding=padding, use_bias=False, name=f"d{scale}_logits"))(x)

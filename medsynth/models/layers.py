@@ -161,9 +161,9 @@ class _SpectralKernel:
     """The power-iteration vector of a layer with a `kernel`: one per replica (SyncOnRead, like batch
     norm's statistics: every replica has the same kernel, so the same u), float32 under any policy."""
 
-    def _add_u(self) -> None:
+    def _add_u(self, channels: int | None = None) -> None:
         self.sn_u = self.add_weight(
-            name="sn_u", shape=(1, self.kernel.shape[-1]), dtype=tf.float32, trainable=False,
+            name="sn_u", shape=(1, channels or self.kernel.shape[-1]), dtype=tf.float32, trainable=False,
             initializer=tf.keras.initializers.RandomNormal(), experimental_autocast=False,
             synchronization=tf.VariableSynchronization.ON_READ, aggregation=tf.VariableAggregation.MEAN,
         )
@@ -186,6 +186,28 @@ class SpectralConv2D(_SpectralKernel, tf.keras.layers.Conv2D):
             x = ForwardGradientConv2D.convolution_op(self, inputs, kernel)
         else:
             x = self.convolution_op(inputs, kernel)
+        if self.use_bias:
+            x = tf.nn.bias_add(x, self.bias)
+        return self.activation(x) if self.activation is not None else x
+
+
+@tf.keras.saving.register_keras_serializable(package="medsynth")
+class SpectralDepthwiseConv2D(_SpectralKernel, tf.keras.layers.DepthwiseConv2D):
+    """DepthwiseConv2D (multiplier 1) with a spectrally normalised kernel, read as PyTorch reads a
+    `groups=C` weight [C, 1, k, k]: a matrix [k·k, C], one column per output channel."""
+
+    def build(self, input_shape: tf.TensorShape) -> None:
+        super().build(input_shape)
+        if self.data_format != "channels_last" or self.depth_multiplier != 1:
+            raise ConfigError(f"{self.name}: SpectralDepthwiseConv2D is channels-last, multiplier 1")
+        self._add_u(self.depthwise_kernel.shape[2])
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        k = self.depthwise_kernel
+        matrix = tf.reshape(k, [-1, k.shape[2]])
+        kernel = tf.reshape(spectral_kernel(matrix, self.sn_u, bool(training)), k.shape)
+        x = tf.nn.depthwise_conv2d(inputs, tf.cast(kernel, self.compute_dtype), (1, *self.strides, 1),
+                                   self.padding.upper())
         if self.use_bias:
             x = tf.nn.bias_add(x, self.bias)
         return self.activation(x) if self.activation is not None else x

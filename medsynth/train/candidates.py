@@ -32,6 +32,12 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # docs/experiments.md; their ngf is 128)
     "pg-fastgan-lite0": {"backbone": LITE0, "d_head": "projected", "d_recipe": "projected-gan",
                          "d_feature_size": 0, "generator": "fastgan", "generator_width": 8},
+    # ... with the separable per-scale discriminators of their own code (blocks.DownBlock(separable=True),
+    # which their StyleGAN2 configuration runs): measured 2.0x the step's img/s of the one above on a
+    # 2-core Zen 5 and its FD ratio per step (docs/experiments.md), so twice the steps in the demo's time
+    "pg-fastgan-sep-lite0": {"backbone": LITE0, "d_head": "projected", "d_recipe": "projected-gan",
+                             "d_feature_size": 0, "generator": "fastgan", "generator_width": 8,
+                             "d_blocks": "separable"},
 }
 
 

@@ -32,23 +32,25 @@ BATCH_NORMS = ("auto", "fused", "synchronized")
 # ran before these options existed (measured choices, docs/experiments.md).
 RECIPES: dict[str, dict[str, Any]] = {
     "medsynth": {
-        "d_feature_size": 0, "d_scale_mixing": "residual", "d_max_channels": 256, "d_passes": "joint",
+        "d_feature_size": 0, "d_scale_mixing": "residual", "d_max_channels": 256, "d_blocks": "conv",
+        "d_passes": "joint",
         "beta_1": 0.5, "beta_2": 0.999, "adam_epsilon": 1e-7, "lr_d": None, "draws": "shared",
         "cutout": 0.5, "g_ema_buffers": "average",
     },
     "projected-gan": {
         "d_feature_size": 224, "d_scale_mixing": "projected-gan", "d_max_channels": 512,
-        "d_passes": "separate", "beta_1": 0.0, "beta_2": 0.99, "adam_epsilon": 1e-8, "lr_d": 2e-4,
-        "draws": "fresh", "cutout": 0.2, "g_ema_buffers": "copy",
+        "d_blocks": "conv", "d_passes": "separate", "beta_1": 0.0, "beta_2": 0.99, "adam_epsilon": 1e-8,
+        "lr_d": 2e-4, "draws": "fresh", "cutout": 0.2, "g_ema_buffers": "copy",
     },
 }
 DEFAULT_RECIPE = "medsynth"
 # the model-signature values of runs saved before these options existed
 LEGACY_SIGNATURE = {
-    **{k: RECIPES["medsynth"][k] for k in ("d_feature_size", "d_scale_mixing", "d_max_channels")},
+    **{k: RECIPES["medsynth"][k] for k in ("d_feature_size", "d_scale_mixing", "d_max_channels", "d_blocks")},
     "generator": "paper",
 }
 SCALE_MIXINGS = ("residual", "projected-gan")
+D_BLOCKS = ("conv", "separable")  # medsynth.models.discriminator.D_BLOCKS (this module imports no TF)
 D_PASSES = ("joint", "separate")
 DRAWS = ("shared", "fresh")
 EMA_BUFFERS = ("average", "copy")
@@ -122,6 +124,10 @@ class TrainConfig:
                                             "convolution with random biases)", choices=SCALE_MIXINGS)
     d_max_channels: int | None = _opt(None, "widest per-scale block of the projected head (medsynth 256, "
                                             "projected-gan 512)")
+    d_blocks: str | None = _opt(None, "the projected head's down blocks: conv (4x4/2, Projected GAN's "
+                                      "FastGAN configuration) or separable (depthwise 3x3 + 1x1 + "
+                                      "average pool, their StyleGAN2 configuration's; ~4x fewer FLOPs)",
+                                choices=D_BLOCKS)
     d_passes: str | None = _opt(None, "joint: D judges [real; fake] as one batch (one batch-norm batch); "
                                       "separate: one pass each, as Projected GAN", choices=D_PASSES)
     draws: str | None = _opt(None, "shared: G's update reuses the D update's latents and augmentation; "
@@ -266,8 +272,9 @@ class TrainConfig:
         need(self.d_feature_size == 0 or 32 <= self.d_feature_size <= 1024,
              f"--d-feature-size must be 0 (the frame size) or 32 to 1024 px, got {self.d_feature_size}")
         need(self.d_max_channels >= 8, f"--d-max-channels must be >= 8, got {self.d_max_channels}")
-        for name, choices in (("d_scale_mixing", SCALE_MIXINGS), ("d_passes", D_PASSES), ("draws", DRAWS),
-                              ("g_ema_buffers", EMA_BUFFERS)):
+        choices_of = (("d_scale_mixing", SCALE_MIXINGS), ("d_blocks", D_BLOCKS), ("d_passes", D_PASSES),
+                      ("draws", DRAWS), ("g_ema_buffers", EMA_BUFFERS))
+        for name, choices in choices_of:
             value = getattr(self, name)
             need(value in choices, f"unknown {_flag(name)} {value!r}; choose one of {', '.join(choices)}")
         need(0 < self.cutout < 1, f"--cutout must be a share of the side in (0, 1), got {self.cutout}")
@@ -276,7 +283,7 @@ class TrainConfig:
         """What a checkpoint must agree with to be restorable into this run's models."""
         keys = ("image_size", "latent_dim", "generator", "generator_width", "generator_norm",
                 "generator_upsampling", "backbone", "backbone_mode", "d_head", "condition", "d_feature_size",
-                "d_scale_mixing", "d_max_channels")
+                "d_scale_mixing", "d_max_channels", "d_blocks")
         d = {k: getattr(self, k) for k in keys}
         d["g_ema"] = self.g_ema_kimg > 0  # the checkpoint holds the average or not
         return d

@@ -52,6 +52,7 @@ def build_models(cfg: TrainConfig, policy: str = "float32") -> tuple[tf.keras.Mo
             cfg.image_size, backbone=cfg.backbone, weights=cfg.backbone_weights, mode=cfg.backbone_mode,
             head=cfg.d_head, seed=cfg.seed, condition_channels=cfg.condition_channels,
             feature_size=cfg.d_feature_size, scale_mixing=cfg.d_scale_mixing, max_channels=cfg.d_max_channels,
+            blocks=cfg.d_blocks,
         )
     finally:
         tf.keras.mixed_precision.set_global_policy(previous)
