@@ -238,3 +238,25 @@ def test_fresh_draws_keep_r1_on_a_frozen_backbone():
     _, _, step = _step(separate=True, fresh=True, r1_gamma=1.0, d=paper, size=64)
     assert step._split is not None  # a frozen backbone: the shortcut was on offer
     assert float(step.d_step(real, tf.constant(5, tf.int64))["r1_penalty"]) > 0
+
+
+def test_r1_is_refused_in_one_line_where_d_resizes_the_frames_bilinearly():
+    """TF has no second derivative of bilinear resizing (the reason for the refusal: if a TF version adds
+    one, this test says so), so R1 on the projected head would fail deep inside the first step."""
+    from types import SimpleNamespace
+
+    from tensorflow.python.framework import ops  # where tf.function looks gradients up
+
+    from medsynth.models.discriminator import bilinear_resizes
+    from medsynth.train.loop import adversarial_step
+
+    with pytest.raises(LookupError):  # what R1 on the projected head met inside its first step
+        ops.gradient_registry.lookup("ResizeBilinearGrad")
+
+    projected = _projected("projected-gan")
+    assert any(n.startswith("csm") for n in bilinear_resizes(projected))
+    paper = build_discriminator(64, "efficientnet_lite0", weights="none", head="paper", mode="frozen")
+    assert bilinear_resizes(paper) == []  # Lite0 takes 64 px frames as they are: R1 works (test above)
+    cfg = _cfg(r1_gamma=1.0)
+    with pytest.raises(ConfigError, match=r"--r1-gamma 1.0: .*bilinear resizing.*csm"):
+        adversarial_step(cfg, None, SimpleNamespace(discriminator=projected), xla=False)

@@ -377,6 +377,23 @@ def discriminator_from_backbone(
     return tf.keras.Model(inputs, logits, name="discriminator")
 
 
+def bilinear_resizes(discriminator: tf.keras.Model) -> list[str]:
+    """The layers that resize the frames bilinearly on their way to D's logits: TF has no gradient of
+    ResizeBilinearGrad, so a penalty on D's input gradient (R1) cannot train through them."""
+    names = []
+    for layer in discriminator._flatten_layers(include_self=False, recursive=True):
+        if layer.name.endswith("_heatmaps"):  # the key points' maps, not the frames' path
+            continue
+        if isinstance(layer, BackboneInput):
+            side = layer.input_shape[1] if isinstance(layer.input_shape, tuple) else None
+            if side is not None and side != layer.size:
+                names.append(layer.name)
+        elif isinstance(layer, _UpsampleAligned) or (
+                isinstance(layer, tf.keras.layers.Resizing) and layer.interpolation == "bilinear"):
+            names.append(layer.name)
+    return names
+
+
 def backbone_of(discriminator: tf.keras.Model) -> tf.keras.Model:
     """The backbone network inside a model made by `build_discriminator`."""
     for layer in discriminator.layers:

@@ -210,6 +210,15 @@ def adversarial_step(
     cfg: TrainConfig, dist: Distribution, state: TrainState, xla: bool, fast: FastPath | None = None
 ) -> AdversarialStep:
     """The step `cfg` trains with (also what bench/train_step.py times)."""
+    if cfg.r1_gamma > 0:
+        from medsynth.models.discriminator import bilinear_resizes
+
+        resizes = bilinear_resizes(state.discriminator)
+        if resizes:
+            raise ConfigError(
+                f"--r1-gamma {cfg.r1_gamma}: R1 differentiates D's input gradient, and TensorFlow has no "
+                f"second derivative of bilinear resizing, which this D does ({', '.join(resizes[:3])}); "
+                "use --r1-gamma 0, or --d-head paper with frames at the backbone's input size")
     return AdversarialStep(
         state.generator,
         state.discriminator,
