@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("medsynth")
 
 DEMO_CANDIDATES = ["paper-lite0", "pg-fastgan-sep-lite0"]
-DEMO_STEPS = 4000  # the final training: what fits 15 min on a 2-core CPU with room (docs/experiments.md)
+DEMO_STEPS = 4500  # the final training: what fits 15 min on the 2-core development CPU (docs/experiments.md)
 
 
 @dataclass
