@@ -64,6 +64,19 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "+fresh": {**PROJECTED, "draws": "fresh"},
     "+cutout0.2": {**PROJECTED, "cutout": 0.2},
     "+ema-copy": {**PROJECTED, "g_ema_buffers": "copy"},
+    # the ablation of the final recipe (the demo's since 2026-12-07, evening): one departure at a time set
+    # back to medsynth's earlier value, or, for the feature size, to Projected GAN's own 224 px
+    **{f"sep{label}": {**CANDIDATES["pg-fastgan-sep-lite0"], "backbone_weights": "imagenet", **fields}
+       for label, fields in {
+           "+feature224": {"d_feature_size": 224},
+           "-pg-mixing": {"d_scale_mixing": "residual", "d_max_channels": 256},
+           "-separate": {"d_passes": "joint"},
+           "-adam": {"beta_1": 0.5, "beta_2": 0.999, "adam_epsilon": 1e-7, "lr_d": 5e-5},
+           "-fresh": {"draws": "shared"},
+           "-cutout0.2": {"cutout": 0.5},
+           "-ema-copy": {"g_ema_buffers": "average"},
+           "-fastgan": {"generator": "paper"},
+       }.items()},
 }
 RATIO_LIMIT = 3.0  # the quality issue's bar: FD within 3 x the real floor
 KEYS = ("ratio_to_floor", "fd_ratio_efflite0", "swd_ratio", "fd_efflite0", "swd", "probe_acc_efflite0",

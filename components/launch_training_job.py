@@ -37,6 +37,7 @@ def launch_training_job(
     d_head: str = "auto",
     init_run: str = "",
     generator: str = "paper",
+    max_minutes: float = 0.0,
 ) -> NamedTuple("LaunchOutputs", run_dir=str):
     from medsynth.pipeline_steps import TrainTask, launch_step
 

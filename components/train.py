@@ -31,6 +31,7 @@ def train(
     samples: Output[HTML],
     init_run: str = "",
     generator: str = "paper",
+    max_minutes: float = 0.0,
 ) -> NamedTuple("TrainOutputs", run_dir=str):
     from medsynth.pipeline_steps import TrainTask, train_step
 

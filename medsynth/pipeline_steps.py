@@ -141,6 +141,7 @@ class TrainTask:
     d_head: str = "auto"
     generator: str = "paper"
     init_run: str = ""  # another run of this pipeline run (the winner's comparison run) to continue
+    max_minutes: float = 0.0  # the training's wall-clock limit (0: none), TrainConfig.max_minutes
 
     @classmethod
     def of(cls, inputs: dict[str, Any]) -> TrainTask:
@@ -168,6 +169,7 @@ class TrainTask:
             d_head=self.d_head,
             generator=self.generator,
             checkpoint_every=max(1, min(500, self.steps // 4 or 1)),
+            max_minutes=self.max_minutes or None,
             metrics_port=metrics_port,
         )
         return TrainConfig(**{**run_wide, **candidate_options(self.backbone), **(overrides or {})})

@@ -60,6 +60,7 @@ def final_training_inputs(params: dict, dataset_dir, run_id, winner) -> dict:  #
         init_run=winner,  # its comparison run: continued, not started over
         image_size=params["image_size"],
         steps=params["train_steps"],
+        max_minutes=params["train_minutes"],
         batch_size=params["batch_size"],
         backbone_weights=params["backbone_weights"],
         seed=params["seed"],
@@ -92,6 +93,7 @@ def build_pipeline(
         image_size: int = 256,
         compare_steps: int = 500,
         train_steps: int = 20000,
+        train_minutes: float = 0.0,
         batch_size: int = 16,
         backbone_weights: str = "imagenet",
         strategy: str = "auto",
@@ -127,6 +129,9 @@ def build_pipeline(
             compare_steps: Training steps of each compared candidate (500); the winner's
                 run continues from them.
             train_steps: Training steps of the winner in all, counting its compare_steps (20000).
+            train_minutes: Wall-clock minutes the winner's final training may run (0, the default: no
+                limit); past them it stops at the step reached, with a checkpoint, and is judged and
+                gated like any run (its metrics say `stopped_by`).
             batch_size: Frames per step, split across the GPUs of a training (16, the paper's).
             backbone_weights: The discriminator backbone's weights: imagenet (downloaded by name;
                 EfficientNet-Lite0's ship with medsynth; the convnet baseline has none), none (random,

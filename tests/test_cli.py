@@ -90,6 +90,9 @@ def test_every_command_has_help(name, capsys):
         (["phantom", "--out", "{tmp}/p", "--size", "48"], ["48"]),
         (["compile", "--out", "{tmp}/p.yaml", "--backbones", "resnet50,lenet"], ["lenet"]),
         (["demo", "--pipeline-root", "{tmp}/demo", "--steps", "0"], ["--steps"]),
+        (["demo", "--pipeline-root", "{tmp}/demo", "--train-minutes", "-1"], ["--train-minutes", "-1"]),
+        (["train", "--data", "builtin://phantom", "--out", "{tmp}/r", "--max-minutes", "0"],
+         ["--max-minutes", "0"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, words, tmp_path, capsys):

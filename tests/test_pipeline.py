@@ -78,12 +78,18 @@ def test_compiled_pipeline_has_the_dag_of_design(spec):
     # the final training continues the winner's comparison run (named after its backbone)
     init_run = by_name["train-final"]["inputs"]["parameters"]["init_run"]["taskOutputParameter"]
     assert init_run == final_backbone
+    # only the final training has a wall-clock limit, the pipeline's train_minutes
+    final_limit = by_name["train-final"]["inputs"]["parameters"]["max_minutes"]
+    assert final_limit["componentInputParameter"] == "train_minutes"
+    assert all("max_minutes" not in t["inputs"]["parameters"]
+               for name, t in by_name.items() if name.startswith("train-") and name != "train-final")
     params = spec["root"]["inputDefinitions"]["parameters"]
     for p in [
         "dataset_uri",
         "image_size",
         "compare_steps",
         "train_steps",
+        "train_minutes",
         "batch_size",
         "backbone_weights",
         "strategy",

@@ -136,7 +136,7 @@ def test_train_serves_metrics_on_the_port_its_pod_names(monkeypatch, tmp_path, e
 
 def test_the_demo_final_training_config_is_the_pipelines_with_the_demos_arguments(tmp_path):
     """What bench/train_step.py --demo measures: the pipeline's final task as the demo runs it."""
-    from medsynth.demo import DemoConfig, final_train_config
+    from medsynth.demo import DEMO_TRAIN_MINUTES, DemoConfig, final_train_config
     from medsynth.train.config import TrainConfig
 
     demo = DemoConfig(pipeline_root=str(tmp_path), steps=700, batch_size=8, seed=3)
@@ -148,6 +148,10 @@ def test_the_demo_final_training_config_is_the_pipelines_with_the_demos_argument
     assert (cfg.d_head, cfg.backbone_weights, cfg.strategy) == ("projected", "imagenet", "auto")
     assert (cfg.d_recipe, cfg.d_feature_size, cfg.d_blocks, cfg.generator, cfg.generator_width) == (
         "projected-gan", 0, "separable", "fastgan", 8)
+    # its wall-clock limit reaches the final training through the pipeline's train_minutes; 0 lifts it
+    assert cfg.max_minutes == DEMO_TRAIN_MINUTES > 0
+    unlimited = DemoConfig(pipeline_root=str(tmp_path), steps=700, train_minutes=0)
+    assert final_train_config(unlimited, "/data/set").max_minutes is None
     # overrides win over the candidate, before the config resolves its defaults: a recipe brings its own
     changed = final_train_config(demo, "/d", overrides=TrainConfig.parse_overrides(
         ["d_recipe=medsynth", "d_max_channels=64", "r1_gamma=0.5", "augment=true"]))

@@ -192,6 +192,28 @@ def test_sigterm_writes_a_checkpoint_within_the_grace_period_and_exits_143(datas
     _assert_bitwise(_state(run / "checkpoints"), straight)
 
 
+@pytest.mark.slow
+def test_max_minutes_stops_at_a_step_with_a_checkpoint_and_the_run_continues_bitwise(
+    dataset, straight, tmp_path
+):
+    run = tmp_path / "runs/r/limited"
+    log = tmp_path / "log"
+    # 6 ms: over after the first step (tracing alone takes longer), so the limit, not --steps, ends it
+    proc = _start(_argv(dataset, run, STEPS, 1000, "--max-minutes", "0.0001"), log)
+    assert _wait(proc, log) == 0, log.read_text()[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 1 and metrics["steps_planned"] == STEPS, metrics
+    assert metrics["stopped_by"] == "max_minutes"
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("-1")
+    assert "--max-minutes 0.0001 reached: stopped at step 1 of 8" in log.read_text()
+    assert "training done" in log.read_text() and "(step 1)" in log.read_text()
+    again = _start(_argv(dataset, run, STEPS, 1000), log)
+    assert _wait(again, log) == 0, log.read_text()[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == STEPS and "stopped_by" not in metrics
+    _assert_bitwise(_state(run / "checkpoints"), straight)
+
+
 # --- object storage --------------------------------------------------------------------------------
 
 

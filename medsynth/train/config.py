@@ -68,6 +68,9 @@ class TrainConfig:
     out: str = field(metadata={"help": "the run's directory (local or gs://); run again to resume"})
     image_size: int = _opt(64, "frame side, a power of two (medsynth.sizes)")
     steps: int = _opt(1000, "training steps in all (a resumed run continues to this many)")
+    max_minutes: float | None = _opt(None, "wall-clock limit of this call's steps: past it the run stops "
+                                           "at the step reached, with a checkpoint (run again to continue to "
+                                           "--steps); none: --steps alone decides")
     batch_size: int = _opt(16, "global batch, split across replicas")
     seed: int = _opt(0)
     checkpoint_every: int = _opt(100)
@@ -202,6 +205,8 @@ class TrainConfig:
             self.keypoint_mismatch >= 0,
             f"--keypoint-mismatch must be >= 0 (0: off), got {self.keypoint_mismatch}",
         )
+        need(self.max_minutes is None or self.max_minutes > 0,
+             f"--max-minutes must be > 0 (or unset: no limit), got {self.max_minutes}")
         need(self.r1_gamma >= 0, f"--r1-gamma must be >= 0, got {self.r1_gamma}")
         if self.g_ema_kimg is None:
             from medsynth.train.ema import default_kimg

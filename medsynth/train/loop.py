@@ -1,8 +1,9 @@
 """The training loop: build, restore, step, report, checkpoint; resumable at any step.
 
 Running `train` again with the same `out` continues from the newest checkpoint;
-a run that already reached `steps` is not redone. SIGTERM (preemption) writes a
-checkpoint before exiting with 143; with several workers they agree on the step
+a run that already reached `steps` is not redone. `max_minutes` ends a call early, at a step
+boundary with a checkpoint, like a finished run short of `steps` (metrics say so). SIGTERM
+(preemption) writes a checkpoint before exiting with 143; with several workers they agree on the step
 first, so every worker stops at the same one.
 
 Every worker reads the same global batches (same files, same seed) and takes its
@@ -135,7 +136,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     values, trained, seconds, first = _step_loop(cfg, run)
     metrics = _record_end(cfg, run, values, trained, seconds, first)
     return TrainResult(
-        run.dir, max(run.start, cfg.steps), metrics, uri=run.out, settings=run.settings,
+        run.dir, max(run.start, metrics["steps"]), metrics, uri=run.out, settings=run.settings,
         generator=run.state.generator, discriminator=run.state.discriminator, sampled=run.state.sampled,
     )
 
@@ -300,6 +301,7 @@ def _step_loop(cfg: TrainConfig, run: _Run) -> tuple[dict[str, float], int, floa
     )
     samples = _SampleInputs.of(cfg, run.layouts)
     wall = time.monotonic()
+    limit = cfg.max_minutes * 60 if cfg.max_minutes else None
     values: dict[str, float] = {}
     trained, first = 0, 0.0
     bar_stream = sys.stderr if chief else open(os.devnull, "w")  # noqa: SIM115 - closed below
@@ -326,16 +328,18 @@ def _step_loop(cfg: TrainConfig, run: _Run) -> tuple[dict[str, float], int, floa
                     first = time.monotonic() - wall
                     log.info("first step: %.1f s (tracing and compiling the step; not counted in img/s)",
                              first)
-                stop = preemption.requested
-                if dist.workers > 1:  # one worker's SIGTERM stops all of them at the same step
-                    stop = float(run.adversarial.agree(tf.constant(1.0 if stop else 0.0))) > 0
+                # 2: SIGTERM (exit to be rescheduled), 1: the time limit (end like a finished run)
+                stop = 2.0 if preemption.requested else float(
+                    limit is not None and time.monotonic() - wall >= limit)
+                if dist.workers > 1:  # one worker's SIGTERM or clock stops all of them at the same step
+                    stop = float(run.adversarial.agree(tf.constant(stop)))
                 t2 = time.perf_counter()
                 telemetry.step(t2 - t0, t1 - t0, cfg.batch_size)
-                if step % cfg.log_every == 0 or step == cfg.steps:
+                if step % cfg.log_every == 0 or step == cfg.steps or stop:
                     values = {k: float(v) for k, v in out_values.items()}
                     telemetry.scalars(step, values, bar.rate() * cfg.batch_size)
                 bar.update(1, postfix=_postfix(values, bar.rate() * cfg.batch_size))
-                if step % cfg.sample_every == 0 or step == cfg.steps:
+                if step % cfg.sample_every == 0 or step == cfg.steps or stop:
                     # Every worker runs G: under MultiWorkerMirrored, reading BN's moving statistics
                     # (sync-on-read variables) is a collective that all workers must join.
                     _write_samples(run.dir, state.sampled, samples, step, telemetry, chief)
@@ -343,9 +347,13 @@ def _step_loop(cfg: TrainConfig, run: _Run) -> tuple[dict[str, float], int, floa
                     run.checkpoints.save(step)
                     if chief:
                         run.outputs.push()
-                if stop:
+                if stop == 2.0:
                     log.warning("SIGTERM: checkpoint written at step %d, exiting", step)
                     raise SystemExit(PREEMPTED_EXIT)
+                if stop:
+                    log.warning("--max-minutes %g reached: stopped at step %d of %d, with a checkpoint "
+                                "(run again to continue)", cfg.max_minutes, step, cfg.steps)
+                    break
     finally:
         telemetry.close()
         if bar_stream is not sys.stderr:
@@ -386,8 +394,10 @@ def _record_end(
     metrics it wrote then.
     """
     g_count, d_count = count_params(run.state.generator), count_params(run.state.discriminator)
+    reached = run.start + trained if trained else cfg.steps  # short of --steps when --max-minutes ended it
     metrics = {
-        "steps": cfg.steps,
+        "steps": reached,
+        **({"steps_planned": cfg.steps, "stopped_by": "max_minutes"} if reached < cfg.steps else {}),
         "g_params": g_count.total,
         "d_params": d_count.total,
         "d_trainable_params": d_count.trainable,
@@ -405,7 +415,7 @@ def _record_end(
                 metrics = read_json(old)
         else:
             if run.checkpoints.manager.latest_checkpoint is None:
-                run.checkpoints.save(cfg.steps)
+                run.checkpoints.save(reached)
             _write_curves(run.dir)
             atomic_write_json(run.dir / "metrics.json", metrics)
         run.outputs.push()
