@@ -616,15 +616,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default="builtin://phantom", help="a labelled data set or source")
     s.add_argument("--out", required=True, help="the experiment's directory (local)")
     s.add_argument("--image-size", type=int, default=u["image_size"])
-    s.add_argument("--n-real", default=",".join(map(str, u["n_real"])), help="comma-separated N (labelled)")
-    s.add_argument("--seeds", default=",".join(map(str, u["seeds"])), help="comma-separated seeds")
-    s.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms, real among them")
+    s.add_argument("--n-real", default=",".join(map(str, u["n_real"])),
+                   help="comma-separated N, real labelled frames (%(default)s)")
+    s.add_argument("--seeds", default=",".join(map(str, u["seeds"])), help="comma-separated (%(default)s)")
+    s.add_argument("--arms", default=",".join(ARMS), help="comma-separated, real among them (%(default)s)")
     s.add_argument("--n-synthetic", type=int, default=u["n_synthetic"],
-                   help="M synthetic frames of mixed and pretrain-finetune")
+                   help="M synthetic frames of mixed and pretrain-finetune (%(default)s)")
     s.add_argument("--gan-config", default=u["gan_config"],
-                   help="the conditional generator's configuration (medsynth.train.candidates) or D backbone")
-    s.add_argument("--gan-steps", type=int, default=u["gan_steps"], help="the conditional generator's steps")
-    s.add_argument("--tracker-steps", type=int, default=u["tracker_steps"], help="tracker steps, every arm")
+                   help="the conditional generator: a configuration of medsynth.train.candidates or a D "
+                        "backbone (%(default)s)")
+    s.add_argument("--gan-steps", type=int, default=u["gan_steps"],
+                   help="the conditional generator's steps (%(default)s)")
+    s.add_argument("--tracker-steps", type=int, default=u["tracker_steps"],
+                   help="tracker steps, every arm (%(default)s)")
     s.add_argument("--synthetic-fraction", type=float, default=u["synthetic_fraction"],
                    help="mixed: synthetic share of each batch")
     s.add_argument("--pretrain-share", type=float, default=u["pretrain_share"],

@@ -75,6 +75,10 @@ def test_verdict_names_the_winner_only_when_it_beats_real_and_self_training() ->
     assert close["line"].startswith("verdict: no synthetic arm beats real-only and self-training at N=64")
     assert "closest: mixed, tip error median (px) Δ -0.50 ± " in close["line"]
     assert "+0.10 ± 0.05 vs self-training" in close["line"]
+    # one seed: no interval, no winner; the closest is the one that lost least tip-error median
+    effects = {"self-training": (0.0, 0.0), "mixed": (1.0, 0.0), "pretrain-finetune": (0.3, 0.0)}
+    one = report.judge(report.summarise(_results(effects, [0.0])))
+    assert (one["winner"], one["closest"]) == (None, "pretrain-finetune") and "(1 seed)" in one["line"]
     # better on the tip, measurably worse on bifurcations: not a win
     assert judged({"self-training": (0.0, 0.0), "mixed": (-0.6, -0.1)})["winner"] is None
     # the N judged is 64, or the one run nearest to it

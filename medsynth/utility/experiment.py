@@ -141,11 +141,12 @@ def run_utility(cfg: UtilityConfig) -> dict[str, Any]:
         "rows": rows,
         "verdict": {**report.overall_verdict(rows), **judgement},
     }
+    notes = [*_notes(cfg, len(val)), _kept_note(results)]
     storage.atomic_write_json(out / RESULTS, storage.jsonable(summary))
-    storage.atomic_write_text(out / "utility.md", report.markdown(rows, _notes(cfg, len(val)), picture))
+    storage.atomic_write_text(out / "utility.md", report.markdown(rows, notes, picture))
     report.plot(rows, out / "utility.png")
     if cfg.publish:
-        _publish(cfg, out, rows, len(val), picture)
+        _publish(cfg, out, rows, notes, picture)
     return summary
 
 
@@ -167,8 +168,26 @@ def _notes(cfg: UtilityConfig, val_frames: int) -> list[str]:
     ]
 
 
+def _kept_note(results: list[dict[str, Any]]) -> str:
+    """What share of the unlabelled frames self-training kept, per N (mean over seeds), and the median
+    tip confidence it was judged on."""
+    found: dict[int, list[tuple[float, float]]] = {}
+    for r in results:
+        if r.get("pseudo"):
+            p = r["pseudo"]
+            spread = p["tip_score_p10_p50_p90"] or [np.nan] * 3
+            found.setdefault(r["n_real"], []).append((p["share"], spread[1]))
+    if not found:
+        return "self-training: not run"
+    kept = ", ".join(
+        f"N={n} {np.mean([a for a, _ in v]):.0%} (median tip confidence {np.mean([b for _, b in v]):.2f})"
+        for n, v in sorted(found.items())
+    )
+    return f"self-training kept of the unlabelled frames (mean over seeds): {kept}"
+
+
 def _publish(
-    cfg: UtilityConfig, out: Path, rows: list[dict[str, Any]], val_frames: int, picture: str | None
+    cfg: UtilityConfig, out: Path, rows: list[dict[str, Any]], notes: list[str], picture: str | None
 ) -> None:
     """A dated copy of the report, its raw results, the plot and the picture in `cfg.publish`."""
     stem = f"utility-{cfg.image_size}px-{datetime.date.today().isoformat()}"
@@ -180,7 +199,7 @@ def _publish(
         (dest / f".{shown}.tmp").replace(dest / shown)
     storage.atomic_write_bytes(dest / f"{stem}.json", (out / RESULTS).read_bytes())
     storage.atomic_write_bytes(dest / f"{stem}.png", (out / "utility.png").read_bytes())
-    storage.atomic_write_text(dest / f"{stem}.md", report.markdown(rows, _notes(cfg, val_frames), shown))
+    storage.atomic_write_text(dest / f"{stem}.md", report.markdown(rows, notes, shown))
     log.info("utility: report published as %s/%s.md", dest, stem)
 
 
@@ -211,7 +230,7 @@ def _cell(
     if "self-training" in pending or needs_generator:
         pseudo, positions = _pseudo_labels(cfg, dataset, subset, cell)
     if "self-training" in cfg.arms:
-        kept = pseudo.kept() if pseudo is not None else None
+        kept = pseudo.kept() if pseudo is not None else None  # None: the arm has finished
         row = arm("self-training", kept if kept is not None and len(kept) else None,
                   synthetic_fraction=cfg.pseudo_fraction)  # fmt: skip
         rows.append(row | {"pseudo": _pseudo_counts(cell)})
@@ -302,14 +321,21 @@ def _pseudo_labels(
 
 
 def _pseudo_counts(cell: Path) -> dict[str, Any]:
-    """How many unlabelled frames there were and how many self-training kept (from pseudo.npz)."""
+    """How many unlabelled frames there were, how many self-training kept, and the spread of the tip
+    confidences (to see what a --pseudo-confidence would keep), from pseudo.npz."""
     path = cell / PSEUDO
     if not path.exists():
         return {}
     with np.load(path) as z:
         frames, kept = len(z["positions"]), int(z["confident"].sum())
-        return {"frames": frames, "kept": kept, "share": kept / frames if frames else 0.0,
-                "confidence": float(z["confidence"])}  # fmt: skip
+        quantiles = np.quantile(z["tip_scores"], [0.1, 0.5, 0.9]).tolist() if frames else []
+        return {
+            "frames": frames,
+            "kept": kept,
+            "share": kept / frames if frames else 0.0,
+            "confidence": float(z["confidence"]),
+            "tip_score_p10_p50_p90": quantiles,
+        }
 
 
 # ---------------------------------------------------------------------------------------- generator

@@ -135,23 +135,27 @@ def beats(row: dict[str, Any], ref: str) -> bool:
     return better and not any(v["verdict"] == "worse" for v in versus.values())
 
 
+def _improvement(cell: dict[str, Any], key: str) -> float:
+    """The paired difference's mean, signed so that positive is better (-inf when unknown)."""
+    mean = cell["diff"]["mean"]
+    return -math.inf if math.isnan(mean) else (-mean if LOWER_IS_BETTER[key] else mean)
+
+
 def _gain(cell: dict[str, Any], key: str) -> float:
     """How far a paired difference is from proving an improvement: the improvement over the half-width
-    of its interval (>= 1: the interval excludes 0); the raw improvement's sign without an interval."""
-    d = cell["diff"]
-    gain = -d["mean"] if LOWER_IS_BETTER[key] else d["mean"]
-    if math.isnan(gain):
-        return -math.inf
-    if math.isnan(d["ci95"]) or d["ci95"] <= 0:
+    of its interval (>= 1: the interval excludes 0); without an interval, only its sign counts."""
+    gain, half = _improvement(cell, key), cell["diff"]["ci95"]
+    if math.isinf(gain) or math.isnan(half) or half <= 0:
         return math.copysign(math.inf, gain) if gain else 0.0
-    return gain / d["ci95"]
+    return gain / half
 
 
 def judge(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The verdict at N = 64 (or the N run nearest to it): the winning synthetic arm, or the closest.
 
     Closest: the synthetic arm whose weaker comparison (against `real` or `self-training`) is nearest
-    to a proven gain on its better verdict metric (the improvement over its interval's half-width).
+    to a proven gain on its better verdict metric (the improvement over its interval's half-width);
+    ties (too few seeds for intervals) go to the smaller loss in tip-error median.
     """
     ns = sorted({r["n_real"] for r in rows})
     if not ns:
@@ -167,10 +171,15 @@ def judge(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {"n": n, "winner": None, "closest": None, "line": f"verdict: no synthetic arm was run {where}"}
     winners = [r for r in synthetic if all(beats(r, a) for a in refs)]
 
-    def closeness(r: dict[str, Any]) -> float:
-        return min(max(_gain(r["vs"][a][k], k) for k in VERDICT_METRICS) for a in refs)
+    def closeness(r: dict[str, Any]) -> tuple[float, float]:
+        tip = VERDICT_METRICS[0]
+        return (
+            min(max(_gain(r["vs"][a][k], k) for k in VERDICT_METRICS) for a in refs),
+            min(_improvement(r["vs"][a][tip], tip) for a in refs),
+        )
 
     best = max(winners or synthetic, key=closeness)
+    score = closeness(best)[0]
     changes = "; ".join(
         f"{LABEL[k]} Δ "
         + ", ".join(f"{_cell(best['vs'][a][k]['diff'], _digits(k), signed=True)} vs {a}" for a in refs)
@@ -188,7 +197,7 @@ def judge(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "n": n,
         "winner": best["arm"] if winners else None,
         "closest": best["arm"],
-        "closeness": closeness(best),
+        "closeness": score if math.isfinite(score) else None,  # JSON has no infinity
         "references": refs,
         "line": line,
     }
