@@ -60,7 +60,6 @@ def write_labelled_subset(dataset_dir: str | Path, n: int, seed: int, out: str |
     # Which labelled frames (counted in shard order) to take.
     chosen = set(np.random.default_rng(seed).choice(available, size=n, replace=False).tolist())
     positions: list[int] = []  # of the chosen frames in the parent's train split, in shard order
-
     labelled = [0]  # labelled train frames passed so far
 
     def pick(position: int, record: Record) -> tuple[bool, FramePoints | None]:
