@@ -1,4 +1,5 @@
-"""utility: does adding synthetic labelled frames to the real ones make a key-point tracker better?
+"""utility: do synthetic labelled frames make a key-point tracker better than real frames, classic
+augmentation and self-training do? (Every arm of medsynth.utility, one report.)
 
 Two components: `utility` trains generators and trackers, so it runs on the trainer image (CUDA) on a
 GPU node; `utility_not_requested` is what the pipeline runs instead when `utility_seeds` = 0, on the
@@ -20,7 +21,7 @@ def utility(
     run_id: str,
     image_size: int,
     n_real: list,
-    n_synthetic: list,
+    n_synthetic: int,
     seeds: int,
     gan_steps: int,
     tracker_steps: int,

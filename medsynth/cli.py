@@ -21,6 +21,8 @@ from medsynth import __version__
 from medsynth.cli_help import Parser
 from medsynth.errors import ConfigError, MedsynthError
 from medsynth.train.config import TrainConfig
+from medsynth.utility.arms import ARMS
+from medsynth.utility.experiment import UtilityConfig
 
 T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], int | None]
@@ -389,10 +391,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _utility(args: argparse.Namespace) -> int:
     from medsynth.utility import UtilityConfig, run_utility
 
-    ints = {k: tuple(_ints(getattr(args, k), k)) for k in ("n_real", "n_synthetic", "seeds")}
-    summary = run_utility(_from_args(UtilityConfig, args, **ints))
+    ints = {k: tuple(_ints(getattr(args, k), k)) for k in ("n_real", "seeds")}
+    summary = run_utility(_from_args(UtilityConfig, args, arms=tuple(_csv(args.arms)), **ints))
     print((Path(args.out) / "utility.md").read_text(), end="")
-    print(f"results in {args.out} (results.json, utility.md, utility.png)")
+    print(f"results in {args.out} (results.json, utility.md, utility.png, synthetic.png)")
     return 0 if summary["verdict"]["not_worse"] or not args.fail_if_worse else 1
 
 
@@ -605,21 +607,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--paused", action="store_true", help="create it disabled")
 
     s = sub.add_parser("utility", help="measure whether synthetic labelled frames help a key-point tracker",
-                       description="For each seed and N: a key-point-conditioned generator trains on N real "
-                                   "labelled frames only; trackers train on the N frames alone and with M "
-                                   "synthetic ones (same steps) and are judged on the held-out real frames. "
-                                   "Resumable: run it again to continue. Exit 1 with --fail-if-worse when "
-                                   "the synthetic frames made the tracker worse.")
+                       description="For each seed and N real labelled frames, trackers with the same steps "
+                                   "train in every arm: real (the N frames), augmented (+ rotation, zoom, "
+                                   "gamma), self-training (+ the unlabelled training frames the real "
+                                   "tracker labels with confidence), mixed (+ synthetic frames in each "
+                                   "batch) and pretrain-finetune (synthetic frames first, then real); the "
+                                   "key-point-conditioned generator learns from every training frame. "
+                                   "Judged on the held-out real frames; resumable: run it again to "
+                                   "continue. Exit 1 with --fail-if-worse when synthetic frames made the "
+                                   "tracker worse than real frames alone.")
+    u = {f.name: f.default for f in dataclasses.fields(UtilityConfig)}  # the defaults, in one place
     s.add_argument("--data", default="builtin://phantom", help="a labelled data set or source")
     s.add_argument("--out", required=True, help="the experiment's directory (local)")
-    s.add_argument("--image-size", type=int, default=64)
-    s.add_argument("--n-real", default="64,256", help="comma-separated N (real labelled frames)")
-    s.add_argument("--n-synthetic", default="1000,4000", help="comma-separated M (synthetic frames added)")
-    s.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    s.add_argument("--gan-steps", type=int, default=1000, help="conditional generator training steps")
-    s.add_argument("--tracker-steps", type=int, default=1500, help="tracker steps, every arm")
-    s.add_argument("--synthetic-fraction", type=float, default=0.5, help="synthetic share of each batch")
-    s.add_argument("--phantom-frames", type=int, default=3072, help="frames of builtin://phantom")
+    s.add_argument("--image-size", type=int, default=u["image_size"])
+    s.add_argument("--n-real", default=",".join(map(str, u["n_real"])),
+                   help="comma-separated N, real labelled frames (%(default)s)")
+    s.add_argument("--seeds", default=",".join(map(str, u["seeds"])), help="comma-separated (%(default)s)")
+    s.add_argument("--arms", default=",".join(ARMS), help="comma-separated, real among them (%(default)s)")
+    s.add_argument("--n-synthetic", type=int, default=u["n_synthetic"],
+                   help="M synthetic frames of mixed and pretrain-finetune (%(default)s)")
+    s.add_argument("--gan-config", default=u["gan_config"],
+                   help="the conditional generator: a configuration of medsynth.train.candidates or a D "
+                        "backbone (%(default)s)")
+    s.add_argument("--gan-steps", type=int, default=u["gan_steps"],
+                   help="the conditional generator's steps (%(default)s)")
+    s.add_argument("--tracker-steps", type=int, default=u["tracker_steps"],
+                   help="tracker steps, every arm (%(default)s)")
+    s.add_argument("--synthetic-fraction", type=float, default=u["synthetic_fraction"],
+                   help="mixed: synthetic share of each batch")
+    s.add_argument("--pretrain-share", type=float, default=u["pretrain_share"],
+                   help="pretrain-finetune: share of the tracker steps on synthetic frames alone")
+    s.add_argument("--pseudo-confidence", type=float, default=u["pseudo_confidence"],
+                   help="self-training: keep an unlabelled frame when its tip's heat-map peak reaches this")
+    s.add_argument("--pseudo-fraction", type=float, default=u["pseudo_fraction"],
+                   help="self-training: pseudo-labelled share of each batch")
+    s.add_argument("--phantom-frames", type=int, default=u["phantom_frames"], help="frames of builtin://phantom")
+    s.add_argument("--publish", default="", metavar="DIR",
+                   help="also write the report as DIR/utility-<size>px-<date>.* (e.g. bench/results)")
     s.add_argument("--fail-if-worse", action="store_true", help="exit 1 if synthetic frames hurt")
 
     s = sub.add_parser("runs", help="list recent pipeline runs with their state")

@@ -310,7 +310,7 @@ def utility_step(
     run_id: str,
     image_size: int,
     n_real: list[int],
-    n_synthetic: list[int],
+    n_synthetic: int,
     seeds: int,
     gan_steps: int,
     tracker_steps: int,
@@ -318,8 +318,9 @@ def utility_step(
     table: Any,
     pictures: Any,
 ) -> tuple[str]:
-    """The utility experiment on the prepared data set, in `runs/<run-id>/utility`; `seeds` = 0 skips it
-    (it trains a generator per N and seed: hours at full size) and returns no report."""
+    """The utility experiment on the prepared data set, in `runs/<run-id>/utility`, every arm; `seeds` = 0
+    skips it (it trains a generator per N and seed: hours at full size) and returns no report. The push
+    gate's `require_utility` reads the same results.json."""
     from medsynth.evaluate.report import report_html
     from medsynth.utility import UtilityConfig, run_utility
 
@@ -332,25 +333,26 @@ def utility_step(
         out=str(work),
         image_size=image_size,
         n_real=tuple(int(n) for n in n_real),
-        n_synthetic=tuple(int(m) for m in n_synthetic),
+        n_synthetic=int(n_synthetic),
         seeds=tuple(range(seeds)),
         gan_steps=gan_steps,
         tracker_steps=tracker_steps,
     )
     summary = run_utility(cfg)
     publish_back(work, uri)
-    values: dict[str, Any] = {"synthetic_not_worse": float(summary["verdict"]["not_worse"])}
+    verdict = summary["verdict"]
+    values: dict[str, Any] = {"synthetic_not_worse": float(verdict["not_worse"])}
     for row in summary["rows"]:
-        key = f"n{row['n_real']}_m{row['n_synthetic']}"
-        values[f"{key}_tip_error_mean"] = row["val_tip_error_mean_px"]["mean"]
-        values[f"{key}_bif_f1"] = row["val_bif_f1"]["mean"]
+        key = f"n{row['n_real']}_{row['arm'].replace('-', '_')}"
+        values[f"{key}_tip_error_median"] = row["metrics"]["val_tip_error_median_px"]["mean"]
+        values[f"{key}_bif_f1"] = row["metrics"]["val_bif_f1"]["mean"]
     _log_metrics(metrics, values)
     atomic_write_text(table.path, (work / "utility.md").read_text())
-    shown = {"tracker error against M": work / "utility.png"}
+    shown = {"tracker per arm against N": work / "utility.png"}
     if (work / "synthetic.png").exists():
         shown["generated"] = work / "synthetic.png"  # captioned synthetic on the page
-    _html(pictures, report_html(f"utility experiment: {summary['verdict']['text']}", values, shown))
-    report_result(summary["verdict"]["text"])
+    _html(pictures, report_html(f"utility experiment: {verdict['line']}", values, shown))
+    report_result(f"{verdict['line']}; gate: {verdict['text']}")
     return (join(uri, "results.json"),)
 
 

@@ -113,9 +113,9 @@ def build_pipeline(
         workers: int = 2,
         namespace: str = "medsynth",
         utility_seeds: int = 0,
-        utility_n_real: list = [64, 256],  # noqa: B006 - KFP reads the default, nothing mutates it
-        utility_n_synthetic: list = [1000, 4000],  # noqa: B006
-        utility_gan_steps: int = 1000,
+        utility_n_real: list = [32, 64, 256],  # noqa: B006 - KFP reads the default, nothing mutates it
+        utility_n_synthetic: int = 4000,
+        utility_gan_steps: int = 2000,
         utility_tracker_steps: int = 1500,
         require_utility: bool = False,
     ):
@@ -167,14 +167,16 @@ def build_pipeline(
             seed: Seed of the data split, the training and the evaluation (same seed, same numbers).
             workers: Nodes of a multi-node final training (only when compiled with --multi-node).
             namespace: Kubernetes namespace of that multi-node training job (only with --multi-node).
-            utility_seeds: How many seeds of the utility experiment (does adding synthetic labelled
-                frames help a key-point tracker?) to run; 0, the default, skips it.
-            utility_n_real: Numbers of real labelled frames the utility experiment tries, e.g. [64, 256].
-            utility_n_synthetic: Numbers of synthetic frames it adds to them, e.g. [1000, 4000].
-            utility_gan_steps: Training steps of its key-point-conditioned generator (1000).
-            utility_tracker_steps: Training steps of each of its trackers (1500).
-            require_utility: True: push only if the utility experiment ran and the synthetic frames did
-                not make the tracker worse.
+            utility_seeds: How many seeds of the utility experiment (do synthetic labelled frames help
+                a key-point tracker more than classic augmentation and self-training?) to run; 0, the
+                default, skips it.
+            utility_n_real: Numbers of real labelled frames the utility experiment tries, e.g. [32, 64, 256].
+            utility_n_synthetic: Synthetic frames its generator arms draw from (4000).
+            utility_gan_steps: Training steps of its key-point-conditioned generator, which learns from
+                every training frame (2000).
+            utility_tracker_steps: Training steps of each of its trackers, every arm (1500).
+            require_utility: True: push only if the utility experiment ran and no arm with synthetic
+                frames made the tracker worse than real frames alone.
         """
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         data = prepare(
@@ -191,7 +193,8 @@ def build_pipeline(
         dataset_dir = data.outputs["dataset_dir"]
 
         # Does the synthetic data help a key-point tracker? (utility_seeds = 0: not run.) Its generators
-        # learn from N labelled frames only; the gate can require "not worse" (require_utility).
+        # learn from every training frame, the condition from N labelled ones; the gate can require
+        # "not worse than real frames alone" (require_utility).
         # On the cluster it takes a GPU (and the trainer image) only when it runs; kfp.local has no
         # dsl.If, so there the one component runs and skips itself.
         def run_utility():  # noqa: ANN202

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from medsynth.data.keypoints import BIFURCATION, TIP, FramePoints, LabelledFrames, heatmaps
+from medsynth.data.geometry import Similarity
+from medsynth.data.keypoints import BIFURCATION, TIP, FramePoints, LabelledFrames, flip_lr, heatmaps
 from medsynth.errors import CheckpointError, ConfigError, DataError
 from medsynth.tracker.config import TrackerConfig
 from medsynth.tracker.decode import decode, decode_frame
@@ -159,6 +160,79 @@ def test_batches_mix_synthetic_frames_and_flip_points_with_pixels():
             assert np.unravel_index(np.argmax(frame), frame.shape) == (round(pt[1]), round(pt[0]))
             flipped += pt[0] == 28
     assert 0 < flipped < 16
+
+
+def test_similarity_moves_points_with_their_pixels():
+    size = 32
+    img = np.zeros((size, size), np.float32)
+    img[4, 3] = 1.0  # the pixel under the point (3, 4)
+    same = Similarity.about_centre(size)
+    np.testing.assert_array_equal(same.warp(img), img)  # rotation 0, scale 1: the identity
+    np.testing.assert_allclose(same.points(np.array([[3.0, 4.0]])), [[3.0, 4.0]])
+    mirror = Similarity.about_centre(size, flip=True)
+    np.testing.assert_array_equal(mirror.warp(img), img[:, ::-1])
+    np.testing.assert_allclose(mirror.points(np.array([[3.0, 4.0]])), flip_lr(np.array([[3.0, 4.0]]), size))
+    quarter = Similarity.about_centre(size, angle_deg=90.0)  # pixel centres onto pixel centres
+    (x, y), = quarter.points(np.array([[3.0, 4.0]]))
+    assert np.unravel_index(np.argmax(quarter.warp(img)), img.shape) == (round(y), round(x))
+    assert (round(x), round(y)) == (27, 3)  # (x, y) → (S-1-y, x) about the centre
+
+
+def _blobs(centres: list[tuple[float, float]], size: int = 32) -> LabelledFrames:
+    """Frames with one Gaussian blob under each tip (and a corner bifurcation), half-bright."""
+    frames = [fp(c, [(0.0, 0.0)]) for c in centres]
+    p, c, m = (np.stack(a) for a in zip(*[f.padded()[:3] for f in frames], strict=True))
+    maps = heatmaps(p, c, m, size).numpy()[..., TIP]
+    return LabelledFrames.from_points(np.rint(maps * 127).astype(np.uint8), frames)
+
+
+def test_classic_augmentation_keeps_key_points_on_their_pixels_and_masks_those_that_leave():
+    marked = _blobs([(10.0, 13.0), (20.0, 8.0), (15.0, 22.0), (6.0, 25.0)])
+    cfg = TrackerConfig(out="unused", batch_size=4, rotate_deg=15.0, scale=0.1, gamma=0.3)
+    plain = TrackerConfig(out="unused", batch_size=4)
+    moved = masked = 0
+    for step in range(6):
+        x, points, _, mask = make_batch(cfg, marked, None, step)
+        flips_only = make_batch(plain, marked, None, step)[1]
+        for frame, pt in zip(x[..., 0], points[:, 0], strict=True):
+            r, c = np.unravel_index(np.argmax(frame), frame.shape)
+            assert abs(c - pt[0]) <= 1 and abs(r - pt[1]) <= 1  # the blob's peak is at the moved tip
+        moved += int((np.abs(points[:, 0] - flips_only[:, 0]) > 0.1).any(axis=1).sum())
+        corner = FramePoints(points[:, 1], np.ones(4, np.int32)).inside(32)
+        assert (mask[:, 1] == corner).all()  # the corner bifurcation: masked exactly when it left
+        masked += int((~mask[:, 1]).sum())
+    assert moved >= 20 and 0 < masked < 24  # the frames turned; some corner points left the frame
+
+
+def test_pretraining_steps_take_the_second_source_alone_then_the_real_frames_alone():
+    real = LabelledFrames.from_points(np.zeros((6, 32, 32), np.uint8), [fp((3, 4))] * 6)
+    syn = LabelledFrames.from_points(np.full((5, 32, 32), 255, np.uint8), [fp((20, 9))] * 5, synthetic=True)
+    cfg = TrackerConfig(out="unused", steps=4, batch_size=8, pretrain_steps=2, augment=False)
+    brightest = [make_batch(cfg, real, syn, step)[0].reshape(8, -1).max(axis=1) for step in range(4)]
+    assert [set(b.tolist()) for b in brightest] == [{1.0}, {1.0}, {-1.0}, {-1.0}]
+    with pytest.raises(ConfigError, match="--pretrain-steps must be in 0 .. --steps - 1"):
+        TrackerConfig(out="x", steps=4, pretrain_steps=4)
+    with pytest.raises(DataError, match="--pretrain-steps pre-trains on the second source"):
+        train_tracker(cfg, real)
+
+
+def test_pseudo_labels_keep_the_confident_frames_and_the_generator_layouts_every_frame(tmp_path):
+    from medsynth.tracker.pseudo import pseudo_label
+
+    real, val = phantom(32, range(12)), phantom(32, range(200, 206))
+    run = tmp_path / "teacher"
+    train_tracker(TrackerConfig(out=str(run), steps=2, **TINY), real, val=val)
+    sure, unsure = pseudo_label(run, val.images, confidence=0.01), pseudo_label(run, val.images, 0.99)
+    assert len(sure.frames) == len(val) and not sure.frames.synthetic
+    np.testing.assert_array_equal(sure.frames.images, val.images)
+    np.testing.assert_array_equal(sure.tip_scores, unsure.tip_scores)
+    assert sure.confident.all() and len(sure.kept()) == len(val)
+    assert not unsure.confident.any() and len(unsure.kept()) == 0
+    # a layout for every frame, with a tip only where the tracker was sure of it
+    assert all(TIP in f.classes for f in sure.layouts())
+    assert len(unsure.layouts()) == len(val) and not any(TIP in f.classes for f in unsure.layouts())
+    with pytest.raises(ConfigError, match="confidence must be in"):
+        pseudo_label(run, val.images, confidence=1.0)
 
 
 def test_config_and_data_errors_name_the_input():

@@ -533,7 +533,6 @@ def real_sample(
     size, dtype = int(manifest["image_size"]), _dtype(manifest)
     out = np.empty((len(keep), size, size), np.uint8)
     loops = np.empty(len(keep), np.int64)
-    scale = 255.0 / float(np.iinfo(dtype.as_numpy_dtype).max)
     features = {"image": tf.io.FixedLenFeature([], tf.string), "loop": tf.io.FixedLenFeature([], tf.int64)}
     ds = tf.data.TFRecordDataset(files).batch(256)
     j = pos = 0
@@ -542,14 +541,19 @@ def real_sample(
         if len(chosen):
             parsed = tf.io.parse_example(serialized[chosen], features)
             pixels = tf.io.decode_raw(parsed["image"], dtype, little_endian=True).numpy()
-            pixels = pixels.reshape(-1, size, size)
-            if dtype != tf.uint8:
-                pixels = np.rint(pixels.astype(np.float64) * scale)
-            out[j : j + len(chosen)] = pixels.astype(np.uint8)
+            out[j : j + len(chosen)] = as_uint8(pixels.reshape(-1, size, size))
             loops[j : j + len(chosen)] = parsed["loop"].numpy()
             j += len(chosen)
         pos += len(serialized)
     return RealSample(out[:j], loops[:j], split, keep[:j].astype(np.int64))
+
+
+def as_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Stored frames (uint8 or uint16) as uint8, full range to full range."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    scale = 255.0 / float(np.iinfo(pixels.dtype).max)
+    return np.rint(pixels.astype(np.float64) * scale).astype(np.uint8)
 
 
 def labelled_frames(
@@ -577,7 +581,6 @@ def labelled_frames(
         else np.sort(np.random.default_rng(seed).choice(available, n, False))
     )
     size, dtype = int(manifest["image_size"]), _dtype(manifest)
-    scale = 255.0 / float(np.iinfo(dtype.as_numpy_dtype).max)
     parts: list[tuple] = []
     seen = 0  # labelled frames passed so far
     for serialized in tf.data.TFRecordDataset(files).batch(512).as_numpy_iterator():
@@ -587,10 +590,7 @@ def labelled_frames(
         seen += len(rows)
         if len(chosen):
             r = rows[chosen]
-            images = pixels[r].reshape(-1, size, size)
-            if dtype != tf.uint8:
-                images = np.rint(images.astype(np.float64) * scale)
-            parts.append((images.astype(np.uint8), points[r], classes[r], mask[r]))
+            parts.append((as_uint8(pixels[r].reshape(-1, size, size)), points[r], classes[r], mask[r]))
     if seen != available:
         raise DataError(
             f"shards of {dataset_dir} hold {seen} labelled {split} frames, the manifest says {available}"

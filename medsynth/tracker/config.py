@@ -28,8 +28,16 @@ class TrackerConfig:
     # measured on phantom 64 px, 200 steps of 16: tip median error 0.76 px at 1e-3, 0.41 at 3e-3, 0.66 at 1e-2
     lr: float = _opt(3e-3, "learning rate (Adam)")
     seed: int = _opt(0, "seeds the weights, the batches, the augmentation and the --n-real sample")
-    synthetic_fraction: float = _opt(0.5, "share of each batch drawn from the synthetic frames, when given")
+    synthetic_fraction: float = _opt(
+        0.5, "share of each batch drawn from the second source (synthetic or pseudo-labelled frames)"
+    )
+    pretrain_steps: int = _opt(
+        0, "first steps on the second source alone, then the real frames alone (pre-train, fine-tune; 0: mix)"
+    )
     augment: bool = _opt(True, "left-right flips (key points flipped too), brightness and contrast")
+    rotate_deg: float = _opt(0.0, "with --augment: ± degrees of rotation about the centre (key points too)")
+    scale: float = _opt(0.0, "with --augment: ± relative zoom about the centre (points leaving are masked)")
+    gamma: float = _opt(0.0, "with --augment: gamma e^u on [0, 1] intensities, u uniform in ± this")
     checkpoint_every: int = _opt(500)
     keep_checkpoints: int = _opt(3, "newest N kept")
     log_every: int = _opt(10, "steps between loss-curve points")
@@ -62,6 +70,13 @@ class TrackerConfig:
             0.0 <= self.synthetic_fraction <= 1.0,
             f"--synthetic-fraction must be in [0, 1], got {self.synthetic_fraction}",
         )
+        need(
+            0 <= self.pretrain_steps < self.steps,
+            f"--pretrain-steps must be in 0 .. --steps - 1 ({self.steps - 1}), got {self.pretrain_steps}",
+        )
+        need(0.0 <= self.rotate_deg <= 180.0, f"--rotate-deg must be in [0, 180], got {self.rotate_deg}")
+        need(0.0 <= self.scale < 1.0, f"--scale must be in [0, 1), got {self.scale}")
+        need(0.0 <= self.gamma <= 2.0, f"--gamma must be in [0, 2], got {self.gamma}")
         need(self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
         need(self.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
         need(self.log_every >= 1, f"--log-every must be >= 1, got {self.log_every}")
@@ -75,9 +90,14 @@ class TrackerConfig:
             f"--deterministic must be one of {', '.join(SWITCHES)}, got {self.deterministic!r}",
         )
 
-    def synthetic_per_batch(self, have_synthetic: bool) -> int:
-        """How many frames of each batch are synthetic: none without synthetic frames."""
-        return round(self.batch_size * self.synthetic_fraction) if have_synthetic else 0
+    def synthetic_per_batch(self, have_synthetic: bool, step: int | None = None) -> int:
+        """How many frames of a batch come from the second source: none without one; with
+        `pretrain_steps`, all of a pre-training step's and none after; else `synthetic_fraction`."""
+        if not have_synthetic:
+            return 0
+        if self.pretrain_steps and step is not None:
+            return self.batch_size if step < self.pretrain_steps else 0
+        return round(self.batch_size * self.synthetic_fraction)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:

@@ -6,7 +6,13 @@ keyed the same way: a run stopped and started again draws what the uninterrupted
 and with op determinism (on CPUs by default, medsynth.train.devices) it ends bitwise equal to it.
 The step budget is the same whatever the data: a run on N real frames and one on N real + M synthetic
 frames take the same number of steps of the same batch size, `synthetic_fraction` of each batch
-synthetic when synthetic frames are given.
+synthetic when synthetic frames are given — or, with `pretrain_steps`, the first steps on them alone
+and the rest on the real frames alone. The second source may as well be real frames labelled by
+another tracker (self-training): one mechanism, whatever the frames are.
+
+Classic augmentation (`augment`): left-right flips, brightness and contrast; `rotate_deg`, `scale`
+and `gamma` add rotation and zoom about the centre (medsynth.data.geometry: the key points move
+with the pixels, and those that leave the frame are masked off) and a gamma curve.
 
 Files under `out`: config.json (TrackerConfig, frame side, counts of the data), checkpoints/
 (model, optimizer, step; tf.train.CheckpointManager through medsynth.train.checkpoints), history.json
@@ -24,7 +30,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from medsynth.data.keypoints import LabelledFrames, flip_lr
+from medsynth.data.geometry import Jitter, draw
+from medsynth.data.keypoints import FramePoints, LabelledFrames, flip_lr
 from medsynth.errors import DataError
 from medsynth.pictures import save_curves
 from medsynth.progress import Progress
@@ -59,12 +66,14 @@ def make_batch(
     cfg: TrackerConfig, real: LabelledFrames, synthetic: LabelledFrames | None, step: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Step `step`'s batch: frames float32 [B, S, S, 1] in [-1, 1], points, classes, mask (augmented)."""
-    n_syn = cfg.synthetic_per_batch(synthetic is not None and len(synthetic) > 0)
-    parts = [real.take(batch_indices(len(real), cfg.batch_size - n_syn, cfg.seed, step, REAL))]
+    n_syn = cfg.synthetic_per_batch(synthetic is not None and len(synthetic) > 0, step)
+    parts = []
+    if n_syn < cfg.batch_size:
+        parts.append(real.take(batch_indices(len(real), cfg.batch_size - n_syn, cfg.seed, step, REAL)))
     if n_syn:
         parts.append(synthetic.take(batch_indices(len(synthetic), n_syn, cfg.seed, step, SYNTHETIC)))
     b = LabelledFrames.concat(parts)
-    x, points = to_input(b.images), b.points.copy()
+    x, points, mask = to_input(b.images), b.points.copy(), b.mask.copy()
     if cfg.augment:
         rng = np.random.default_rng([cfg.seed, AUGMENT, step])
         flip = rng.random(len(x)) < 0.5
@@ -72,9 +81,33 @@ def make_batch(
         shift = rng.uniform(-BRIGHTNESS, BRIGHTNESS, size=len(x)).astype(np.float32)
         x[flip] = x[flip, :, ::-1]
         points[flip] = flip_lr(points[flip], b.size)
+        if cfg.rotate_deg or cfg.scale:
+            turn = Jitter(flip_lr=0.0, rotate_deg=cfg.rotate_deg, scale=cfg.scale, shift=0.0)
+            _turn(x, points, b.classes, mask, rng, turn)
+        if cfg.gamma:
+            power = np.exp(rng.uniform(-cfg.gamma, cfg.gamma, size=len(x))).astype(np.float32)
+            x = np.clip((x + 1.0) / 2.0, 0.0, 1.0) ** power[:, None, None, None] * 2.0 - 1.0
         mean = x.mean(axis=(1, 2, 3), keepdims=True)
         x = np.clip((x - mean) * contrast[:, None, None, None] + mean + shift[:, None, None, None], -1.0, 1.0)
-    return x.astype(np.float32), points.astype(np.float32), b.classes, b.mask
+    return x.astype(np.float32), points.astype(np.float32), b.classes, mask
+
+
+def _turn(
+    x: np.ndarray,
+    points: np.ndarray,
+    classes: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    jitter: Jitter,
+) -> None:
+    """Rotate and scale each frame of `x` [B, S, S, 1] about its centre and its key points with it (in
+    place); a point moved off the frame is masked off."""
+    size = x.shape[1]
+    for i in range(len(x)):
+        move = draw(rng, size, jitter)
+        x[i, ..., 0] = move.warp(x[i, ..., 0])
+        points[i] = move.points(points[i])
+        mask[i] &= FramePoints(points[i], classes[i]).inside(size)
 
 
 def _check_frames(real: LabelledFrames, synthetic: LabelledFrames | None, val: LabelledFrames | None) -> int:
@@ -103,6 +136,8 @@ def train_tracker(
     model on `val` (medsynth.tracker.metrics) when it is given.
     """
     size = _check_frames(real, synthetic, val)
+    if cfg.pretrain_steps and (synthetic is None or len(synthetic) == 0):
+        raise DataError("--pretrain-steps pre-trains on the second source: give it frames (--synthetic)")
     deterministic = resolve_determinism(cfg.deterministic, _gpu_capability())
     if deterministic:
         tf.config.experimental.enable_op_determinism()

@@ -10,25 +10,18 @@ dropped; a layout whose catheter tip leaves it is drawn again (the tracker needs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from medsynth.data.geometry import Jitter, draw
 from medsynth.data.keypoints import MAX_POINTS, TIP, FramePoints, LabelledFrames
 
+__all__ = ["Jitter", "sample_layouts"]
 
-@dataclass(frozen=True)
-class Jitter:
-    """How far a synthetic layout may move from the real one it is drawn from."""
-
-    flip_lr: float = 0.5  # probability of the left-right mirror (LAO/RAO views mirror each other)
-    rotate_deg: float = 10.0
-    scale: float = 0.08  # ± relative
-    shift: float = 0.06  # ± fraction of the side
+DEFAULT_JITTER = Jitter()
 
 
 def sample_layouts(
-    real: LabelledFrames, m: int, seed: int, jitter: Jitter = Jitter()
+    real: LabelledFrames, m: int, seed: int, jitter: Jitter = DEFAULT_JITTER
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`m` layouts (points [m, K, 2], classes [m, K], mask [m, K], source index [m]) drawn from the
     labelled layouts of `real`, deterministic per seed."""
@@ -36,7 +29,6 @@ def sample_layouts(
         raise ValueError("no labelled frames to draw layouts from")
     rng = np.random.default_rng([seed, 0x1A7])
     size = real.size
-    centre = (size - 1) / 2.0
     points = np.zeros((m, MAX_POINTS, 2), np.float32)
     classes = np.zeros((m, MAX_POINTS), np.int32)
     mask = np.zeros((m, MAX_POINTS), bool)
@@ -45,14 +37,7 @@ def sample_layouts(
         for _ in range(100):
             k = int(rng.integers(len(real)))
             fp = real.frame_points(k)
-            p = fp.points - centre
-            if rng.random() < jitter.flip_lr:
-                p = p * np.array([-1.0, 1.0], np.float32)
-            a = np.deg2rad(rng.uniform(-jitter.rotate_deg, jitter.rotate_deg))
-            s = 1.0 + rng.uniform(-jitter.scale, jitter.scale)
-            rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]], np.float32) * s
-            t = rng.uniform(-jitter.shift, jitter.shift, size=2) * size
-            moved = FramePoints((p @ rot.T + centre + t).astype(np.float32), fp.classes)
+            moved = FramePoints(draw(rng, size, jitter).points(fp.points), fp.classes)
             inside = moved.inside(size)
             has_tip = np.any(fp.classes == TIP)
             if has_tip and not np.all(inside[fp.classes == TIP]):
