@@ -94,7 +94,9 @@ def test_channel_sum_convolution_is_the_convolution(kernel, stride, padding):
     plain = run()
     assert use_channel_sums(model) == 1 and isinstance(model.layers[1], ChannelSumConv2D)
     for a, b in zip(run(), plain, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        # float32 sums in another order: within 1e-6 of the largest value (Eigen on an AVX2 Zen 3 is
+        # 3.6e-7 off in the kernel's gradient, whose entries reach 140)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(b).max())))
     assert use_stock_gradients(model) == 1 and type(model.layers[1]) is tf.keras.layers.Conv2D
 
 
