@@ -38,6 +38,7 @@ def launch_training_job(
     init_run: str = "",
     generator: str = "paper",
     max_minutes: float = 0.0,
+    train_until: float = 0.0,
 ) -> NamedTuple("LaunchOutputs", run_dir=str):
     from medsynth.pipeline_steps import TrainTask, launch_step
 

@@ -32,6 +32,7 @@ def train(
     init_run: str = "",
     generator: str = "paper",
     max_minutes: float = 0.0,
+    train_until: float = 0.0,
 ) -> NamedTuple("TrainOutputs", run_dir=str):
     from medsynth.pipeline_steps import TrainTask, train_step
 

@@ -52,7 +52,7 @@ def _demo(args: argparse.Namespace) -> int:
         pipeline_root=args.pipeline_root,
         image_size=args.image_size,
         steps=args.steps,
-        train_minutes=args.train_minutes,
+        minutes=args.minutes,
         compare_steps=args.compare_steps,
         backbones=_csv(args.backbones),
         batch_size=args.batch_size,
@@ -448,9 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pipeline-root", default="demo-out", help="where every artifact goes")
     s.add_argument("--image-size", type=int, default=64, help="frame side (32, 64 or 128)")
     s.add_argument("--steps", type=int, default=None, help="steps of the final training")
-    s.add_argument("--train-minutes", type=float, default=None,
-                   help="wall-clock limit of the final training (default 10.5, so the demo ends within "
-                        "15 min on slower CPUs; 0: none): it stops at the step reached, with a checkpoint")
+    s.add_argument("--minutes", type=float, default=None,
+                   help="the demo's wall-clock budget (default 15; 0: none): on a slower CPU the final "
+                        "training stops early, at the step reached with a checkpoint, to end within it")
     s.add_argument("--compare-steps", type=int, default=None, help="steps per candidate in the comparison")
     s.add_argument("--backbones", default=None, help="comma-separated candidates: backbones or "
                    "configurations (paper-lite0, pg-lite0, ...; default: the paper's, our best)")

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,15 @@ class TrainTask:
     generator: str = "paper"
     init_run: str = ""  # another run of this pipeline run (the winner's comparison run) to continue
     max_minutes: float = 0.0  # the training's wall-clock limit (0: none), TrainConfig.max_minutes
+    train_until: float = 0.0  # Unix time by which the training stops (0: none): a run's deadline
+
+    def minutes_left(self) -> float | None:
+        """The tighter of `max_minutes` and what is left until `train_until`, from now; None: no limit.
+        A deadline already past leaves one step (the loop checks the clock after each)."""
+        limits = [self.max_minutes] if self.max_minutes else []
+        if self.train_until:
+            limits.append(max((self.train_until - time.time()) / 60, 1e-3))
+        return min(limits) if limits else None
 
     @classmethod
     def of(cls, inputs: dict[str, Any]) -> TrainTask:
@@ -169,7 +179,7 @@ class TrainTask:
             d_head=self.d_head,
             generator=self.generator,
             checkpoint_every=max(1, min(500, self.steps // 4 or 1)),
-            max_minutes=self.max_minutes or None,
+            max_minutes=self.minutes_left(),
             metrics_port=metrics_port,
         )
         return TrainConfig(**{**run_wide, **candidate_options(self.backbone), **(overrides or {})})

@@ -61,6 +61,7 @@ def final_training_inputs(params: dict, dataset_dir, run_id, winner) -> dict:  #
         image_size=params["image_size"],
         steps=params["train_steps"],
         max_minutes=params["train_minutes"],
+        train_until=params["train_until"],
         batch_size=params["batch_size"],
         backbone_weights=params["backbone_weights"],
         seed=params["seed"],
@@ -94,6 +95,7 @@ def build_pipeline(
         compare_steps: int = 500,
         train_steps: int = 20000,
         train_minutes: float = 0.0,
+        train_until: float = 0.0,
         batch_size: int = 16,
         backbone_weights: str = "imagenet",
         strategy: str = "auto",
@@ -132,6 +134,9 @@ def build_pipeline(
             train_minutes: Wall-clock minutes the winner's final training may run (0, the default: no
                 limit); past them it stops at the step reached, with a checkpoint, and is judged and
                 gated like any run (its metrics say `stopped_by`).
+            train_until: A deadline for the same final training, as Unix time in seconds (0, the default:
+                none); the tighter of the two limits applies. `medsynth demo` sets it so that the whole
+                demo ends within its minutes.
             batch_size: Frames per step, split across the GPUs of a training (16, the paper's).
             backbone_weights: The discriminator backbone's weights: imagenet (downloaded by name;
                 EfficientNet-Lite0's ship with medsynth; the convnet baseline has none), none (random,

@@ -90,7 +90,7 @@ def test_every_command_has_help(name, capsys):
         (["phantom", "--out", "{tmp}/p", "--size", "48"], ["48"]),
         (["compile", "--out", "{tmp}/p.yaml", "--backbones", "resnet50,lenet"], ["lenet"]),
         (["demo", "--pipeline-root", "{tmp}/demo", "--steps", "0"], ["--steps"]),
-        (["demo", "--pipeline-root", "{tmp}/demo", "--train-minutes", "-1"], ["--train-minutes", "-1"]),
+        (["demo", "--pipeline-root", "{tmp}/demo", "--minutes", "2"], ["--minutes", "2"]),
         (["train", "--data", "builtin://phantom", "--out", "{tmp}/r", "--max-minutes", "0"],
          ["--max-minutes", "0"]),
     ],

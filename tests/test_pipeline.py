@@ -78,10 +78,12 @@ def test_compiled_pipeline_has_the_dag_of_design(spec):
     # the final training continues the winner's comparison run (named after its backbone)
     init_run = by_name["train-final"]["inputs"]["parameters"]["init_run"]["taskOutputParameter"]
     assert init_run == final_backbone
-    # only the final training has a wall-clock limit, the pipeline's train_minutes
-    final_limit = by_name["train-final"]["inputs"]["parameters"]["max_minutes"]
-    assert final_limit["componentInputParameter"] == "train_minutes"
-    assert all("max_minutes" not in t["inputs"]["parameters"]
+    # only the final training has a wall-clock limit and a deadline, the pipeline's train_minutes and
+    # train_until
+    final_inputs = by_name["train-final"]["inputs"]["parameters"]
+    assert final_inputs["max_minutes"]["componentInputParameter"] == "train_minutes"
+    assert final_inputs["train_until"]["componentInputParameter"] == "train_until"
+    assert all({"max_minutes", "train_until"}.isdisjoint(t["inputs"]["parameters"])
                for name, t in by_name.items() if name.startswith("train-") and name != "train-final")
     params = spec["root"]["inputDefinitions"]["parameters"]
     for p in [
@@ -424,6 +426,9 @@ def test_end_to_end_kfp_local_run_produces_every_artifact(tmp_path):
     # the final training continued the winner's 2-step comparison run: 2 more steps, and its loss
     # history holds the comparison run's row (each run logs its last step) before its own
     assert json.loads((run / "final" / "metrics.json").read_text())["steps_this_run"] == 2
+    # the demo's deadline (15 min from its start) reached the final task through kfp.local and did not
+    # bind: the summary says the step it reached, with no early stop
+    assert re.search(r"final training +: step 4, [0-9.]+ img/s", summary), summary
     rows = (run / "final" / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in rows] == [2, 4]
     assert (run / "comparison" / "comparison.png").exists()

@@ -136,7 +136,7 @@ def test_train_serves_metrics_on_the_port_its_pod_names(monkeypatch, tmp_path, e
 
 def test_the_demo_final_training_config_is_the_pipelines_with_the_demos_arguments(tmp_path):
     """What bench/train_step.py --demo measures: the pipeline's final task as the demo runs it."""
-    from medsynth.demo import DEMO_TRAIN_MINUTES, DemoConfig, final_train_config
+    from medsynth.demo import AFTER_TRAINING_MINUTES, DEMO_MINUTES, DemoConfig, final_train_config
     from medsynth.train.config import TrainConfig
 
     demo = DemoConfig(pipeline_root=str(tmp_path), steps=700, batch_size=8, seed=3)
@@ -148,15 +148,34 @@ def test_the_demo_final_training_config_is_the_pipelines_with_the_demos_argument
     assert (cfg.d_head, cfg.backbone_weights, cfg.strategy) == ("projected", "imagenet", "auto")
     assert (cfg.d_recipe, cfg.d_feature_size, cfg.d_blocks, cfg.generator, cfg.generator_width) == (
         "projected-gan", 0, "separable", "fastgan", 8)
-    # its wall-clock limit reaches the final training through the pipeline's train_minutes; 0 lifts it
-    assert cfg.max_minutes == DEMO_TRAIN_MINUTES > 0
-    unlimited = DemoConfig(pipeline_root=str(tmp_path), steps=700, train_minutes=0)
+    # the demo's minutes reach the final training as a deadline (the pipeline's train_until): what is
+    # left of them after the time judging, export and push take; 0 lifts it
+    budget = DEMO_MINUTES - AFTER_TRAINING_MINUTES
+    assert budget - 0.5 < cfg.max_minutes <= budget
+    unlimited = DemoConfig(pipeline_root=str(tmp_path), steps=700, minutes=0)
     assert final_train_config(unlimited, "/data/set").max_minutes is None
     # overrides win over the candidate, before the config resolves its defaults: a recipe brings its own
     changed = final_train_config(demo, "/d", overrides=TrainConfig.parse_overrides(
         ["d_recipe=medsynth", "d_max_channels=64", "r1_gamma=0.5", "augment=true"]))
     assert (changed.d_recipe, changed.d_scale_mixing, changed.d_max_channels, changed.r1_gamma,
             changed.augment) == ("medsynth", "residual", 64, 0.5, True)
+
+
+def test_a_training_tasks_limit_is_the_tighter_of_its_minutes_and_its_deadline():
+    import time
+
+    from medsynth.pipeline_steps import TrainTask
+
+    base = dict(dataset_dir="/d", storage_root="/s", run_id="r", run_name="final", backbone="convnet",
+                image_size=32, steps=10, batch_size=4, backbone_weights="none", seed=0)
+    now = time.time()
+    assert TrainTask(**base).minutes_left() is None
+    assert TrainTask(**base, max_minutes=7.0).minutes_left() == 7.0
+    assert 4.9 < TrainTask(**base, train_until=now + 300).minutes_left() <= 5.0
+    assert TrainTask(**base, max_minutes=3.0, train_until=now + 300).minutes_left() == 3.0
+    assert 4.9 < TrainTask(**base, max_minutes=9.0, train_until=now + 300).minutes_left() <= 5.0
+    # a deadline already past still trains one step (and stops after it)
+    assert TrainTask(**base, train_until=now - 60).minutes_left() == pytest.approx(1e-3)
 
 
 @pytest.mark.parametrize("pair, match", [("nope=1", "training option"), ("steps", "NAME=VALUE"),
