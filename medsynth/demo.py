@@ -40,8 +40,8 @@ log = logging.getLogger("medsynth")
 DEMO_CANDIDATES = ["paper-lite0", "pg-fastgan-sep-lite0"]
 DEMO_STEPS = 4500  # the final training: what fits 15 min on the 2-core development CPU (docs/experiments.md)
 # ... unless the demo's minutes run out first: on slower CPUs the final training stops (with a checkpoint)
-# early enough for what follows it — judging its last checkpoints, export, push: measured 1.4-1.8 min on a
-# 2-core AVX2 Zen 3 (docs/experiments.md), 2.5 with margin, so the whole demo ends within DEMO_MINUTES there too
+# early enough for what follows it — judging its last checkpoints, export, push: measured 1.4-1.8 min
+# on a 2-core AVX2 Zen 3 (docs/experiments.md), 2.5 with margin, so the demo ends within DEMO_MINUTES
 DEMO_MINUTES = 15.0
 AFTER_TRAINING_MINUTES = 2.5
 
