@@ -33,7 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medsynth.train.candidates import CANDIDATES  # noqa: E402 (after the path line)
+from medsynth.cpu import choose_onednn  # noqa: E402 (after the path line)
+
+ONEDNN = choose_onednn()  # before TensorFlow loads, as `medsynth train` does
+
+from medsynth.train.candidates import CANDIDATES  # noqa: E402
 
 PROJECTED = CANDIDATES["projected-lite0"]
 CONFIGS: dict[str, dict[str, Any]] = {

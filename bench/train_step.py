@@ -44,6 +44,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from medsynth.cpu import choose_onednn  # noqa: E402
+
+ONEDNN = choose_onednn()  # before TensorFlow loads, as `medsynth train` does (TF_ENABLE_ONEDNN_OPTS=0: off)
+
 import cpu_peak  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -377,7 +381,10 @@ def main() -> int:
           f"{os.getloadavg()[0]:.2f}; peak " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items())
           + (" (given)" if args.peak_gflops is not None else " (measured)"), flush=True)
     if not gpus:
-        from medsynth.train.fastpath import bfloat16_wins, cpu_flags, cpu_vendor
+        from medsynth.cpu import cpu_flags, cpu_vendor
+        from medsynth.train.fastpath import bfloat16_wins
+
+        print(f"{ONEDNN}; both steps below run under it", flush=True)
 
         rule = bfloat16_wins(cpu_flags(), cpu_vendor())
         print(f"a bf16 3x3 convolution (forward and backward) runs at {probe_bfloat16():.2f}x fp32 here; "

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from medsynth import __version__
 from medsynth.cli_help import Parser
+from medsynth.cpu import choose_onednn
 from medsynth.errors import ConfigError, MedsynthError
 from medsynth.train.config import TrainConfig
 from medsynth.utility.arms import ARMS
@@ -655,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ logging: cuDNN registration and such noise
+    choose_onednn()  # before TensorFlow loads; the tasks a command starts inherit it
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     try:

@@ -22,12 +22,15 @@ from typing import Any
 from medsynth import storage
 from medsynth.cache import cache_root
 from medsynth.cluster.settings import NAMESPACE
+from medsynth.cpu import choose_onednn
 from medsynth.errors import ConfigError
 from medsynth.progress import report_result
 from medsynth.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, join
 from medsynth.train.config import TrainConfig
 
 log = logging.getLogger("medsynth")
+
+choose_onednn()  # a component's first import of medsynth, before TensorFlow loads (medsynth.cpu)
 
 CACHE = cache_root("pipeline")  # working copies of gs:// runs and data sets
 DECISION_FILE = "push_decision.json"  # beside the evaluated run's metrics.json

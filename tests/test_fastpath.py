@@ -117,25 +117,28 @@ def test_bfloat16_convolutions_leave_the_rest_in_float32():
     assert g(tf.zeros([2, 8]), training=True).dtype == tf.float32
 
 
-@pytest.mark.parametrize("flags, vendor, precision, bf16, forward", [
+@pytest.mark.parametrize("flags, vendor, precision, onednn, bf16, forward", [
     # bf16 convolutions stay off: faster alone on Zen 4/5 and AMX, but the demo's FD ratio left fp32's
     # spread over seeds 0-2 (docs/performance.md)
-    ({"avx2", "avx512f", "avx512_bf16"}, "AuthenticAMD", "auto", False, False),
-    ({"avx2", "avx512f", "avx512_bf16"}, "GenuineIntel", "auto", False, False),
-    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "GenuineIntel", "auto", False, False),
-    ({"avx2", "avx512f", "avx512_bf16"}, "AuthenticAMD", "off", False, False),  # asked: fp32
-    ({"avx2", "fma"}, "AuthenticAMD", "auto", False, True),  # AVX2 only: forward-convolution gradients
+    ({"avx2", "avx512f", "avx512_bf16"}, "AuthenticAMD", "auto", True, False, False),
+    ({"avx2", "avx512f", "avx512_bf16"}, "GenuineIntel", "auto", True, False, False),
+    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "GenuineIntel", "auto", True, False, False),
+    ({"avx2", "avx512f", "avx512_bf16"}, "AuthenticAMD", "off", True, False, False),  # asked: fp32
+    ({"avx2", "avx512f"}, "GenuineIntel", "auto", False, False, False),  # AVX-512, Eigen's kernels
+    ({"avx2", "fma"}, "AuthenticAMD", "auto", False, False, True),  # AVX2, Eigen: forward gradients
+    ({"avx2", "fma"}, "AuthenticAMD", "auto", True, False, False),  # AVX2 under oneDNN: its own
 ])
-def test_the_rules_pick_per_cpu(monkeypatch, caplog, flags, vendor, precision, bf16, forward):
+def test_the_rules_pick_per_cpu(monkeypatch, caplog, flags, vendor, precision, onednn, bf16, forward):
     monkeypatch.setattr(fastpath, "cpu_flags", lambda: flags)
     monkeypatch.setattr(fastpath, "cpu_vendor", lambda: vendor)
     with caplog.at_level("INFO", logger="medsynth"):
-        fast = fastpath.choose(precision, None)
+        fast = fastpath.choose(precision, None, onednn=onednn)
     assert (fast.bfloat16_convolutions, fast.forward_gradients) == (bf16, forward)
     assert fast.fold_batch_norm and fast.depthwise_forward_gradients and fast.channel_sums
     assert fast.build_policy("float32") == ("mixed_bfloat16" if bf16 else "float32")
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fast path:")]
     assert len(lines) == 1 and vendor in lines[0]
+    assert ("oneDNN" if onednn else "Eigen kernels") in lines[0]
 
 
 def test_gpus_get_folding_only():

@@ -6,7 +6,8 @@ it wins (docs/performance.md has the measurements behind every rule).
 - `forward_gradients`: the convolutions' input gradients as forward convolutions
   (medsynth.models.layers.forward_gradient_conv). It won 1.5x on AVX2-only CPUs, where TF's
   Conv2DBackpropInput is slow; on AVX-512 CPUs it does not (Zen 4: backprop-input at 0.9-1.0x the
-  forward kernel's speed; Zen 5: the step lost). Rule: CPUs without AVX-512 only.
+  forward kernel's speed; Zen 5: the step lost), nor under oneDNN's kernels (Zen 3 with oneDNN on:
+  the step 0.95x). Rule: CPUs without AVX-512 running Eigen's kernels (oneDNN off: medsynth.cpu).
 - `depthwise_forward_gradients`: the same for stride-1 depthwise convolutions, whose CPU
   backprop-input kernel is slower than the forward one (1.3x in fp32, 4-9x in bf16). Rule: CPUs.
 - `channel_sums`: convolutions to one output channel (G's last layer, the projected head's logits)
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from medsynth.cpu import cpu_flags, cpu_vendor, onednn_enabled
 from medsynth.models.layers import (
     bfloat16_convolutions,
     use_channel_sums,
@@ -101,30 +103,6 @@ class FastPath:
         return folded
 
 
-def cpu_flags() -> set[str]:
-    """This CPU's feature flags (Linux: /proc/cpuinfo; elsewhere none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_vendor() -> str:
-    """This CPU's vendor id (GenuineIntel, AuthenticAMD, ...; Linux: /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
 def bfloat16_wins(flags: set[str], vendor: str) -> bool:
     """Whether oneDNN's bf16 convolutions beat fp32 on this CPU, as measured: AVX512_BF16 on AMD
     (Zen 4: 2.0-2.6x), or AMX (Intel's bf16 matrix unit); not AVX512_BF16 alone on Intel (0.5x)."""
@@ -132,22 +110,28 @@ def bfloat16_wins(flags: set[str], vendor: str) -> bool:
 
 
 def choose(
-    mixed_precision: str, capability: tuple[int, int] | None, frozen_features: bool = True
+    mixed_precision: str,
+    capability: tuple[int, int] | None,
+    frozen_features: bool = True,
+    onednn: bool | None = None,
 ) -> FastPath:
-    """The fast path for this machine by the rules of the module docstring, logged in one line."""
+    """The fast path for this machine by the rules of the module docstring, logged in one line.
+    `onednn`: whether TensorFlow runs oneDNN's CPU kernels (default: its own answer)."""
     if capability is not None:  # a GPU: cuDNN's kernels, mixed precision from the policy
         fast = FastPath(fold_batch_norm=frozen_features, forward_gradients=False, reason="GPU")
         log.info(fast.describe())
         return fast
     flags, vendor = cpu_flags(), cpu_vendor()
     avx512 = "avx512f" in flags
+    onednn = onednn_enabled() if onednn is None else onednn
     bf16 = False  # measured: not inside fp32's quality spread, and little faster (module docstring)
-    reasons = [vendor or "CPU", "AVX-512" if avx512 else "no AVX-512"]
+    reasons = [vendor or "CPU", "AVX-512" if avx512 else "no AVX-512",
+               "oneDNN" if onednn else "Eigen kernels"]
     if "avx512_bf16" in flags:
         reasons.append("AVX512_BF16" + (", AMX" if "amx_bf16" in flags else ""))
     if mixed_precision != "auto":
         reasons.append(f"--mixed-precision {mixed_precision}")
-    fast = FastPath(fold_batch_norm=frozen_features, forward_gradients=not avx512,
+    fast = FastPath(fold_batch_norm=frozen_features, forward_gradients=not (avx512 or onednn),
                     depthwise_forward_gradients=True, channel_sums=True, upsampled_convolutions=True,
                     bfloat16_convolutions=bf16,
                     reason=", ".join(reasons))
