@@ -612,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "train in every arm: real (the N frames), augmented (+ rotation, zoom, "
                                    "gamma), self-training (+ the unlabelled training frames the real "
                                    "tracker labels with confidence), mixed (+ synthetic frames in each "
-                                   "batch) and pretrain-finetune (synthetic frames first, then real); the "
+                                   "batch), pretrain-finetune (synthetic frames first, then real) and "
+                                   "augmented-mixed (mixed with augmented's augmentation); the "
                                    "key-point-conditioned generator learns from every training frame. "
                                    "Judged on the held-out real frames; resumable: run it again to "
                                    "continue. Exit 1 with --fail-if-worse when synthetic frames made the "
@@ -626,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", default=",".join(map(str, u["seeds"])), help="comma-separated (%(default)s)")
     s.add_argument("--arms", default=",".join(ARMS), help="comma-separated, real among them (%(default)s)")
     s.add_argument("--n-synthetic", type=int, default=u["n_synthetic"],
-                   help="M synthetic frames of mixed and pretrain-finetune (%(default)s)")
+                   help="M synthetic frames of the arms that use them (%(default)s)")
     s.add_argument("--gan-config", default=u["gan_config"],
                    help="the conditional generator: a configuration of medsynth.train.candidates or a D "
                         "backbone (%(default)s)")

@@ -99,7 +99,7 @@ def test_gate_verdict_is_about_synthetic_arms_against_real_at_every_n() -> None:
 
 def test_markdown_names_every_arm_and_has_one_verdict_line(tmp_path) -> None:
     effects = {"augmented": (0.0, 0.0), "self-training": (-0.1, 0.0), "mixed": (-0.6, 0.0),
-               "pretrain-finetune": (0.1, 0.0)}  # fmt: skip
+               "pretrain-finetune": (0.1, 0.0), "augmented-mixed": (-0.2, 0.0)}  # fmt: skip
     rows = report.summarise(_results(effects, NOISE))
     text = report.markdown(rows, ["a note"], picture="synthetic.png")
     for arm in ARMS:
@@ -219,10 +219,12 @@ def test_every_arm_runs_resumes_and_keeps_held_out_frames_out(experiment) -> Non
     assert tracked["real_frames"] == 16 and tracked["synthetic_frames"] == kept
     assert json.loads((cell / "tracker-pretrain-finetune" / "config.json").read_text())["pretrain_steps"] == 1
     assert json.loads((cell / "tracker-augmented" / "config.json").read_text())["rotate_deg"] > 0
+    both = json.loads((cell / "tracker-augmented-mixed" / "config.json").read_text())
+    assert both["rotate_deg"] > 0 and both["synthetic_fraction"] == 0.5
     # run again: every arm is kept, nothing retrains
     done = [*out.glob("n16-seed0/tracker-*/metrics.json"), *out.glob("n16-seed0/generator/checkpoints/*")]
     stamps = {p: p.stat().st_mtime_ns for p in done}
-    assert len([p for p in stamps if p.name == "metrics.json"]) == 5 and main(argv) == 0
+    assert len([p for p in stamps if p.name == "metrics.json"]) == len(ARMS) and main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 

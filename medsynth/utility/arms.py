@@ -10,6 +10,8 @@ they differ only in what is added:
   each batch.
 - `mixed`: the generator's synthetic frames mixed into each batch (the share is a knob).
 - `pretrain-finetune`: the synthetic frames alone for the first steps, then the real frames alone.
+- `augmented-mixed`: `mixed` with `augmented`'s classic augmentation (on real and synthetic frames
+  alike): whether synthetic frames add to what a practitioner already does, not only to `real`.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from collections.abc import Iterable
 
 from medsynth.errors import ConfigError
 
-ARMS = ("real", "augmented", "self-training", "mixed", "pretrain-finetune")
+ARMS = ("real", "augmented", "self-training", "mixed", "pretrain-finetune", "augmented-mixed")
 REFERENCE = "real"
 BASELINES = ("augmented", "self-training")  # what a practitioner tries without a generator
-GENERATOR_ARMS = ("mixed", "pretrain-finetune")  # the arms that use synthetic frames
+GENERATOR_ARMS = ("mixed", "pretrain-finetune", "augmented-mixed")  # the arms that use synthetic frames
 RIVAL = "self-training"  # a synthetic arm must beat it too (and real) to win the verdict
 
 # The `augmented` arm's classic augmentation (TrackerConfig fields): ±15°, ±10 % zoom, gamma e^±0.3.

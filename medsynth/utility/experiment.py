@@ -13,7 +13,8 @@ A clinic has N annotated frames and many unannotated ones. For every seed and ev
    learns vessel trees from all of them and the condition from the labels; M synthetic frames are
    drawn for layouts taken from the N frames (`layouts.sample_layouts`);
 5. `mixed`: a tracker trains with the synthetic frames in each batch; `pretrain-finetune`: on them
-   alone for the first steps, then on the N frames alone.
+   alone for the first steps, then on the N frames alone; `augmented-mixed`: `mixed` with the classic
+   augmentation of `augmented`.
 Every tracker has the same steps, batch and seed, and is judged on the held-out real frames. Nothing
 of the held-out patients reaches a generator, a pseudo-labeller or a subset.
 
@@ -164,7 +165,7 @@ def _notes(cfg: UtilityConfig, val_frames: int) -> list[str]:
         f"±{cfg.jitter.rotate_deg:.0f}°, ±{cfg.jitter.scale:.0%} scale, ±{cfg.jitter.shift:.0%} shift)",
         f"mixed: {cfg.synthetic_fraction:.0%} of each batch synthetic; pretrain-finetune: the first "
         f"{cfg.pretrain_steps()} of the {cfg.tracker_steps} steps on synthetic frames alone, then real "
-        "frames alone",
+        "frames alone; augmented-mixed: mixed with augmented's augmentation",
     ]
 
 
@@ -250,6 +251,9 @@ def _cell(
             rows.append(row | {"n_synthetic": cfg.n_synthetic})
         if "pretrain-finetune" in generator_arms:
             row = arm("pretrain-finetune", pool, pretrain_steps=cfg.pretrain_steps())
+            rows.append(row | {"n_synthetic": cfg.n_synthetic})
+        if "augmented-mixed" in generator_arms:
+            row = arm("augmented-mixed", pool, synthetic_fraction=cfg.synthetic_fraction, **CLASSIC)
             rows.append(row | {"n_synthetic": cfg.n_synthetic})
     return rows
 
