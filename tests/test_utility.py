@@ -106,6 +106,9 @@ def test_markdown_names_every_arm_and_has_one_verdict_line(tmp_path) -> None:
         assert f"| {arm} | 5 |" in text
     assert [line for line in text.splitlines() if line.startswith("verdict:")] == [report.judge(rows)["line"]]
     assert "| mixed | self-training (best baseline) | -0.50 ± 0.05 (better) |" in text
+    assert "Arms: real, augmented, self-training, mixed, pretrain-finetune, augmented-mixed (" in text
+    fewer = report.markdown(report.summarise(_results({"mixed": (0.0, 0.0)}, NOISE)))
+    assert "Arms: real, mixed (" in fewer  # the arms that ran, not every arm there is
     assert "![synthetic frames](synthetic.png)" in text and "- a note" in text
     path = report.plot(rows, tmp_path / "u.png")
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -165,7 +165,8 @@ def _notes(cfg: UtilityConfig, val_frames: int) -> list[str]:
         f"±{cfg.jitter.rotate_deg:.0f}°, ±{cfg.jitter.scale:.0%} scale, ±{cfg.jitter.shift:.0%} shift)",
         f"mixed: {cfg.synthetic_fraction:.0%} of each batch synthetic; pretrain-finetune: the first "
         f"{cfg.pretrain_steps()} of the {cfg.tracker_steps} steps on synthetic frames alone, then real "
-        "frames alone; augmented-mixed: mixed with augmented's augmentation",
+        "frames alone" + ("; augmented-mixed: mixed with augmented's augmentation"
+                          if "augmented-mixed" in cfg.arms else ""),
     ]
 
 

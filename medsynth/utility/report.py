@@ -253,7 +253,8 @@ def markdown(
     lines = [
         "# Utility: do a generator's synthetic frames help a key-point tracker?",
         "",
-        f"Arms: {', '.join(ARMS)} (same real frames, tracker steps, batch and seed in each).",
+        f"Arms: {', '.join(a for a in ARMS if any(r['arm'] == a for r in rows))} (same real frames, "
+        "tracker steps, batch and seed in each).",
         "",
         judgement["line"],
         "",
