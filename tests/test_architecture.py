@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Lowest first; docs/architecture.md draws the same list.
 LAYERS: list[set[str]] = [
     {"medsynth", "medsynth.errors", "medsynth.sizes", "medsynth.progress", "medsynth.cache",
-     "medsynth.storage", "medsynth.pictures", "medsynth.network"},
+     "medsynth.storage", "medsynth.pictures", "medsynth.network", "medsynth.cpu"},
     {"medsynth.data", "medsynth.models"},
     {"medsynth.train", "medsynth.tracker"},
     {"medsynth.evaluate", "medsynth.utility"},
