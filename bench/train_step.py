@@ -44,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from medsynth.cpu import choose_onednn  # noqa: E402
+from medsynth.cpu import choose_onednn, cpu_name  # noqa: E402
 
 ONEDNN = choose_onednn()  # before TensorFlow loads, as `medsynth train` does (TF_ENABLE_ONEDNN_OPTS=0: off)
 
@@ -377,7 +377,8 @@ def main() -> int:
         peaks = {"fp32": cpu_peak.measure()["gflops"]}
         if cpu_peak.has_avx512_bf16():
             peaks["bf16"] = cpu_peak.measure(kind="bf16")["gflops"]
-    print(f"device: {device} ({_cpu_name()}); {os.cpu_count()} CPU cores; load average "
+    cpu = cpu_name() or platform.processor() or "unknown CPU"
+    print(f"device: {device} ({cpu}); {os.cpu_count()} CPU cores; load average "
           f"{os.getloadavg()[0]:.2f}; peak " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items())
           + (" (given)" if args.peak_gflops is not None else " (measured)"), flush=True)
     if not gpus:
@@ -404,23 +405,9 @@ def main() -> int:
             rows.append(row)
             _print(row, peaks)
     if args.json:
-        out = {"device": device, "cpu": _cpu_name(), "peaks_gflops": peaks, "rows": rows}
+        out = {"device": device, "cpu": cpu, "peaks_gflops": peaks, "rows": rows}
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
-
-
-def _cpu_name() -> str:
-    """lscpu's model name (and family/model, which tell EPYC generations apart)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    fields = {}
-    for line in info:
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    family, model = fields.get("cpu family", "?"), fields.get("model", "?")
-    return f"{fields.get('model name', '?')}, family {family} model {model}"
 
 
 if __name__ == "__main__":

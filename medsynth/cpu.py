@@ -11,6 +11,7 @@ benchmarks) call `choose_onednn` before they import it. A value the user set is 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import MutableMapping
@@ -22,26 +23,36 @@ ONEDNN_DEFAULT_FLAGS = frozenset(
 )
 
 
-def _cpuinfo_field(name: str) -> str:
-    """The first `name:` line of /proc/cpuinfo (Linux; elsewhere empty)."""
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (Linux; elsewhere none), read once."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(name):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return ""
+    return fields
 
 
 def cpu_flags() -> set[str]:
     """This CPU's feature flags (Linux: /proc/cpuinfo; elsewhere none)."""
-    return set(_cpuinfo_field("flags").split())
+    return set(_cpuinfo().get("flags", "").split())
 
 
 def cpu_vendor() -> str:
     """This CPU's vendor id (GenuineIntel, AuthenticAMD, ...; Linux: /proc/cpuinfo)."""
-    return _cpuinfo_field("vendor_id")
+    return _cpuinfo().get("vendor_id", "")
+
+
+def cpu_name() -> str:
+    """The model name with family and model, which tell EPYC generations apart ("" off Linux)."""
+    info = _cpuinfo()
+    if "model name" not in info:
+        return ""
+    return f"{info['model name']}, family {info.get('cpu family', '?')} model {info.get('model', '?')}"
 
 
 def onednn_wanted(flags: set[str]) -> bool:
